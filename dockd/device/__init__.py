@@ -1,0 +1,1 @@
+"""Device sources: the only place that knows about udev, sysfs, USB and mounts."""

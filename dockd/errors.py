@@ -1,0 +1,180 @@
+"""The one error hierarchy.
+
+Every error dockd raises on purpose is a ``DockdError``. Each class carries:
+
+* ``exit_code``: what ``main()`` exits with when it reaches the top;
+* ``msgid``: a stable event id that machines match on (the text may change);
+* ``retryable``: what the caller should *do*: ``True`` means "try again
+  later, the same request may succeed"; ``False`` means "stop, a human or a
+  different input is needed".
+
+Errors reading *input* (a camera file) skip that file; errors writing to the
+*store* stop the wipe. The classes below encode that split, callers never
+guess from exception types of third-party libraries.
+"""
+
+from __future__ import annotations
+
+
+class DockdError(Exception):
+    exit_code: int = 1
+    msgid: str = "dockd.error"
+    retryable: bool = False
+
+    def __init__(self, message: str = "", **context: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
+
+    def __str__(self) -> str:  # one line, for operators
+        return self.message or self.__class__.__name__
+
+
+# -- usage and configuration ------------------------------------------------
+
+class UsageError(DockdError):
+    exit_code = 2
+    msgid = "usage.invalid"
+
+
+class ConfigError(DockdError):
+    """A bad configuration. ``key`` names the offending key (dotted path)."""
+
+    exit_code = 2
+    msgid = "config.invalid"
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        where = f"{key}: " if key else ""
+        super().__init__(f"config error: {where}{problem}", key=key)
+
+
+# -- age ---------------------------------------------------------------------
+
+class AgeError(DockdError):
+    """Malformed, unauthentic or undecryptable age data."""
+
+    msgid = "age.invalid"
+
+
+class AgeHeaderError(AgeError):
+    msgid = "age.header_invalid"
+
+
+class AgePayloadError(AgeError):
+    """The payload failed authentication or is truncated. Tampering or corruption."""
+
+    msgid = "age.payload_invalid"
+
+
+class AgeNoIdentityError(AgeError):
+    msgid = "age.no_identity"
+
+
+class AgeUnsupportedError(AgeError):
+    """A valid age feature dockd declines (armor, scrypt, plugins, hybrid PQ)."""
+
+    msgid = "age.unsupported"
+
+
+class KeyFormatError(AgeError):
+    exit_code = 2
+    msgid = "age.key_invalid"
+
+
+# -- camera input ------------------------------------------------------------
+
+class SourceError(DockdError):
+    """Reading a camera failed. Skip the file; never wipe on its account."""
+
+    msgid = "source.read_failed"
+    retryable = True
+
+
+class FileChangedError(SourceError):
+    """A camera file changed (size/mtime) while or after it was read."""
+
+    msgid = "source.file_changed"
+
+
+class DeviceGoneError(SourceError):
+    """The camera was pulled out, or its filesystem returns EIO."""
+
+    msgid = "device.gone"
+
+
+class MountError(DockdError):
+    msgid = "device.mount_failed"
+    retryable = True
+
+
+# -- local spool -------------------------------------------------------------
+
+class SpoolError(DockdError):
+    msgid = "spool.failed"
+
+
+class SpoolFullError(SpoolError):
+    msgid = "spool.full"
+    retryable = True
+
+
+class SpoolCorruptError(SpoolError):
+    """A spooled ciphertext no longer matches its recorded hash / fails auth."""
+
+    msgid = "spool.corrupt"
+
+
+# -- store -------------------------------------------------------------------
+
+class StoreError(DockdError):
+    msgid = "store.error"
+
+
+class TransientStoreError(StoreError):
+    """Throttling, 5xx, timeouts, resets. The retry policy may try again."""
+
+    msgid = "store.transient"
+    retryable = True
+
+
+class PermanentStoreError(StoreError):
+    msgid = "store.permanent"
+    retryable = False
+
+
+class StoreAuthError(PermanentStoreError):
+    """Credentials refused. Pauses the whole upload queue; never retried blindly."""
+
+    msgid = "store.auth_failed"
+
+
+class StoreFullError(PermanentStoreError):
+    msgid = "store.full"
+
+
+class IntegrityError(PermanentStoreError):
+    """The store does not hold exactly the bytes we sent."""
+
+    msgid = "store.integrity_failed"
+
+
+class ObjectMissingError(PermanentStoreError):
+    msgid = "store.object_missing"
+
+
+# -- state -------------------------------------------------------------------
+
+class LedgerError(DockdError):
+    msgid = "ledger.error"
+
+
+class AuditChainError(LedgerError):
+    msgid = "audit.chain_broken"
+
+
+class VerifyFailed(DockdError):
+    """``dockd verify`` found a discrepancy."""
+
+    msgid = "verify.failed"

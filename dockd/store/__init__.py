@@ -1,0 +1,1 @@
+"""Stores: where verified ciphertext lives. See ``base.Store`` for the seam."""

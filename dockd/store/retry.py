@@ -1,0 +1,118 @@
+"""The one retry policy, and the one wrapper that applies it to a Store.
+
+Backends only classify their errors (``DockdError.retryable``); this module
+alone decides whether and when to try again. The same ``RetryPolicy`` also
+computes a recording's ``next_attempt_at`` once the in-call attempts are spent,
+so there is one notion of backoff in the whole program.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
+
+import tenacity
+
+from ..errors import DockdError
+from .base import Blob, Checkpoint, ObjectInfo, Store
+
+T = TypeVar("T")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, DockdError) and exc.retryable
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, capped.
+
+    ``attempts`` counts tries within one call. ``initial`` and ``maximum`` are
+    seconds. A zero-wait policy for tests is ``RetryPolicy(initial=0, maximum=0)``,
+    passed in, never patched in.
+    """
+
+    attempts: int = 5
+    initial: float = 0.5
+    maximum: float = 30.0
+    multiplier: float = 2.0
+
+    @classmethod
+    def immediate(cls, attempts: int = 5) -> "RetryPolicy":
+        return cls(attempts=attempts, initial=0.0, maximum=0.0)
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (attempt counts from 1)."""
+        cap = min(self.maximum, self.initial * self.multiplier ** max(0, attempt - 1))
+        return (rng or random).uniform(cap / 2, cap) if cap > 0 else 0.0
+
+    def call(
+        self,
+        fn: Callable[[], T],
+        on_retry: Callable[[int, BaseException, float], None] | None = None,
+    ) -> T:
+        """Run ``fn``; retry it while it raises retryable errors."""
+
+        def before_sleep(rs: tenacity.RetryCallState) -> None:
+            if on_retry is not None and rs.outcome is not None:
+                exc = rs.outcome.exception()
+                assert exc is not None
+                wait = rs.next_action.sleep if rs.next_action else 0.0
+                on_retry(rs.attempt_number, exc, wait)
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=lambda rs: self.delay(rs.attempt_number),
+            retry=tenacity.retry_if_exception(is_retryable),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(fn)
+
+
+class RetryingStore(Store):
+    """Wraps a backend with the retry policy. ``put`` rewinds by re-opening the blob."""
+
+    def __init__(
+        self,
+        inner: Store,
+        policy: RetryPolicy,
+        on_retry: Callable[[str, int, BaseException, float], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.policy = policy
+        self.capabilities = inner.capabilities
+        self.url = inner.url
+        self._on_retry = on_retry
+
+    def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
+        def hook(attempt: int, exc: BaseException, wait: float) -> None:
+            if self._on_retry:
+                self._on_retry(f"{op} {key}", attempt, exc, wait)
+
+        return self.policy.call(fn, hook)
+
+    def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
+        self._call("put", key, lambda: self.inner.put(key, blob, checkpoint))
+
+    def verify(self, key: str, blob: Blob) -> ObjectInfo:
+        return self._call("verify", key, lambda: self.inner.verify(key, blob))
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        return self._call("stat", key, lambda: self.inner.stat(key))
+
+    def open(self, key: str) -> BinaryIO:
+        return self._call("open", key, lambda: self.inner.open(key))
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, lambda: self.inner.delete(key))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return iter(self._call("list", prefix, lambda: list(self.inner.list(prefix))))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
