@@ -1,0 +1,249 @@
+"""Typed, validated TOML configuration with an embedded default.
+
+Lookup order: ``--config FILE``, then ``$DOCKD_CONFIG``, then
+``/etc/dockd/dockd.toml``, then the embedded default (per-user directories,
+a ``file://`` store), which works for an unprivileged user with no setup.
+
+A bad file yields one ``ConfigError`` naming the dotted key; unknown keys are
+errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from .errors import ConfigError
+
+SYSTEM_CONFIG = Path("/etc/dockd/dockd.toml")
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
+_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_size(value: Any) -> int:
+    """``1048576``, ``"1MiB"`` (binary) or ``"1MB"`` (decimal) → bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 64MiB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            num, unit, binary = m.groups()
+            base = 1024 if binary or unit == "" else 1000
+            return int(float(num) * base ** _UNITS[unit.lower()])
+    raise ValueError(f"expected a size such as 64MiB, got {value!r}")
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StationConfig(_Section):
+    id: str = Field(default="dock-01", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class PathsConfig(_Section):
+    state_dir: Path = Path("/var/lib/dockd")
+    spool_dir: Path = Path("/var/lib/dockd/spool")
+    runtime_dir: Path = Path("/run/dockd")
+
+
+class EncryptionConfig(_Section):
+    recipients: list[str] = Field(default_factory=list)
+
+    @field_validator("recipients")
+    @classmethod
+    def _parse(cls, v: list[str]) -> list[str]:
+        from .age.keys import parse_recipient
+        from .errors import DockdError
+
+        for i, r in enumerate(v):
+            try:
+                parse_recipient(r)
+            except DockdError as exc:
+                raise ValueError(f"recipient {i + 1}: {exc}") from None
+        return v
+
+
+class TimetableEntry(_Section):
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")   # "HH:MM", local time
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    rate_limit: Size                                           # bytes/s, 0 = unlimited
+
+
+class StoreConfig(_Section):
+    url: str = "file:///var/lib/dockd/store"
+    prefix: str = "evidence"
+    # s3://
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    ca_bundle: Path | None = None
+    verify_tls: bool = True
+    credentials_file: Path | None = None
+    checksum: Literal["auto", "sha256", "off"] = "auto"
+    multipart_threshold: Size = 64 * 1024 * 1024
+    part_size: Size = 16 * 1024 * 1024
+    object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = None
+    object_lock_days: int | None = Field(default=None, ge=1)
+    legal_hold_flagged: bool = True
+    retention_class: str = "31d"
+    tag_retention: bool = True
+    # https:// (tus)
+    token_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    chunk_size: Size = 8 * 1024 * 1024
+    # all
+    timeout: float = Field(default=60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not re.match(r"^(file|s3|https?)://", v):
+            raise ValueError("must start with file://, s3:// or https://")
+        return v
+
+
+class DevicesConfig(_Section):
+    source: Literal["inbox", "udev", "kernel"] = "inbox"
+    inbox_dir: Path = Path("/var/lib/dockd/inbox")
+    profiles_dir: Path | None = None
+    mount_dir: Path = Path("/run/dockd/mnt")
+    fuse_helpers: dict[str, str] = Field(default_factory=lambda: {"exfat": "mount.exfat-fuse"})
+    max_readers: int = Field(default=8, ge=1)
+
+
+class WipeConfig(_Section):
+    after: Literal["verified", "spooled"] = "verified"
+
+
+class UploadConfig(_Section):
+    concurrency: int = Field(default=4, ge=1, le=64)
+    attempts: int = Field(default=5, ge=1)
+    backoff_initial: float = Field(default=0.5, ge=0)
+    backoff_max: float = Field(default=60.0, ge=0)
+    max_attempts_total: int = Field(default=50, ge=1)
+    rate_limit: Size = 0                                     # bytes/s, 0 = unlimited
+    timetable: list[TimetableEntry] = Field(default_factory=list)
+
+
+class SpoolConfig(_Section):
+    min_free: Size = 512 * 1024 * 1024     # below this, spooling pauses
+    max_size: Size = 0                     # 0 = no cap beyond min_free
+
+
+class MetricsConfig(_Section):
+    textfile: Path | None = None
+    listen: str | None = Field(default=None, pattern=r"^(127\.0\.0\.1|localhost|\[::1\]):\d+$")
+
+
+class HooksConfig(_Section):
+    command: list[str] | None = None
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Section):
+    station: StationConfig = StationConfig()
+    paths: PathsConfig = PathsConfig()
+    encryption: EncryptionConfig = EncryptionConfig()
+    store: StoreConfig = StoreConfig()
+    devices: DevicesConfig = DevicesConfig()
+    wipe: WipeConfig = WipeConfig()
+    upload: UploadConfig = UploadConfig()
+    spool: SpoolConfig = SpoolConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    hooks: HooksConfig = HooksConfig()
+    log: LogConfig = LogConfig()
+
+    # where this config came from ("embedded default" or a path), for messages
+    source: str = Field(default="embedded default", exclude=True)
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.paths.state_dir / "ledger.sqlite3"
+
+
+def _first_error(exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    return ConfigError(key, msg[0].lower() + msg[1:] if msg else "invalid")
+
+
+def parse(text: str, source: str = "<string>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{source}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"{source}: not UTF-8: {exc}") from None
+    if "source" in data:
+        raise ConfigError("source", "unknown key")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+    except ValueError as exc:  # a validator's own error type (e.g. KeyFormatError)
+        raise ConfigError("", str(exc)) from None
+    return cfg.model_copy(update={"source": source})
+
+
+def user_default() -> Config:
+    """The embedded default: everything under per-user XDG directories."""
+    home = Path.home()
+    state = Path(os.environ.get("XDG_STATE_HOME") or home / ".local/state") / "dockd"
+    data = Path(os.environ.get("XDG_DATA_HOME") or home / ".local/share") / "dockd"
+    runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or state / "run") / "dockd"
+    return Config(
+        paths=PathsConfig(state_dir=state, spool_dir=state / "spool", runtime_dir=runtime),
+        store=StoreConfig(url=f"file://{data / 'store'}"),
+        devices=DevicesConfig(inbox_dir=state / "inbox", mount_dir=runtime / "mnt"),
+        source="embedded default",
+    )
+
+
+def load(path: Path | None = None) -> Config:
+    """Load the configuration following the lookup order above."""
+    if path is None and os.environ.get("DOCKD_CONFIG"):
+        path = Path(os.environ["DOCKD_CONFIG"])
+    if path is None and SYSTEM_CONFIG.exists():
+        path = SYSTEM_CONFIG
+    if path is None:
+        return user_default()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{path}: not UTF-8") from None
+    return parse(text, str(path))
