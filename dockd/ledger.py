@@ -1,0 +1,441 @@
+"""The ledger: SQLite in WAL mode, the durable truth.
+
+Every state change is committed (``synchronous=FULL``) before the action that
+depends on it, so after a crash the ledger never claims more than happened.
+The event table is append-only and hash-chained: each row carries the
+SHA-256 of the previous row, so an edit anywhere breaks the chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import AuditChainError, LedgerError
+from .model import TRANSITIONS, Phase, RecState, Recording
+
+GENESIS = "0" * 64
+
+MIGRATIONS: list[str] = [
+    # v1
+    """
+    CREATE TABLE cameras(
+        serial TEXT PRIMARY KEY,
+        profile TEXT NOT NULL,
+        usb TEXT NOT NULL DEFAULT '{}',
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    CREATE TABLE sessions(
+        id INTEGER PRIMARY KEY,
+        serial TEXT NOT NULL REFERENCES cameras(serial),
+        profile TEXT NOT NULL,
+        mount TEXT,
+        device TEXT,
+        bay TEXT,
+        usb TEXT NOT NULL DEFAULT '{}',
+        phase TEXT NOT NULL,
+        docked_at REAL NOT NULL,
+        undocked_at REAL,
+        finished_at REAL,
+        error TEXT,
+        manifest_key TEXT
+    );
+    CREATE INDEX sessions_serial ON sessions(serial);
+    CREATE TABLE recordings(
+        id INTEGER PRIMARY KEY,
+        serial TEXT NOT NULL,
+        rel_path BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        role TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        session_id INTEGER REFERENCES sessions(id),
+        state TEXT NOT NULL,
+        plain_sha256 TEXT,
+        cipher_sha256 TEXT,
+        cipher_size INTEGER,
+        object_key TEXT,
+        spool_path TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        next_attempt_at REAL,
+        flagged INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE(serial, rel_path, size, mtime_ns)
+    );
+    CREATE INDEX recordings_state ON recordings(state);
+    CREATE TABLE uploads(
+        recording_id INTEGER PRIMARY KEY REFERENCES recordings(id),
+        state TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE events(
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        event TEXT NOT NULL,
+        serial TEXT,
+        session_id INTEGER,
+        recording_id INTEGER,
+        data TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_REC_COLS = (
+    "id, serial, rel_path, size, mtime_ns, role, state, session_id, plain_sha256, "
+    "cipher_sha256, cipher_size, object_key, spool_path, attempts, last_error, "
+    "next_attempt_at, flagged, profile, updated_at"
+)
+
+
+def _row_to_rec(row: sqlite3.Row) -> Recording:
+    d = dict(row)
+    d["state"] = RecState(d["state"])
+    d["flagged"] = bool(d["flagged"])
+    d["rel_path"] = bytes(d["rel_path"])
+    return Recording(**d)
+
+
+def event_hash(prev: str, ts: float, event: str, serial: str | None,
+               session_id: int | None, recording_id: int | None, data: str) -> str:
+    body = json.dumps([prev, repr(ts), event, serial, session_id, recording_id, data],
+                      separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class Ledger:
+    """Thread-safe: one connection guarded by a lock; every method is one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False,
+                                       isolation_level=None, timeout=30)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from None
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    # -- plumbing -----------------------------------------------------------
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One committed transaction. Nested calls join the outer one."""
+        with self._lock:
+            if self._db.in_transaction:
+                yield self._db
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self.tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"ledger {self.path} has schema v{version}, newer than this dockd (v{SCHEMA_VERSION})")
+            for v in range(version, SCHEMA_VERSION):
+                for stmt in _split_sql(MIGRATIONS[v]):
+                    db.execute(stmt)
+                db.execute(f"PRAGMA user_version={v + 1}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return self._db.execute("PRAGMA integrity_check").fetchone()[0]
+
+    # -- events (audit log) ---------------------------------------------------
+
+    def append_event(self, event: str, *, serial: str | None = None, session_id: int | None = None,
+                     recording_id: int | None = None, **data: Any) -> None:
+        with self.tx() as db:
+            row = db.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+            prev = row[0] if row else GENESIS
+            ts = time.time()
+            blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+            h = event_hash(prev, ts, event, serial, session_id, recording_id, blob)
+            db.execute(
+                "INSERT INTO events(ts, event, serial, session_id, recording_id, data, prev_hash, hash)"
+                " VALUES(?,?,?,?,?,?,?,?)",
+                (ts, event, serial, session_id, recording_id, blob, prev, h),
+            )
+
+    def verify_chain(self) -> int:
+        """Check the event chain; return the number of events. Raises at the first break."""
+        prev = GENESIS
+        n = 0
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, ts, event, serial, session_id, recording_id, data, prev_hash, hash"
+                " FROM events ORDER BY id").fetchall()
+        for r in rows:
+            if r["prev_hash"] != prev:
+                raise AuditChainError(f"audit chain broken at event {r['id']}: prev_hash does not match")
+            h = event_hash(prev, r["ts"], r["event"], r["serial"], r["session_id"], r["recording_id"], r["data"])
+            if h != r["hash"]:
+                raise AuditChainError(f"audit chain broken at event {r['id']}: content was altered")
+            prev = h
+            n += 1
+        return n
+
+    def events(self, limit: int = 100, serial: str | None = None) -> list[dict[str, Any]]:
+        q = "SELECT * FROM events"
+        args: tuple[Any, ...] = ()
+        if serial:
+            q += " WHERE serial=?"
+            args = (serial,)
+        q += " ORDER BY id DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(q, args + (limit,)).fetchall()
+        return [dict(r) for r in reversed(rows)]
+
+    # -- cameras and sessions ------------------------------------------------
+
+    def open_session(self, serial: str, profile: str, mount: str, device: str | None,
+                     bay: str | None, usb: dict[str, Any]) -> int:
+        now = time.time()
+        usb_json = json.dumps(usb, sort_keys=True)
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO cameras(serial, profile, usb, first_seen, last_seen) VALUES(?,?,?,?,?)"
+                " ON CONFLICT(serial) DO UPDATE SET profile=excluded.profile, usb=excluded.usb,"
+                " last_seen=excluded.last_seen",
+                (serial, profile, usb_json, now, now),
+            )
+            # a camera has at most one live session
+            db.execute(
+                "UPDATE sessions SET phase=?, undocked_at=COALESCE(undocked_at, ?) WHERE serial=? AND phase NOT IN (?,?,?)",
+                (Phase.INTERRUPTED.value, now, serial, *(p.value for p in Phase if p.is_final)),
+            )
+            cur = db.execute(
+                "INSERT INTO sessions(serial, profile, mount, device, bay, usb, phase, docked_at)"
+                " VALUES(?,?,?,?,?,?,?,?)",
+                (serial, profile, mount, device, bay, usb_json, Phase.DOCKED.value, now),
+            )
+            sid = int(cur.lastrowid or 0)
+            self.append_event("device.docked", serial=serial, session_id=sid, profile=profile,
+                              device=device, bay=bay, usb=usb)
+        return sid
+
+    def set_phase(self, session_id: int, phase: Phase, error: str | None = None) -> None:
+        now = time.time()
+        with self.tx() as db:
+            row = db.execute("SELECT serial FROM sessions WHERE id=?", (session_id,)).fetchone()
+            if row is None:
+                raise LedgerError(f"no session {session_id}")
+            db.execute(
+                "UPDATE sessions SET phase=?, error=COALESCE(?, error),"
+                " finished_at=CASE WHEN ? THEN ? ELSE finished_at END,"
+                " undocked_at=CASE WHEN ?='interrupted' THEN COALESCE(undocked_at, ?) ELSE undocked_at END"
+                " WHERE id=?",
+                (phase.value, error, phase.is_final, now, phase.value, now, session_id),
+            )
+            self.append_event(f"session.{phase.value}", serial=row["serial"], session_id=session_id,
+                              error=error)
+
+    def mark_undocked(self, session_id: int) -> None:
+        with self.tx() as db:
+            row = db.execute("SELECT serial FROM sessions WHERE id=?", (session_id,)).fetchone()
+            db.execute("UPDATE sessions SET undocked_at=COALESCE(undocked_at, ?) WHERE id=?",
+                       (time.time(), session_id))
+            self.append_event("device.undocked", serial=row["serial"] if row else None,
+                              session_id=session_id)
+
+    def set_manifest(self, session_id: int, key: str) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE sessions SET manifest_key=? WHERE id=?", (key, session_id))
+
+    def session(self, session_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
+        return dict(row) if row else None
+
+    def sessions(self, limit: int = 50, live_only: bool = False) -> list[dict[str, Any]]:
+        q = "SELECT * FROM sessions"
+        if live_only:
+            q += " WHERE phase NOT IN ('done','interrupted','attention')"
+        q += " ORDER BY id DESC LIMIT ?"
+        with self._lock:
+            return [dict(r) for r in self._db.execute(q, (limit,)).fetchall()]
+
+    def recover_sessions(self) -> int:
+        """After a crash, sessions that were live are interrupted (their camera is
+        re-announced by the source if still present). Returns how many."""
+        with self.tx() as db:
+            rows = db.execute(
+                "SELECT id FROM sessions WHERE phase NOT IN ('done','interrupted','attention')").fetchall()
+            for r in rows:
+                self.set_phase(r["id"], Phase.INTERRUPTED, error="dockd restarted")
+        return len(rows)
+
+    # -- recordings -----------------------------------------------------------
+
+    def upsert_found(self, serial: str, session_id: int, profile: str, rel_path: bytes,
+                     size: int, mtime_ns: int, role: str, flagged: bool = False) -> Recording:
+        """Record a file seen on the camera; an already-known identity keeps its state."""
+        now = time.time()
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO recordings(serial, rel_path, size, mtime_ns, role, profile, session_id,"
+                " state, flagged, created_at, updated_at) VALUES(?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(serial, rel_path, size, mtime_ns) DO UPDATE SET"
+                " session_id=excluded.session_id, flagged=MAX(flagged, excluded.flagged)",
+                (serial, rel_path, size, mtime_ns, role, profile, session_id,
+                 RecState.FOUND.value, int(flagged), now, now),
+            )
+            row = db.execute(
+                f"SELECT {_REC_COLS} FROM recordings WHERE serial=? AND rel_path=? AND size=? AND mtime_ns=?",
+                (serial, rel_path, size, mtime_ns),
+            ).fetchone()
+        return _row_to_rec(row)
+
+    def get(self, rec_id: int) -> Recording:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_REC_COLS} FROM recordings WHERE id=?", (rec_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no recording {rec_id}")
+        return _row_to_rec(row)
+
+    def recordings(self, *, serial: str | None = None, states: Iterable[RecState] | None = None,
+                   session_id: int | None = None) -> list[Recording]:
+        q = f"SELECT {_REC_COLS} FROM recordings WHERE 1=1"
+        args: list[Any] = []
+        if serial is not None:
+            q += " AND serial=?"
+            args.append(serial)
+        if session_id is not None:
+            q += " AND session_id=?"
+            args.append(session_id)
+        if states is not None:
+            st = [s.value for s in states]
+            q += f" AND state IN ({','.join('?' * len(st))})"
+            args += st
+        q += " ORDER BY flagged DESC, mtime_ns, id"
+        with self._lock:
+            return [_row_to_rec(r) for r in self._db.execute(q, args).fetchall()]
+
+    def transition(self, rec_id: int, new: RecState, *, event: str | None = None,
+                   error: str | None = None, next_attempt_at: float | None = None,
+                   count_attempt: bool = False, **fields: Any) -> Recording:
+        """Move a recording to ``new``, updating ``fields``; commit; log the event."""
+        allowed = {"plain_sha256", "cipher_sha256", "cipher_size", "object_key", "spool_path", "attempts"}
+        bad = set(fields) - allowed
+        if bad:
+            raise LedgerError(f"unknown recording fields {sorted(bad)}")
+        with self.tx() as db:
+            cur = self.get(rec_id)
+            if new != cur.state and new not in TRANSITIONS[cur.state]:
+                raise LedgerError(f"recording {rec_id}: illegal transition {cur.state.value} -> {new.value}")
+            sets = ["state=?", "updated_at=?", "last_error=?", "next_attempt_at=?"]
+            args: list[Any] = [new.value, time.time(), error, next_attempt_at]
+            if count_attempt:
+                sets.append("attempts=attempts+1")
+            for k, v in fields.items():
+                sets.append(f"{k}=?")
+                args.append(v)
+            db.execute(f"UPDATE recordings SET {', '.join(sets)} WHERE id=?", (*args, rec_id))
+            rec = self.get(rec_id)
+            if event:
+                self.append_event(event, serial=rec.serial, session_id=rec.session_id,
+                                  recording_id=rec_id, path=rec.name, size=rec.size,
+                                  sha256=rec.plain_sha256, state=new.value, error=error,
+                                  object_key=rec.object_key)
+        return rec
+
+    # -- upload checkpoints ------------------------------------------------
+
+    def checkpoint_load(self, rec_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT state FROM uploads WHERE recording_id=?", (rec_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def checkpoint_save(self, rec_id: int, state: dict[str, Any]) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO uploads(recording_id, state, updated_at) VALUES(?,?,?)"
+                " ON CONFLICT(recording_id) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
+                (rec_id, json.dumps(state), time.time()),
+            )
+
+    def checkpoint_clear(self, rec_id: int) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM uploads WHERE recording_id=?", (rec_id,))
+
+    # -- summaries -------------------------------------------------------------
+
+    def counts(self, **where: Any) -> dict[str, tuple[int, int]]:
+        """state -> (count, bytes) for recordings matching ``where`` (serial/session_id)."""
+        q = "SELECT state, COUNT(*), COALESCE(SUM(size),0) FROM recordings WHERE 1=1"
+        args: list[Any] = []
+        for k in ("serial", "session_id"):
+            if where.get(k) is not None:
+                q += f" AND {k}=?"
+                args.append(where[k])
+        q += " GROUP BY state"
+        with self._lock:
+            return {r[0]: (r[1], r[2]) for r in self._db.execute(q, args).fetchall()}
+
+
+class LedgerCheckpoint:
+    """``store.base.Checkpoint`` backed by the ledger's uploads table."""
+
+    def __init__(self, ledger: Ledger, rec_id: int) -> None:
+        self.ledger = ledger
+        self.rec_id = rec_id
+
+    def load(self) -> dict[str, Any] | None:
+        return self.ledger.checkpoint_load(self.rec_id)
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.ledger.checkpoint_save(self.rec_id, state)
+
+    def clear(self) -> None:
+        self.ledger.checkpoint_clear(self.rec_id)
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements, the way sqlite3 itself sees them."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
