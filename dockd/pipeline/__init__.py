@@ -1,0 +1,1 @@
+"""One module per stage: scan → spool → upload → wipe."""

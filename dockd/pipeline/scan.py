@@ -1,0 +1,120 @@
+"""Scan: which files on a camera are recordings, chosen by its profile.
+
+The camera's filesystem is hostile. We walk it with bytes paths (names need
+not be UTF-8), never follow symlinks, read only regular files, guard against
+directory loops by (dev, inode), bound the depth, and report everything we
+skip. Files that are neither recordings nor their sidecars are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+MAX_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class Entry:
+    rel_path: bytes
+    size: int
+    mtime_ns: int
+    role: str                      # "recording" | "sidecar"
+    primary: bytes | None = None   # for a sidecar, its recording
+
+
+@dataclass
+class ScanResult:
+    entries: list[Entry] = field(default_factory=list)
+    skipped: list[tuple[bytes, str]] = field(default_factory=list)
+    ignored: int = 0               # regular files that are not ours: left alone
+
+    @property
+    def bytes(self) -> int:
+        return sum(e.size for e in self.entries)
+
+
+def scan(root: Path, profile: Any, on_skip: Callable[[bytes, str], None] | None = None) -> ScanResult:
+    """List the recordings and sidecars under ``root`` per ``profile``.
+
+    ``profile`` provides ``is_recording(rel)``, ``is_kept(rel)`` and
+    ``sidecars_for(rel, names_in_dir)`` over ``str`` paths (surrogate-escaped).
+    """
+    result = ScanResult()
+
+    def skip(rel: bytes, reason: str) -> None:
+        result.skipped.append((rel, reason))
+        if on_skip:
+            on_skip(rel, reason)
+
+    root_b = os.fsencode(root)
+    try:
+        root_st = os.lstat(root_b)
+    except OSError as exc:
+        from ..errors import DeviceGoneError
+
+        raise DeviceGoneError(f"cannot read camera root {root}: {exc.strerror}") from exc
+    seen_dirs = {(root_st.st_dev, root_st.st_ino)}
+    stack: list[tuple[bytes, int]] = [(b"", 0)]
+    while stack:
+        rel_dir, depth = stack.pop()
+        abs_dir = os.path.join(root_b, rel_dir) if rel_dir else root_b
+        files: dict[bytes, os.stat_result] = {}
+        try:
+            with os.scandir(abs_dir) as it:
+                entries = list(it)
+        except OSError as exc:
+            skip(rel_dir or b".", f"unreadable directory: {exc.strerror}")
+            continue
+        for de in entries:
+            rel = os.path.join(rel_dir, de.name) if rel_dir else de.name
+            try:
+                st = de.stat(follow_symlinks=False)
+            except OSError as exc:
+                skip(rel, f"cannot stat: {exc.strerror}")
+                continue
+            mode = st.st_mode
+            if stat.S_ISLNK(mode):
+                skip(rel, "symlink (never followed)")
+            elif stat.S_ISDIR(mode):
+                key = (st.st_dev, st.st_ino)
+                if key in seen_dirs:
+                    skip(rel, "directory loop")
+                elif depth + 1 > MAX_DEPTH:
+                    skip(rel, f"deeper than {MAX_DEPTH} levels")
+                else:
+                    seen_dirs.add(key)
+                    stack.append((rel, depth + 1))
+            elif stat.S_ISREG(mode):
+                files[de.name] = st
+            else:
+                skip(rel, "not a regular file")
+        _classify(rel_dir, files, profile, result)
+    result.entries.sort(key=lambda e: (e.mtime_ns, e.rel_path))
+    return result
+
+
+def _classify(rel_dir: bytes, files: dict[bytes, os.stat_result], profile: Any, result: ScanResult) -> None:
+    names = [os.fsdecode(n) for n in files]
+    claimed: set[bytes] = set()
+    for name_b, st in sorted(files.items()):
+        rel = os.path.join(rel_dir, name_b) if rel_dir else name_b
+        rel_s = os.fsdecode(rel)
+        if profile.is_kept(rel_s) or not profile.is_recording(rel_s):
+            continue
+        result.entries.append(Entry(rel, st.st_size, st.st_mtime_ns, "recording"))
+        claimed.add(name_b)
+        for side in profile.sidecars_for(rel_s, names):
+            side_b = os.fsencode(os.path.basename(side))
+            if side_b in claimed or side_b not in files:
+                continue
+            side_rel = os.path.join(rel_dir, side_b) if rel_dir else side_b
+            if profile.is_kept(os.fsdecode(side_rel)):
+                continue
+            sst = files[side_b]
+            result.entries.append(Entry(side_rel, sst.st_size, sst.st_mtime_ns, "sidecar", rel))
+            claimed.add(side_b)
+    result.ignored += len(files) - len(claimed)

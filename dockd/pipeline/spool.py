@@ -1,0 +1,192 @@
+"""Spool: one read of each camera file feeds SHA-256 and age encryption.
+
+The ciphertext goes to a temp file in the spool, is fsynced, renamed into
+place and the directory fsynced, so a spooled recording survives a power cut.
+Memory is one read buffer whatever the file size. The source is opened
+without following symlinks and re-checked (size, mtime) after the last read,
+so a file that grows or changes is never spooled as if it were whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..age import Encryptor
+from ..errors import DeviceGoneError, FileChangedError, SourceError, SpoolError, SpoolFullError
+from ..store.dirstore import fsync_dir
+
+BLOCK = 1 << 20                      # 16 age chunks per read: few syscalls, small memory
+GONE_ERRNOS = {errno.EIO, errno.ENODEV, errno.ENXIO, errno.ENOTCONN, errno.ESHUTDOWN, errno.ESTALE}
+PARTIAL_DIR = "partial"
+
+
+@dataclass(frozen=True)
+class Spooled:
+    path: Path
+    plain_sha256: str
+    cipher_sha256: str
+    cipher_size: int
+    seconds: float
+
+
+class _HashingSink:
+    """The Encryptor's output: hashes the ciphertext and writes it to an fd."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.sha.update(data)
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class Spool:
+    """The durable local spool directory."""
+
+    def __init__(self, root: Path, recipients: Sequence[object], min_free: int = 0) -> None:
+        self.root = Path(root)
+        self.recipients = list(recipients)
+        self.min_free = min_free
+        (self.root / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, rec_id: int) -> Path:
+        return self.root / f"{rec_id}.age"
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def used_bytes(self) -> int:
+        total = 0
+        for p in self.root.glob("*.age"):
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def discard_partials(self) -> int:
+        """Remove half-written files left by a crash or an undock. Idempotent."""
+        n = 0
+        for p in (self.root / PARTIAL_DIR).iterdir():
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    def remove(self, rec_id: int) -> None:
+        p = self.path_for(rec_id)
+        if p.exists():
+            p.unlink()
+            fsync_dir(self.root)
+
+    def spool(
+        self,
+        source: Path,
+        rec_id: int,
+        size: int,
+        mtime_ns: int,
+        cancel: threading.Event | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Spooled:
+        """Encrypt ``source`` into the spool as ``<rec_id>.age``.
+
+        Raises ``FileChangedError`` if the file is not the (size, mtime) the
+        scan saw, ``DeviceGoneError`` if the camera goes away (or ``cancel`` is
+        set), ``SourceError`` for other read errors, ``SpoolFullError`` when
+        the spool disk is full. Never leaves a partial file behind.
+        """
+        t0 = time.monotonic()
+        partial = self.root / PARTIAL_DIR / f"{rec_id}.age"
+        final = self.path_for(rec_id)
+        try:
+            src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _read_error(exc, source) from exc
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode):
+                raise SourceError(f"{source}: not a regular file")
+            if st.st_size != size or st.st_mtime_ns != mtime_ns:
+                raise FileChangedError(f"{source}: changed since it was scanned")
+            try:
+                os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            except OSError:
+                pass
+            try:
+                out = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise _spool_error(exc) from exc
+            try:
+                sink = _HashingSink(out)
+                plain = hashlib.sha256()
+                enc = Encryptor(sink, self.recipients)
+                buf = bytearray(BLOCK)
+                view = memoryview(buf)
+                done = 0
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        raise DeviceGoneError(f"{source}: camera undocked during copy")
+                    try:
+                        n = os.readv(src, [buf])
+                    except OSError as exc:
+                        raise _read_error(exc, source) from exc
+                    if n == 0:
+                        break
+                    done += n
+                    if done > size:
+                        raise FileChangedError(f"{source}: grew while being read")
+                    chunk = view[:n]
+                    plain.update(chunk)
+                    enc.write(chunk)
+                    if progress:
+                        progress(n)
+                enc.close()
+                end = os.fstat(src)
+                if done != size or end.st_size != size or end.st_mtime_ns != mtime_ns:
+                    raise FileChangedError(f"{source}: changed while being read")
+                os.fsync(out)
+            except OSError as exc:
+                raise _spool_error(exc) from exc
+            finally:
+                os.close(out)
+            os.replace(partial, final)
+            fsync_dir(self.root)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(src)
+        return Spooled(final, plain.hexdigest(), sink.sha.hexdigest(), sink.size,
+                       time.monotonic() - t0)
+
+
+def _read_error(exc: OSError, source: Path) -> SourceError:
+    if exc.errno in GONE_ERRNOS:
+        return DeviceGoneError(f"{source}: {exc.strerror} (camera gone?)")
+    if exc.errno == errno.ELOOP:
+        return SourceError(f"{source}: is a symlink (never followed)")
+    return SourceError(f"{source}: {exc.strerror}")
+
+
+def _spool_error(exc: OSError) -> SpoolError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return SpoolFullError(f"spool is full: {exc.strerror}")
+    return SpoolError(f"spool write failed: {exc.strerror}")

@@ -1,0 +1,336 @@
+"""Upload: a shared pool, bounded and fair across cameras.
+
+A recording is queued as soon as it is in the spool. Workers take cameras in
+turn (round-robin), flagged recordings first, then oldest first. Each job
+puts the spooled ciphertext through the retrying store, proves it with
+``verify``, commits ``verified`` and only then drops the spool copy.
+
+What happens on failure is decided by what the error says to do:
+* transient, attempts spent → ``failed`` with ``next_attempt_at`` from the
+  one retry policy; a timer re-queues it;
+* auth refused → the whole queue pauses (``store.auth_failed``) and probes
+  the store until it accepts us again; nothing is burned;
+* the store's copy differs → delete it, retry the recording;
+* the spool copy no longer matches its hash → back to ``found`` (re-copied
+  while the camera is docked) or ``attention``.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from .. import log
+from ..errors import (
+    DockdError,
+    IntegrityError,
+    ObjectMissingError,
+    StoreAuthError,
+)
+from ..ledger import Ledger, LedgerCheckpoint
+from ..model import RecState, Recording
+from ..store.base import Blob, Store, sha256_file
+from ..store.retry import RetryPolicy
+from .spool import Spool
+
+AUTH_PROBE_SECONDS = 15.0
+
+
+class Uploader:
+    def __init__(
+        self,
+        ledger: Ledger,
+        store: Store,
+        spool: Spool,
+        policy: RetryPolicy,
+        *,
+        concurrency: int = 4,
+        max_attempts: int = 50,
+        metadata: Callable[[Recording], dict[str, str]] = lambda r: {},
+        is_docked: Callable[[str], bool] = lambda serial: False,
+        logger: Any = None,
+    ) -> None:
+        self.ledger = ledger
+        self.store = store
+        self.spool = spool
+        self.policy = policy
+        self.max_attempts = max_attempts
+        self.metadata = metadata
+        self.is_docked = is_docked
+        self.log = logger or log.get()
+        self._cv = threading.Condition()
+        self._queues: dict[str, collections.deque[int]] = collections.OrderedDict()
+        self._queued: set[int] = set()
+        self._active: set[int] = set()
+        self._delayed: dict[int, float] = {}
+        self._stopping = False
+        self._auth_paused: str | None = None
+        self.last_success: float | None = None
+        self.store_ok: bool | None = None
+        self.last_store_error: str | None = None
+        self._workers = [threading.Thread(target=self._work, name=f"upload-{i}", daemon=True)
+                         for i in range(concurrency)]
+        self._timer = threading.Thread(target=self._tick, name="upload-timer", daemon=True)
+        self._started = False
+        self._local = threading.local()
+
+    # -- public -------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            for w in self._workers:
+                w.start()
+            self._timer.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let in-flight uploads finish (or hit ``timeout``); queued ones stay in the ledger."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        deadline = time.monotonic() + timeout
+        for w in self._workers:
+            if w.is_alive():
+                w.join(max(0.0, deadline - time.monotonic()))
+
+    def submit(self, rec: Recording) -> None:
+        with self._cv:
+            if rec.id in self._queued or rec.id in self._active:
+                return
+            self._delayed.pop(rec.id, None)
+            q = self._queues.setdefault(rec.serial, collections.deque())
+            if rec.flagged:
+                q.appendleft(rec.id)
+            else:
+                q.append(rec.id)
+            self._queued.add(rec.id)
+            self._cv.notify()
+
+    def submit_later(self, rec_id: int, when: float) -> None:
+        with self._cv:
+            self._delayed[rec_id] = when
+
+    @property
+    def paused(self) -> str | None:
+        return self._auth_paused
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._cv:
+            return {
+                "queued": len(self._queued),
+                "active": len(self._active),
+                "delayed": len(self._delayed),
+                "paused": self._auth_paused,
+                "store_reachable": self.store_ok,
+                "last_store_error": self.last_store_error,
+                "last_success": self.last_success,
+            }
+
+    def is_idle_for(self, rec_ids: Iterable[int]) -> bool:
+        ids = set(rec_ids)
+        with self._cv:
+            return not (ids & (self._queued | self._active))
+
+    def wait_idle(self, rec_ids: Iterable[int], timeout: float | None = None) -> bool:
+        """Block until none of ``rec_ids`` is queued or uploading (delayed ones count as idle)."""
+        ids = set(rec_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while ids & (self._queued | self._active):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cv.wait(0.5 if left is None else min(left, 0.5))
+        return True
+
+    # -- machinery ------------------------------------------------------------
+
+    def _next(self) -> int | None:
+        """Round-robin over cameras; within a camera, queue order (flagged first)."""
+        with self._cv:
+            while True:
+                if self._stopping:
+                    return None
+                if self._queues and not self._auth_paused:
+                    serial, q = next(iter(self._queues.items()))
+                    rec_id = q.popleft()
+                    del self._queues[serial]
+                    if q:
+                        self._queues[serial] = q     # to the back: the next camera goes next
+                    self._queued.discard(rec_id)
+                    self._active.add(rec_id)
+                    return rec_id
+                self._cv.wait(1.0)
+
+    def _done(self, rec_id: int) -> None:
+        with self._cv:
+            self._active.discard(rec_id)
+            self._cv.notify_all()
+
+    def _tick(self) -> None:
+        while True:
+            with self._cv:
+                if self._stopping:
+                    return
+                now = time.time()
+                due = [r for r, t in self._delayed.items() if t <= now]
+                for r in due:
+                    del self._delayed[r]
+            for r in due:
+                try:
+                    self.submit(self.ledger.get(r))
+                except DockdError:
+                    pass
+            if self._auth_paused:
+                self._probe_auth()
+            with self._cv:
+                self._cv.wait(AUTH_PROBE_SECONDS if self._auth_paused else 1.0)
+
+    def _probe_auth(self) -> None:
+        try:
+            list(self.store.list("__dockd_probe__/"))
+        except StoreAuthError:
+            return
+        except DockdError:
+            return
+        with self._cv:
+            self._auth_paused = None
+            self._cv.notify_all()
+        log.emit(self.log, "store.resumed", store=self.store.url)
+
+    def _work(self) -> None:
+        while True:
+            rec_id = self._next()
+            if rec_id is None:
+                return
+            try:
+                self.upload_one(rec_id)
+            except Exception as exc:  # a bug must not kill the pool; it is logged loudly
+                self.log.exception("upload.bug", recording_id=rec_id, error=str(exc))
+            finally:
+                self._done(rec_id)
+
+    def upload_one(self, rec_id: int) -> RecState:
+        """Upload, prove, commit. Idempotent: may be called again after a crash."""
+        rec = self.ledger.get(rec_id)
+        lg = self.log.bind(camera=rec.serial, recording=rec.name, sha256=rec.plain_sha256)
+        if rec.state in (RecState.VERIFIED, RecState.WIPED, RecState.ATTENTION):
+            return rec.state
+        if not rec.spool_path or not rec.object_key or rec.cipher_sha256 is None:
+            return rec.state  # not spooled yet
+        path = self.spool.path_for(rec.id)
+        blob = Blob(path, int(rec.cipher_size or 0), rec.cipher_sha256, self.metadata(rec), rec.flagged)
+        key = rec.object_key
+
+        if not path.exists():
+            # Crash after the store had it? Then it may already be verifiable there.
+            try:
+                self.store.verify(key, blob)
+            except DockdError:
+                return self._back_to_found(rec, lg, "spool copy missing")
+            return self._verified(rec, lg, blob)
+
+        store = self.store
+        self._local.lg = lg
+        try:
+            log.emit(lg, "upload.started", key=key, size=blob.size)
+            if not self._already_there(key, blob):
+                store.put(key, blob, LedgerCheckpoint(self.ledger, rec.id))
+                rec = self.ledger.transition(rec.id, RecState.UPLOADED, event="upload.uploaded")
+                log.emit(lg, "upload.uploaded", key=key)
+            store.verify(key, blob)
+        except StoreAuthError as exc:
+            with self._cv:
+                first = self._auth_paused is None
+                self._auth_paused = str(exc)
+            self.store_ok = False
+            self.last_store_error = str(exc)
+            if first:
+                log.emit(lg, "store.auth_failed", store=store.url, error=str(exc))
+            self.submit_later(rec.id, time.time())   # back in line once resumed
+            return rec.state
+        except IntegrityError as exc:
+            return self._integrity(rec, lg, blob, exc)
+        except ObjectMissingError as exc:
+            return self._failed(rec, lg, exc)
+        except DockdError as exc:
+            self.store_ok = False if exc.retryable else self.store_ok
+            self.last_store_error = str(exc)
+            return self._failed(rec, lg, exc)
+        return self._verified(rec, lg, blob)
+
+    def on_store_retry(self, op: str, attempt: int, exc: BaseException, wait: float) -> None:
+        """Hook for ``RetryingStore``: runs in the worker's thread, so it knows the recording."""
+        lg = getattr(self._local, "lg", None) or self.log
+        log.emit(lg, "upload.retry", attempt=attempt, wait=round(wait, 2), error=str(exc), op=op)
+
+    def _already_there(self, key: str, blob: Blob) -> bool:
+        try:
+            self.store.verify(key, blob)
+            return True
+        except (ObjectMissingError, IntegrityError):
+            return False
+
+    def _verified(self, rec: Recording, lg: Any, blob: Blob) -> RecState:
+        rec = self.ledger.transition(rec.id, RecState.VERIFIED, event="upload.verified")
+        self.ledger.checkpoint_clear(rec.id)
+        self.spool.remove(rec.id)
+        self.store_ok = True
+        self.last_success = time.time()
+        log.emit(lg, "upload.verified", key=rec.object_key, size=blob.size)
+        return RecState.VERIFIED
+
+    def _failed(self, rec: Recording, lg: Any, exc: DockdError) -> RecState:
+        attempts = rec.attempts + 1
+        if not exc.retryable or attempts >= self.max_attempts:
+            self.ledger.transition(rec.id, RecState.FAILED, event="upload.failed", error=str(exc),
+                                   count_attempt=True, next_attempt_at=None)
+            log.emit(lg, "upload.failed", attempts=attempts, next_attempt_in=None, error=str(exc))
+            return RecState.FAILED
+        wait = self.policy.delay(attempts)
+        when = time.time() + wait
+        self.ledger.transition(rec.id, RecState.FAILED, event="upload.failed", error=str(exc),
+                               count_attempt=True, next_attempt_at=when)
+        log.emit(lg, "upload.failed", attempts=attempts, next_attempt_in=round(wait, 1), error=str(exc))
+        self.submit_later(rec.id, when)
+        return RecState.FAILED
+
+    def _integrity(self, rec: Recording, lg: Any, blob: Blob, exc: IntegrityError) -> RecState:
+        # Whose copy is wrong? Ours, if the spool file no longer has its recorded hash.
+        try:
+            local = sha256_file(blob.path)
+        except OSError:
+            local = None
+        if local != blob.sha256:
+            self.spool.remove(rec.id)
+            self.store.delete(rec.object_key or "")
+            log.emit(lg, "recording.spool_corrupt", error="spool copy fails its hash")
+            return self._back_to_found(rec, lg, "spool copy corrupt")
+        log.emit(lg, "upload.integrity_failed", key=rec.object_key, error=str(exc))
+        try:
+            self.store.delete(rec.object_key or "")
+        except DockdError:
+            pass
+        self.ledger.checkpoint_clear(rec.id)
+        return self._failed(rec, lg, _Retry(str(exc)))
+
+    def _back_to_found(self, rec: Recording, lg: Any, why: str) -> RecState:
+        """The spool copy is lost or bad: copy again from the camera if it is here."""
+        if self.is_docked(rec.serial):
+            self.ledger.transition(rec.id, RecState.FOUND, event="recording.spool_corrupt", error=why,
+                                   spool_path=None, cipher_sha256=None, cipher_size=None)
+            return RecState.FOUND
+        self.ledger.transition(rec.id, RecState.ATTENTION, event="recording.attention",
+                               error=f"{why}; camera not docked: re-dock it to copy again",
+                               spool_path=None, cipher_sha256=None, cipher_size=None)
+        log.emit(lg, "recording.attention", error=why)
+        return RecState.ATTENTION
+
+
+class _Retry(DockdError):
+    """An integrity mismatch at the store: worth another full upload."""
+
+    msgid = "store.integrity_failed"
+    retryable = True

@@ -1,0 +1,109 @@
+"""Wipe: delete verified recordings from the camera, and only those.
+
+Each file is re-stat'ed first (without following symlinks); if its size or
+mtime differ from what was spooled and verified, it is refused
+(``wipe.refused``), never deleted on the strength of an old copy. After the
+deletions the directories are fsynced and listed again to confirm.
+
+Idempotent: a verified file that is already gone (a crash between unlink and
+commit) counts as wiped.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import log
+from ..errors import DeviceGoneError
+from ..ledger import Ledger
+from ..model import RecState, Recording
+from .spool import GONE_ERRNOS
+
+
+@dataclass
+class WipeResult:
+    wiped: list[Recording] = field(default_factory=list)
+    refused: list[tuple[Recording, str]] = field(default_factory=list)
+    failed: list[tuple[Recording, str]] = field(default_factory=list)
+
+
+def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any) -> WipeResult:
+    result = WipeResult()
+    root_b = os.fsencode(root)
+    dirs: set[bytes] = set()
+    unlinked: list[tuple[Recording, bytes]] = []
+    for rec in recs:
+        if rec.state != RecState.VERIFIED:
+            continue
+        lg = logger.bind(camera=rec.serial, recording=rec.name, sha256=rec.plain_sha256)
+        path = os.path.join(root_b, rec.rel_path)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            ledger.transition(rec.id, RecState.WIPED, event="wipe.done", error="already absent")
+            log.emit(lg, "wipe.done", note="already absent")
+            result.wiped.append(rec)
+            continue
+        except OSError as exc:
+            if exc.errno in GONE_ERRNOS:
+                raise DeviceGoneError(f"camera gone during wipe: {exc.strerror}") from exc
+            result.failed.append((rec, exc.strerror or str(exc)))
+            log.emit(lg, "wipe.failed", error=exc.strerror)
+            continue
+        reason = None
+        if not stat.S_ISREG(st.st_mode):
+            reason = "no longer a regular file"
+        elif st.st_size != rec.size or st.st_mtime_ns != rec.mtime_ns:
+            reason = (f"changed since it was copied (size {rec.size}→{st.st_size}, "
+                      f"mtime {rec.mtime_ns}→{st.st_mtime_ns})")
+        if reason:
+            ledger.append_event("wipe.refused", serial=rec.serial, recording_id=rec.id,
+                                session_id=rec.session_id, path=rec.name, reason=reason)
+            log.emit(lg, "wipe.refused", reason=reason)
+            result.refused.append((rec, reason))
+            continue
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno in GONE_ERRNOS:
+                raise DeviceGoneError(f"camera gone during wipe: {exc.strerror}") from exc
+            result.failed.append((rec, exc.strerror or str(exc)))
+            log.emit(lg, "wipe.failed", error=exc.strerror)
+            continue
+        dirs.add(os.path.dirname(path))
+        unlinked.append((rec, path))
+    for d in dirs:
+        _fsync_dir(d)
+    for rec, path in unlinked:
+        lg = logger.bind(camera=rec.serial, recording=rec.name, sha256=rec.plain_sha256)
+        if os.path.lexists(path):   # list again: the deletion must be visible
+            result.failed.append((rec, "still present after unlink"))
+            log.emit(lg, "wipe.failed", error="still present after unlink")
+            continue
+        ledger.transition(rec.id, RecState.WIPED, event="wipe.done")
+        log.emit(lg, "wipe.done")
+        result.wiped.append(rec)
+    try:
+        os.sync()
+    except OSError:
+        pass
+    return result
+
+
+def _fsync_dir(path: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some FUSE filesystems refuse fsync on directories; sync() follows
+    finally:
+        os.close(fd)
