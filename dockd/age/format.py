@@ -147,6 +147,9 @@ def parse(src: LineSource) -> Header:
     if not first:
         raise AgeHeaderError("header: file is empty")
     if first != VERSION_LINE:
+        # Armored files may be preceded by whitespace, even blank lines.
+        while first.endswith(_LF) and not first.strip():
+            first = readline()
         if first.lstrip().startswith(ARMOR_BEGIN):
             raise AgeUnsupportedError("ASCII-armored age files are not supported; dearmor first")
         if first.endswith(b"\r\n"):
