@@ -1,0 +1,206 @@
+"""Commands, thin: parse → call → exit code.
+
+Exit codes: 0 ok, 1 something needs attention, 2 usage or configuration.
+One ``main()`` maps every ``DockdError`` to one line on stderr and its exit
+code; a traceback is shown only for bugs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+import click
+
+from . import config as config_mod
+from . import log
+from .errors import DockdError, UsageError
+
+EXIT_OK, EXIT_ATTENTION, EXIT_USAGE = 0, 1, 2
+
+
+class Ctx:
+    def __init__(self, config_path: Path | None) -> None:
+        self.config_path = config_path
+        self._cfg: config_mod.Config | None = None
+
+    @property
+    def cfg(self) -> config_mod.Config:
+        if self._cfg is None:
+            self._cfg = config_mod.load(self.config_path)
+            log.configure(self._cfg.log.level, self._cfg.log.format, stream=sys.stderr
+                          if os.environ.get("DOCKD_LOG_STDERR") else None)
+        return self._cfg
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="TOML configuration (else $DOCKD_CONFIG, else /etc/dockd/dockd.toml, else built-in).")
+@click.version_option(package_name="dockd")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None) -> None:
+    """dockd: evidence-safe ingest for body-worn-camera docks."""
+    ctx.obj = Ctx(config_path)
+
+
+# -- keys ---------------------------------------------------------------------
+
+@cli.command()
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the identity here (mode 0600) instead of stdout.")
+def keygen(output: Path | None) -> None:
+    """Make an age X25519 identity; print its public key (age1…) on stdout."""
+    from .age import format_identity_file, generate_identity
+
+    ident = generate_identity()
+    text = format_identity_file(ident)
+    if output is None:
+        click.echo(text, nl=False)
+        click.echo(f"Public key: {ident.public()}", err=True)
+        return
+    if output.exists():
+        raise UsageError(f"{output} exists; refusing to overwrite an identity")
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    click.echo(str(ident.public()))
+
+
+@cli.command()
+@click.option("-i", "--identity", "identities", multiple=True, required=True,
+              type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="age identity file (repeatable).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write plaintext here (default stdout).")
+@click.argument("input", required=False, type=click.Path(path_type=Path, dir_okay=False, exists=True))
+def decrypt(identities: tuple[Path, ...], output: Path | None, input: Path | None) -> None:
+    """Decrypt an age file (what the store holds) with an identity."""
+    from .age import decrypt as age_decrypt
+    from .age import parse_identity_file
+
+    ids = []
+    for p in identities:
+        ids += parse_identity_file(p.read_text())
+    src = open(input, "rb") if input else sys.stdin.buffer
+    tmp = None
+    try:
+        if output is None:
+            dst = sys.stdout.buffer
+        else:
+            tmp = output.with_name(f".{output.name}.partial")
+            dst = open(tmp, "wb")
+        try:
+            age_decrypt(src, dst, ids)
+        finally:
+            if dst is not sys.stdout.buffer:
+                dst.close()
+        if tmp is not None:
+            os.replace(tmp, output)   # never leave unauthenticated plaintext under the real name
+            tmp = None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if input:
+            src.close()
+
+
+# -- ingest / run -------------------------------------------------------------
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--serial", help="Camera serial (default: the directory's name).")
+@click.option("--profile", default="generic", show_default=True, help="Camera profile.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
+@click.pass_obj
+def ingest(obj: Ctx, path: Path, serial: str | None, profile: str, progress: bool | None) -> None:
+    """Dock the directory PATH as a camera, once: copy, upload, verify, wipe."""
+    from .device.events import CameraDocked
+    from .engine import Station
+    from .pipeline.naming import safe_component
+    from .ui import ingest_progress
+
+    cfg = obj.cfg
+    serial = safe_component(serial or path.resolve().name, 64)
+    station = Station(cfg, patient=False)
+    try:
+        station.start()
+        ev = CameraDocked(serial=serial, profile=profile, mount=path.resolve())
+        show = sys.stderr.isatty() if progress is None else progress
+        with ingest_progress(show) as on_progress:
+            outcome = station.run_session(ev, progress=on_progress)
+    finally:
+        station.close()
+    summary = (f"{serial}: {outcome.found} found, {outcome.verified} verified, "
+               f"{outcome.wiped} wiped, {len(outcome.failed)} not safe, {len(outcome.refused)} refused "
+               f"→ {outcome.phase.value}")
+    click.echo(summary)
+    for name, why in outcome.failed + outcome.refused:
+        click.echo(f"  {name}: {why}", err=True)
+    if not outcome.ok:
+        sys.exit(EXIT_ATTENTION)
+
+
+@cli.command()
+@click.pass_obj
+def run(obj: Ctx) -> None:
+    """The daemon: watch for cameras and process each one."""
+    from .daemon import Daemon
+
+    sys.exit(Daemon(obj.config_path, obj.cfg).run())
+
+
+# -- status -------------------------------------------------------------------
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable snapshot (stable schema).")
+@click.option("--watch", is_flag=True, help="Refresh in place until interrupted.")
+@click.option("--interval", default=1.0, show_default=True, help="Refresh interval for --watch.")
+@click.pass_obj
+def status(obj: Ctx, as_json: bool, watch: bool, interval: float) -> None:
+    """Every bay: camera, phase, progress, safe to undock; the queue; the spool."""
+    from . import status as status_mod
+
+    snap = status_mod.snapshot(obj.cfg)
+    if as_json:
+        click.echo(json.dumps(snap, indent=2, sort_keys=True))
+    elif watch:
+        status_mod.watch(obj.cfg, interval)
+    else:
+        status_mod.render(snap)
+    if snap.get("attention"):
+        sys.exit(EXIT_ATTENTION)
+
+
+# -- demo -----------------------------------------------------------------------
+
+@cli.command()
+@click.option("--keep", is_flag=True, help="Keep the throwaway station directory and print its path.")
+def demo(keep: bool) -> None:
+    """A whole dock → wipe cycle on fixture footage: no hardware, no setup."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(keep=keep))
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="dockd", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except DockdError as exc:
+        click.echo(f"dockd: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(EXIT_OK)
+
+

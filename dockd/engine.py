@@ -1,0 +1,453 @@
+"""The station: ledger + spool + store + upload pool, and one session per docked camera.
+
+``Station.run_session`` is the whole path for one camera. It is used by
+``dockd ingest`` (one-shot) and by the daemon's supervisor (many at once).
+It may be called again for the same camera after any crash or undock: the
+ledger lets it skip what is already safe, wipe what is verified and copy the
+rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import log, manifest
+from .age import parse_recipient
+from .config import Config
+from .device.events import CameraDocked
+from .device.profiles import Profile, load_profiles
+from .errors import (
+    ConfigError,
+    DeviceGoneError,
+    DockdError,
+    FileChangedError,
+    SourceError,
+    SpoolFullError,
+)
+from .ledger import Ledger
+from .model import Phase, RecState, Recording
+from .pipeline import naming
+from .pipeline.scan import scan
+from .pipeline.spool import Spool
+from .pipeline.upload import Uploader
+from .pipeline.wipe import wipe
+from .store.base import Blob, MemoryCheckpoint, Store
+from .store.factory import open_store, policy_for
+from .store.retry import RetryPolicy
+
+MAX_SCAN_PASSES = 3
+SPOOL_WAIT_SECONDS = 2.0
+
+
+@dataclass
+class LiveSession:
+    """In-memory progress of a session, for status and progress bars."""
+
+    session_id: int
+    serial: str
+    profile: str
+    phase: str = Phase.DOCKED.value
+    total: int = 0
+    total_bytes: int = 0
+    spooled_bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last_error: str | None = None
+    current: str | None = None
+    bay: str | None = None
+    safe_to_undock: bool = False
+
+
+@dataclass
+class SessionOutcome:
+    session_id: int
+    phase: Phase
+    found: int
+    verified: int
+    wiped: int
+    failed: list[tuple[str, str]]
+    refused: list[tuple[str, str]]
+    bytes: int
+
+    @property
+    def ok(self) -> bool:
+        return self.phase == Phase.DONE
+
+
+class Station:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        policy: RetryPolicy | None = None,
+        backend: Store | None = None,
+        logger: Any = None,
+        patient: bool = True,
+    ) -> None:
+        """``patient``: wait for delayed retries before ending a session (the
+        daemon); a one-shot ingest is impatient and reports what is left."""
+        self.cfg = cfg
+        self.log = logger or log.get()
+        self.patient = patient
+        if not cfg.encryption.recipients:
+            raise ConfigError("encryption.recipients",
+                              "no recipients: add the store's age public key (dockd keygen makes one)")
+        self.recipients = [parse_recipient(r) for r in cfg.encryption.recipients]
+        self.profiles: dict[str, Profile] = load_profiles(cfg.devices.profiles_dir)
+        for d in (cfg.paths.state_dir, cfg.paths.spool_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.ledger = Ledger(cfg.ledger_path)
+        self.spool = Spool(cfg.paths.spool_dir, self.recipients, cfg.spool.min_free)
+        self.policy = policy or policy_for(cfg)
+        self._docked: dict[str, int] = {}
+        self.live: dict[str, LiveSession] = {}
+        self._lock = threading.Lock()
+        self.uploader: Uploader  # set below; store's retry hook needs it
+        self.store = open_store(cfg, self.policy, on_retry=self._on_retry, backend=backend)
+        self.uploader = Uploader(
+            self.ledger, self.store, self.spool, self.policy,
+            concurrency=cfg.upload.concurrency,
+            max_attempts=cfg.upload.max_attempts_total,
+            metadata=self._metadata,
+            is_docked=self.is_docked,
+            logger=self.log,
+        )
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def _on_retry(self, op: str, attempt: int, exc: BaseException, wait: float) -> None:
+        self.uploader.on_store_retry(op, attempt, exc, wait)
+
+    def start(self) -> dict[str, int]:
+        """Reconcile ledger, spool and store after a (possibly unclean) stop, then
+        start the upload pool. Idempotent."""
+        partials = self.spool.discard_partials()
+        interrupted = self.ledger.recover_sessions()
+        resumed = orphans = 0
+        known: set[int] = set()
+        for rec in self.ledger.recordings(states=[RecState.SPOOLED, RecState.UPLOADED, RecState.FAILED,
+                                                  RecState.VERIFIED, RecState.FOUND]):
+            known.add(rec.id)
+            has_file = self.spool.path_for(rec.id).exists()
+            if rec.state == RecState.VERIFIED:
+                if has_file:
+                    self.spool.remove(rec.id)      # crash between commit and cleanup
+            elif rec.spool_path and has_file:
+                self.uploader.submit(rec)
+                resumed += 1
+            elif rec.spool_path:
+                self.uploader.submit(rec)          # verifies at the store or goes back to found
+                resumed += 1
+        for p in self.spool.root.glob("*.age"):
+            try:
+                rid = int(p.stem)
+            except ValueError:
+                continue
+            if rid not in known:
+                # renamed into place but never committed: the camera still has it
+                rec_state = None
+                try:
+                    rec_state = self.ledger.get(rid).state
+                except DockdError:
+                    pass
+                if rec_state in (None, RecState.WIPED):
+                    continue   # never delete what we cannot account for
+                p.unlink()
+                orphans += 1
+        self.uploader.start()
+        summary = {"sessions_interrupted": interrupted, "resumed": resumed,
+                   "partials_discarded": partials, "orphans": orphans}
+        log.emit(self.log, "daemon.recovered", **summary)
+        return summary
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.uploader.stop(timeout)
+        self.store.close()
+        self.ledger.close()
+
+    def is_docked(self, serial: str) -> bool:
+        with self._lock:
+            return serial in self._docked
+
+    # -- helpers --------------------------------------------------------------
+
+    def _metadata(self, rec: Recording) -> dict[str, str]:
+        return {
+            "plaintext-sha256": rec.plain_sha256 or "",
+            "camera": rec.serial,
+            "station": self.cfg.station.id,
+            "recorded": manifest.iso(rec.mtime_ns / 1e9) or "",
+            "profile": rec.profile,
+            "path": naming.safe_component(rec.name, 200),
+            "role": rec.role,
+            "retention-class": "evidential" if rec.flagged else self.cfg.store.retention_class,
+        }
+
+    def _wait_for_spool_space(self, cancel: threading.Event, lg: Any, live: LiveSession) -> None:
+        floor = self.cfg.spool.min_free
+        if not floor:
+            return
+        warned = False
+        while self.spool.free_bytes() < floor:
+            if not warned:
+                log.emit(lg, "spool.pressure", free=self.spool.free_bytes(), min_free=floor)
+                live.last_error = "spool full: waiting for uploads"
+                warned = True
+            if cancel.wait(SPOOL_WAIT_SECONDS):
+                raise DeviceGoneError("camera undocked while waiting for spool space")
+        if warned:
+            log.emit(lg, "spool.relieved", free=self.spool.free_bytes())
+            live.last_error = None
+
+    # -- the session ------------------------------------------------------------
+
+    def run_session(
+        self,
+        ev: CameraDocked,
+        cancel: threading.Event | None = None,
+        progress: Callable[[LiveSession, int], None] | None = None,
+        release: Callable[[], None] | None = None,
+    ) -> SessionOutcome:
+        cancel = cancel or threading.Event()
+        profile = self.profiles.get(ev.profile)
+        lg = self.log.bind(camera=ev.serial)
+        if profile is None:
+            lg.warning("device.profile_unknown", profile=ev.profile, fallback="generic")
+            profile = self.profiles["generic"]
+        sid = self.ledger.open_session(ev.serial, profile.name, str(ev.mount), ev.device, ev.bay,
+                                       ev.usb.as_dict())
+        lg = lg.bind(session=sid)
+        log.emit(lg, "device.docked", profile=profile.name, device=ev.device, bay=ev.bay, mount=str(ev.mount))
+        live = LiveSession(sid, ev.serial, profile.name, bay=ev.bay)
+        with self._lock:
+            self._docked[ev.serial] = sid
+            self.live[ev.serial] = live
+        failed: list[tuple[str, str]] = []
+        refused: list[tuple[str, str]] = []
+        recs: dict[int, Recording] = {}
+        phase = Phase.DONE
+        try:
+            for _pass in range(MAX_SCAN_PASSES):
+                changed = self._scan_and_spool(ev, profile, sid, lg, live, cancel, recs, failed, progress)
+                again = self._wait_uploads(sid, recs, lg, live, cancel)
+                if not changed and not again:
+                    break
+                failed.clear()
+            self._set_phase(sid, live, Phase.WIPING, lg)
+            result = wipe(ev.mount, [self.ledger.get(i) for i in recs], self.ledger, lg)
+            refused += [(r.name, why) for r, why in result.refused]
+            failed += [(r.name, why) for r, why in result.failed]
+            if cancel.is_set():
+                raise DeviceGoneError("camera undocked")
+        except DeviceGoneError as exc:
+            phase = Phase.INTERRUPTED
+            live.last_error = str(exc)
+            self.ledger.set_phase(sid, Phase.INTERRUPTED, error=str(exc))
+            log.emit(lg, "session.interrupted", error=str(exc))
+            self.ledger.mark_undocked(sid)
+        finally:
+            with self._lock:
+                self._docked.pop(ev.serial, None)
+        final = [self.ledger.get(i) for i in recs]
+        if phase != Phase.INTERRUPTED:
+            self._store_manifest(sid, final, lg)
+            want = RecState.WIPED if self.cfg.wipe.after == "verified" else None
+            not_done = [r for r in final if r.state not in (RecState.WIPED, RecState.VERIFIED)
+                        or (want is not None and r.state != want)]
+            if self.cfg.wipe.after == "spooled":
+                not_done = [r for r in final if not r.state.is_safe]
+            for r in not_done:
+                if (r.name, r.last_error or r.state.value) not in failed:
+                    failed.append((r.name, r.last_error or f"still {r.state.value}"))
+            phase = Phase.ATTENTION if (failed or refused) else Phase.DONE
+            if release:
+                release()
+            error = None
+            if phase == Phase.ATTENTION:
+                error = f"{len(failed)} recording(s) not safe, {len(refused)} refused"
+            live.phase = phase.value
+            live.safe_to_undock = True
+            self.ledger.set_phase(sid, phase, error=error)
+            log.emit(lg, f"session.{phase.value}", recordings=len(final),
+                     bytes=sum(r.size for r in final), error=error)
+        with self._lock:
+            if self.live.get(ev.serial) is live:
+                live.safe_to_undock = True
+        return SessionOutcome(
+            sid, phase, len(final),
+            sum(1 for r in final if r.state in (RecState.VERIFIED, RecState.WIPED)),
+            sum(1 for r in final if r.state == RecState.WIPED),
+            failed, refused, sum(r.size for r in final),
+        )
+
+    def _set_phase(self, sid: int, live: LiveSession, phase: Phase, lg: Any) -> None:
+        if live.phase != phase.value:
+            live.phase = phase.value
+            self.ledger.set_phase(sid, phase)
+            log.emit(lg, f"session.{phase.value}")
+
+    def _scan_and_spool(self, ev: CameraDocked, profile: Profile, sid: int, lg: Any, live: LiveSession,
+                        cancel: threading.Event, recs: dict[int, Recording],
+                        failed: list[tuple[str, str]],
+                        progress: Callable[[LiveSession, int], None] | None) -> bool:
+        """One pass: list the camera, spool what is not safe yet. True if a file changed under us."""
+        self._set_phase(sid, live, Phase.SCANNING, lg)
+
+        def on_skip(rel: bytes, reason: str) -> None:
+            log.emit(lg, "scan.skipped", path=naming.safe_component(os.fsdecode(rel), 200), reason=reason)
+
+        res = scan(ev.mount, profile, on_skip)
+        recs.clear()
+        for e in res.entries:
+            rec = self.ledger.upsert_found(ev.serial, sid, profile.name, e.rel_path, e.size, e.mtime_ns,
+                                           e.role)
+            if rec.state == RecState.ATTENTION and not rec.spool_path:
+                rec = self.ledger.transition(rec.id, RecState.FOUND, error=None)
+            recs[rec.id] = rec
+        log.emit(lg, "scan.done", recordings=sum(1 for e in res.entries if e.role == "recording"),
+                 sidecars=sum(1 for e in res.entries if e.role == "sidecar"), bytes=res.bytes,
+                 ignored=res.ignored, skipped=len(res.skipped))
+        live.total = len(recs)
+        live.total_bytes = res.bytes
+        live.spooled_bytes = sum(r.size for r in recs.values() if r.state.is_safe)
+        self._set_phase(sid, live, Phase.SPOOLING, lg)
+        changed = False
+        for rec in list(recs.values()):
+            rec = self.ledger.get(rec.id)
+            if rec.state in (RecState.SPOOLED, RecState.UPLOADED) or (
+                    rec.state == RecState.FAILED and rec.spool_path):
+                self.uploader.submit(rec)
+                continue
+            if rec.state not in (RecState.FOUND, RecState.FAILED):
+                continue
+            outcome = self._spool_one(ev, rec, lg, live, cancel, progress, failed)
+            changed = changed or outcome == "changed"
+        live.current = None
+        return changed
+
+    def _spool_one(self, ev: CameraDocked, rec: Recording, lg: Any, live: LiveSession,
+                   cancel: threading.Event, progress: Callable[[LiveSession, int], None] | None,
+                   failed: list[tuple[str, str]]) -> str:
+        """Spool one recording; commit ``spooled`` and queue its upload. Returns
+        "ok", "changed" or "failed". Raises DeviceGoneError when the camera left."""
+        rlg = lg.bind(recording=rec.name)
+        live.current = rec.name
+        before = live.spooled_bytes
+
+        def on_bytes(n: int) -> None:
+            live.spooled_bytes += n
+            if progress:
+                progress(live, n)
+
+        while True:
+            self._wait_for_spool_space(cancel, rlg, live)
+            try:
+                sp = self.spool.spool(ev.mount / os.fsdecode(rec.rel_path), rec.id, rec.size,
+                                      rec.mtime_ns, cancel, on_bytes)
+                break
+            except SpoolFullError as exc:
+                live.spooled_bytes = before
+                if not self.cfg.spool.min_free:
+                    self._fail_read(rec, rlg, exc, failed)
+                    return "failed"
+                log.emit(rlg, "spool.pressure", free=self.spool.free_bytes(),
+                         min_free=self.cfg.spool.min_free)
+                if cancel.wait(SPOOL_WAIT_SECONDS):
+                    raise DeviceGoneError("camera undocked while waiting for spool space") from exc
+            except FileChangedError as exc:
+                live.spooled_bytes = before
+                log.emit(rlg, "recording.changed", error=str(exc))
+                self.ledger.transition(rec.id, RecState.FAILED, error=str(exc), count_attempt=True)
+                return "changed"
+            except DeviceGoneError:
+                live.spooled_bytes = before
+                raise
+            except SourceError as exc:
+                live.spooled_bytes = before
+                if not _is_mounted(ev.mount):
+                    raise DeviceGoneError(f"camera gone: {exc}") from exc
+                self._fail_read(rec, rlg, exc, failed)
+                return "failed"
+        key = naming.object_key(self.cfg.store.prefix, self.cfg.station.id, rec.serial, rec.rel_path,
+                                rec.mtime_ns, sp.plain_sha256)
+        rec = self.ledger.transition(rec.id, RecState.SPOOLED, event="recording.spooled",
+                                     plain_sha256=sp.plain_sha256, cipher_sha256=sp.cipher_sha256,
+                                     cipher_size=sp.cipher_size, object_key=key, spool_path=str(sp.path))
+        log.emit(rlg.bind(sha256=sp.plain_sha256), "recording.spooled", size=rec.size,
+                 cipher_sha256=sp.cipher_sha256, seconds=round(sp.seconds, 3))
+        self.uploader.submit(rec)
+        return "ok"
+
+    def _fail_read(self, rec: Recording, lg: Any, exc: DockdError, failed: list[tuple[str, str]]) -> None:
+        self.ledger.transition(rec.id, RecState.FAILED, event="recording.read_failed", error=str(exc),
+                               count_attempt=True)
+        log.emit(lg, "recording.read_failed", error=str(exc))
+        failed.append((rec.name, str(exc)))
+
+    def _wait_uploads(self, sid: int, recs: dict[int, Recording], lg: Any, live: LiveSession,
+                      cancel: threading.Event) -> bool:
+        """Wait until every recording of this dock is settled. True if some must be copied again
+        (their spool copy was lost or corrupt while the camera is still here)."""
+        self._set_phase(sid, live, Phase.UPLOADING, lg)
+        after_spooled = self.cfg.wipe.after == "spooled"
+        while True:
+            cur = [self.ledger.get(i) for i in recs]
+            pending = []
+            for r in cur:
+                if r.state in (RecState.VERIFIED, RecState.WIPED, RecState.ATTENTION):
+                    continue
+                if r.state == RecState.FAILED and not r.spool_path:
+                    continue          # could not be read this time: left on the camera
+                if after_spooled and r.state.is_safe:
+                    continue
+                if r.state == RecState.FAILED and (r.next_attempt_at is None or not self.patient):
+                    continue          # gave up (permanent) or a one-shot run: reported
+                if r.state == RecState.FOUND and r.spool_path is None:
+                    return True       # back to found: copy again
+                pending.append(r.id)
+            if not pending:
+                return False
+            if not self.patient and self.uploader.paused:
+                return False          # auth refused: a one-shot run reports instead of hanging
+            if cancel.is_set():
+                raise DeviceGoneError("camera undocked while uploads were pending")
+            self.uploader.wait_idle(pending, timeout=0.5)
+            cancel.wait(0.05)
+
+    def _store_manifest(self, sid: int, recs: list[Recording], lg: Any) -> None:
+        session = self.ledger.session(sid)
+        if session is None:
+            return
+        doc = manifest.build(self.cfg.station.id, session, recs, released_at=time.time())
+        data = manifest.dumps(doc)
+        key = naming.manifest_key(self.cfg.store.prefix, self.cfg.station.id, session["serial"], sid,
+                                  session["docked_at"])
+        path = self.spool.root / f"manifest-{sid}.json"
+        try:
+            path.write_bytes(data)
+            blob = Blob(path, len(data), hashlib.sha256(data).hexdigest(),
+                        {"camera": session["serial"], "station": self.cfg.station.id, "kind": "manifest"})
+            self.store.put(key, blob, MemoryCheckpoint())
+            self.store.verify(key, blob)
+            self.ledger.set_manifest(sid, key)
+            self.ledger.append_event("manifest.uploaded", serial=session["serial"], session_id=sid, key=key,
+                                     sha256=blob.sha256)
+            log.emit(lg, "manifest.uploaded", key=key)
+        except DockdError as exc:
+            log.emit(lg, "manifest.failed", error=str(exc))
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _is_mounted(path: Path) -> bool:
+    try:
+        os.stat(path)
+        os.listdir(path)
+    except OSError:
+        return False
+    return True
