@@ -212,8 +212,12 @@ class Station:
         cancel: threading.Event | None = None,
         progress: Callable[[LiveSession, int], None] | None = None,
         release: Callable[[], None] | None = None,
+        reader: threading.Semaphore | None = None,
     ) -> SessionOutcome:
+        """``reader`` caps how many cameras are read at once (held while scanning
+        and spooling only; waiting for uploads holds no slot)."""
         cancel = cancel or threading.Event()
+        reader = reader or threading.Semaphore(1)
         profile = self.profiles.get(ev.profile)
         lg = self.log.bind(camera=ev.serial)
         if profile is None:
@@ -233,7 +237,9 @@ class Station:
         phase = Phase.DONE
         try:
             for _pass in range(MAX_SCAN_PASSES):
-                changed = self._scan_and_spool(ev, profile, sid, lg, live, cancel, recs, failed, progress)
+                with reader:
+                    changed = self._scan_and_spool(ev, profile, sid, lg, live, cancel, recs, failed,
+                                                   progress)
                 again = self._wait_uploads(sid, recs, lg, live, cancel)
                 if not changed and not again:
                     break
@@ -308,6 +314,7 @@ class Station:
                                            e.role)
             if rec.state == RecState.ATTENTION and not rec.spool_path:
                 rec = self.ledger.transition(rec.id, RecState.FOUND, error=None)
+            self.ledger.supersede(ev.serial, e.rel_path, rec.id)
             recs[rec.id] = rec
         log.emit(lg, "scan.done", recordings=sum(1 for e in res.entries if e.role == "recording"),
                  sidecars=sum(1 for e in res.entries if e.role == "sidecar"), bytes=res.bytes,

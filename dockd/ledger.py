@@ -324,6 +324,18 @@ class Ledger:
             ).fetchone()
         return _row_to_rec(row)
 
+    def supersede(self, serial: str, rel_path: bytes, current_id: int) -> int:
+        """Older versions of a camera file that were never copied and no longer exist
+        on the camera become ``superseded``. Spooled versions keep uploading."""
+        with self.tx() as db:
+            rows = db.execute(
+                "SELECT id FROM recordings WHERE serial=? AND rel_path=? AND id<>? AND spool_path IS NULL"
+                " AND state IN ('found','failed')", (serial, rel_path, current_id)).fetchall()
+            for r in rows:
+                self.transition(r["id"], RecState.SUPERSEDED, event="recording.superseded",
+                                error="rewritten on the camera before this version was copied")
+        return len(rows)
+
     def get(self, rec_id: int) -> Recording:
         with self._lock:
             row = self._db.execute(f"SELECT {_REC_COLS} FROM recordings WHERE id=?", (rec_id,)).fetchone()

@@ -41,6 +41,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "recording.spooled": ("info", "encrypted copy durable in the spool", "camera, recording, sha256, size, cipher_sha256, seconds"),
     "recording.read_failed": ("warning", "a camera file could not be read; skipped, not wiped", "camera, recording, error"),
     "recording.changed": ("warning", "a camera file changed while being read; copied again later", "camera, recording"),
+    "recording.superseded": ("info", "an uncopied version of a file was replaced on the camera", "camera, recording"),
     "recording.spool_corrupt": ("error", "a spooled ciphertext no longer matches its hash", "camera, recording, sha256"),
     "recording.attention": ("error", "a recording needs a human", "camera, recording, sha256, error"),
     "upload.started": ("debug", "upload of a spooled recording began", "camera, recording, sha256, key"),

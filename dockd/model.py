@@ -15,6 +15,7 @@ class RecState(str, enum.Enum):
     WIPED = "wiped"          # deleted from the camera (terminal)
     FAILED = "failed"        # a step failed; retried at next_attempt_at
     ATTENTION = "attention"  # a human must look (terminal until handled)
+    SUPERSEDED = "superseded"  # the camera rewrote the file before this version was copied
 
     @property
     def is_safe(self) -> bool:
@@ -40,13 +41,16 @@ class Phase(str, enum.Enum):
 # The only transitions the ledger accepts. Anything can fail; a failed
 # recording goes back to the step it failed at.
 TRANSITIONS: dict[RecState, frozenset[RecState]] = {
-    RecState.FOUND: frozenset({RecState.SPOOLED, RecState.VERIFIED, RecState.FAILED, RecState.ATTENTION}),
+    RecState.FOUND: frozenset({RecState.SPOOLED, RecState.VERIFIED, RecState.FAILED, RecState.ATTENTION,
+                               RecState.SUPERSEDED}),
     RecState.SPOOLED: frozenset({RecState.UPLOADED, RecState.VERIFIED, RecState.FOUND, RecState.FAILED, RecState.ATTENTION}),
     RecState.UPLOADED: frozenset({RecState.VERIFIED, RecState.SPOOLED, RecState.FOUND, RecState.FAILED, RecState.ATTENTION}),
     RecState.VERIFIED: frozenset({RecState.WIPED, RecState.ATTENTION}),
-    RecState.FAILED: frozenset({RecState.FOUND, RecState.SPOOLED, RecState.UPLOADED, RecState.VERIFIED, RecState.FAILED, RecState.ATTENTION}),
+    RecState.FAILED: frozenset({RecState.FOUND, RecState.SPOOLED, RecState.UPLOADED, RecState.VERIFIED,
+                                RecState.FAILED, RecState.ATTENTION, RecState.SUPERSEDED}),
     RecState.ATTENTION: frozenset({RecState.FOUND, RecState.SPOOLED, RecState.VERIFIED, RecState.ATTENTION}),
     RecState.WIPED: frozenset(),
+    RecState.SUPERSEDED: frozenset(),
 }
 
 
