@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up dockd on a fresh Debian machine (as root): system packages, a
+# virtualenv in .venv with dockd installed, and with --test everything the
+# test suite needs (udev, exFAT tools, age, rclone, OpenStack Swift, the tus
+# server from npm). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=${1:-run}
+run_pkgs=(python3-venv python3-pip)
+test_pkgs=(
+  udev exfatprogs exfat-fuse fuse3 util-linux kmod          # loop-device cameras, real udevd
+  age openssh-client sqlite3 rclone                          # interop and peers
+  swift swift-proxy swift-object swift-container swift-account memcached  # S3 via Swift s3api
+  nodejs npm                                                 # the official tus server
+)
+pkgs=("${run_pkgs[@]}")
+[ "$mode" = "--test" ] && pkgs+=("${test_pkgs[@]}")
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# node/npm may come from outside Debian (already on PATH): do not fight it
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | grep -v '^$' || true)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+if [ "$mode" = "--test" ]; then
+  .venv/bin/pip install -q -e '.[test]' >.venv/pip.log 2>&1 || { cat .venv/pip.log >&2; exit 1; }
+  if [ -f tests/tus-server/package.json ]; then
+    (cd tests/tus-server && npm install --silent --no-audit --no-fund >/dev/null)
+  fi
+else
+  .venv/bin/pip install -q -e . >.venv/pip.log 2>&1 || { cat .venv/pip.log >&2; exit 1; }
+fi
+.venv/bin/python -c "import dockd" >/dev/null
+echo "setup: ok ($mode)" >&2
