@@ -33,6 +33,12 @@ NOT_LAST_CHUNK_FLAG = b"\x00"
 MAX_CHUNKS = 1 << (8 * COUNTER_SIZE)
 
 
+# encrypt_into/decrypt_into (newer cryptography releases) seal and open in
+# place, sparing a 64 KiB allocation per chunk; older releases fall back to
+# encrypt/decrypt with identical output.
+HAS_AEAD_INTO = hasattr(ChaCha20Poly1305, "encrypt_into") and hasattr(ChaCha20Poly1305, "decrypt_into")
+
+
 def chunk_nonce(counter: int, last: bool) -> bytes:
     if counter >= MAX_CHUNKS:
         raise OverflowError("STREAM chunk counter exhausted")
@@ -63,6 +69,7 @@ class StreamWriter:
         self._aead = ChaCha20Poly1305(key)
         self._out = out
         self._counter = 0
+        self._into = HAS_AEAD_INTO
         self._pending = bytearray()  # at most CHUNK_SIZE bytes, not yet sealed
         self._sealed = bytearray(ENCRYPTED_CHUNK_SIZE)  # reused output buffer
         self._closed = False
@@ -71,11 +78,15 @@ class StreamWriter:
         return f"<StreamWriter chunks={self._counter} closed={self._closed}>"
 
     def _seal(self, chunk: memoryview | bytearray, last: bool) -> None:
-        sealed = memoryview(self._sealed)[: len(chunk) + TAG_SIZE]
-        self._aead.encrypt_into(chunk_nonce(self._counter, last), chunk, None, sealed)
-        # Writers must not keep the buffer past write() (io contract), so the
-        # same buffer serves every chunk.
-        self._out.write(sealed)
+        nonce = chunk_nonce(self._counter, last)
+        if self._into:
+            sealed = memoryview(self._sealed)[: len(chunk) + TAG_SIZE]
+            self._aead.encrypt_into(nonce, chunk, None, sealed)
+            # Writers must not keep the buffer past write() (io contract), so
+            # the same buffer serves every chunk.
+            self._out.write(sealed)
+        else:
+            self._out.write(self._aead.encrypt(nonce, bytes(chunk), None))
         self._counter += 1
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -128,6 +139,7 @@ class StreamReader:
         self._aead = ChaCha20Poly1305(key)
         self._src = src
         self._counter = 0
+        self._into = HAS_AEAD_INTO
         self._sealed = bytearray(ENCRYPTED_CHUNK_SIZE)
         self._plain = bytearray(CHUNK_SIZE)
         self._done = False
@@ -138,10 +150,15 @@ class StreamReader:
 
     def _open(self, sealed: memoryview, last: bool) -> int | None:
         try:
-            plain = memoryview(self._plain)[: len(sealed) - TAG_SIZE]
-            return self._aead.decrypt_into(chunk_nonce(self._counter, last), sealed, None, plain)
+            nonce = chunk_nonce(self._counter, last)
+            if self._into:
+                plain = memoryview(self._plain)[: len(sealed) - TAG_SIZE]
+                return self._aead.decrypt_into(nonce, sealed, None, plain)
+            opened = self._aead.decrypt(nonce, bytes(sealed), None)
         except InvalidTag:
             return None
+        self._plain[: len(opened)] = opened
+        return len(opened)
 
     def next_chunk(self) -> memoryview | None:
         """The next authenticated plaintext chunk, or None after the final one.
