@@ -346,3 +346,43 @@ def test_fuzz_mutated_files_never_decrypt_and_only_raise_age_errors(case: tuple[
         # The header is canonical and MACed and the payload is authenticated,
         # so no change at all can still decrypt.
         assert result is None
+
+
+# -- resources ---------------------------------------------------------------
+
+class _CountingSink:
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, b) -> int:  # type: ignore[no-untyped-def]
+        self.size += len(b)
+        return len(b)
+
+
+def test_memory_stays_constant_while_streaming() -> None:
+    """Heap use beyond the caller's own buffers stays under 1 MiB however
+    much is streamed: nothing accumulates per chunk or per write."""
+    import tracemalloc
+
+    block = os.urandom(MiB)
+    ciphertext, _ = seal(os.urandom(16 * MiB))
+    tracemalloc.start()
+    try:
+        enc = Encryptor(_CountingSink(), [IDENTITY.public()])
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for _ in range(64):
+            enc.write(block)
+        enc.close()
+        enc_peak = tracemalloc.get_traced_memory()[1] - base
+
+        src, sink = io.BytesIO(ciphertext), _CountingSink()
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        assert decrypt(src, sink, [IDENTITY]) == 16 * MiB
+        dec_peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert enc.plaintext_size == 64 * MiB
+    assert enc_peak < MiB, enc_peak
+    assert dec_peak < MiB, dec_peak
