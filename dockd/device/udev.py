@@ -90,7 +90,7 @@ def _none_if_empty(v: str | None) -> str | None:
     return v if v else None
 
 
-def block_info_from_udev(device: Any, action: str | None = None) -> BlockInfo:
+def block_info_from_udev(device: Any, action: str | None = None, tag: str = TAG) -> BlockInfo:
     """Translate a pyudev ``Device`` (or anything with ``properties``,
     ``device_path``, ``sys_path``, ``device_node`` and ``action``)."""
     props: Mapping[str, str] = device.properties
@@ -101,7 +101,7 @@ def block_info_from_udev(device: Any, action: str | None = None) -> BlockInfo:
                                        and not props["DEVNAME"].startswith("/") else
                                        props.get("DEVNAME")),
         sys_path=device.sys_path,
-        is_tagged=TAG in _tags(props),
+        is_tagged=tag in _tags(props),
         profile=_none_if_empty(props.get("DOCKD_PROFILE")),
         fs_usage=_none_if_empty(props.get("ID_FS_USAGE")),
         fs_type=_none_if_empty(props.get("ID_FS_TYPE")),
@@ -142,7 +142,7 @@ def derive_serial(profile: Profile, usb: UsbIdentity, info: BlockInfo,
 
     ``serial_from`` picks the first candidate ("file:..." → the file's text,
     "label" → the fs label, "usb" → the USB serial); ``serial_regex`` applies
-    to it and to the USB serial. Then the fallbacks: USB serial,
+    to that source only. Then the fallbacks: USB serial,
     ID_SERIAL_SHORT, ``fs-<fs uuid>``, and last ``dev-<name>`` (not stable).
     """
     primary: str | None = None
@@ -150,9 +150,12 @@ def derive_serial(profile: Profile, usb: UsbIdentity, info: BlockInfo,
         primary = profile.serial_from_text(info.fs_label)
     elif profile.serial_file is not None:
         primary = profile.serial_from_text(serial_file_text)
+    # serial_regex describes the primary source; USB serials are only held to it
+    # when they are the primary source
+    usb_text = profile.serial_from_text if profile.serial_from == "usb" else sanitise_serial
     for candidate in (primary,
-                      profile.serial_from_text(usb.serial),
-                      profile.serial_from_text(info.serial_short),
+                      usb_text(usb.serial),
+                      usb_text(info.serial_short),
                       sanitise_serial(f"fs-{info.fs_uuid}") if info.fs_uuid else None):
         if candidate:
             return candidate
@@ -311,13 +314,17 @@ class UdevSource:
     that arrived meanwhile are de-duplicated by the Docker. ``emit`` is called
     from that thread. ``stop`` stops listening, then syncs and unmounts every
     camera not yet released (no ``CameraUndocked`` is emitted for those).
+    ``tag`` is the udev tag that marks cameras; only tests change it, so that
+    concurrent test runs never dock each other's loop cameras.
     """
 
     source = "udev"
 
     def __init__(self, config: DevicesConfig, profiles: Mapping[str, Profile], *,
-                 context: Any = None, usb_backend: Any = None, mounter: Mounter | None = None) -> None:
+                 context: Any = None, usb_backend: Any = None, mounter: Mounter | None = None,
+                 tag: str = TAG) -> None:
         self.config = config
+        self.tag = tag
         self.profiles = profiles
         self._context = context
         self.docker = Docker(profiles=profiles,
@@ -333,7 +340,7 @@ class UdevSource:
             return
         if device.subsystem != "block":
             return
-        info = block_info_from_udev(device, action)
+        info = block_info_from_udev(device, action, self.tag)
         profile = camera_profile(info, self.profiles)
         if profile is None and info.is_tagged and info.has_filesystem and not info.is_removed:
             log.warning("device.ignored", device=info.devnode,

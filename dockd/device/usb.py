@@ -236,12 +236,12 @@ class FakeUsbBackend(usb.backend.IBackend):
             else:
                 strings = d.strings()
                 if idx >= len(strings) or strings[idx] is None or wIndex not in d.langids:
-                    raise usb.core.USBError("Pipe error", errno.EPIPE)
+                    raise usb.core.USBError("Pipe error", None, errno.EPIPE)
                 body = strings[idx].encode("utf-16-le")
             desc = bytes([2 + len(body), _DESC_STRING]) + body
             n = min(len(desc), len(data))
             data[:n] = array.array("B", desc[:n])
             return n
         if d.ctrl_error is not None:
-            raise usb.core.USBError("fake error", d.ctrl_error)
+            raise usb.core.USBError("fake error", None, d.ctrl_error)
         return 0 if is_in else len(data)
