@@ -62,7 +62,8 @@ class Encryptor:
     data; ``close()`` seals the final chunk and does not close ``out``. Used
     as a context manager, the final chunk is written only if the block exits
     cleanly, so a failed copy leaves a file that will not authenticate rather
-    than a valid but short one.
+    than a valid but short one. If ``out.write`` raises, abandon the file:
+    it cannot be resumed.
     """
 
     def __init__(self, out: BinaryIO, recipients: Sequence[Recipient]) -> None:
