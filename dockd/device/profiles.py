@@ -39,6 +39,22 @@ _MAX_SERIAL = 64
 
 # -- globs -------------------------------------------------------------------
 
+def _class_body(body: str) -> str:
+    """A ``[...]`` body as regex: characters escaped, reversed ranges dropped (as fnmatch does)."""
+    items: list[str] = []
+    i = 0
+    while i < len(body):
+        if i + 2 < len(body) and body[i + 1] == "-":
+            lo, hi = body[i], body[i + 2]
+            if lo <= hi:
+                items.append(f"{re.escape(lo)}-{re.escape(hi)}")
+            i += 3
+        else:
+            items.append(re.escape(body[i]))
+            i += 1
+    return "".join(items)
+
+
 def _segment_regex(seg: str) -> str:
     out: list[str] = []
     i, n = 0, len(seg)
@@ -65,9 +81,7 @@ def _segment_regex(seg: str) -> str:
                 neg = body[:1] in ("!", "^")
                 if neg:
                     body = body[1:]
-                body = body.replace("\\", "\\\\").replace("/", "")
-                if body.startswith("^"):
-                    body = "\\" + body
+                body = _class_body(body.replace("/", ""))
                 out.append(f"[{'^/' if neg else ''}{body}]" if body else ("[^/]" if neg else "(?!)"))
                 i = j
         else:
