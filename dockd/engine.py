@@ -266,7 +266,7 @@ class Station:
             not_done = [r for r in final if r.state not in (RecState.WIPED, RecState.VERIFIED)
                         or (want is not None and r.state != want)]
             if self.cfg.wipe.after == "spooled":
-                not_done = [r for r in final if not r.state.is_safe]
+                not_done = [r for r in final if not r.is_durable]
             for r in not_done:
                 if (r.name, r.last_error or r.state.value) not in failed:
                     failed.append((r.name, r.last_error or f"still {r.state.value}"))
@@ -275,7 +275,7 @@ class Station:
                 release()
             error = None
             if phase == Phase.ATTENTION:
-                error = f"{len(failed)} recording(s) not safe, {len(refused)} refused"
+                error = f"{len(failed)} recording(s) not verified and wiped, {len(refused)} wipe(s) refused"
             live.phase = phase.value
             live.safe_to_undock = True
             self.ledger.set_phase(sid, phase, error=error)
@@ -410,7 +410,7 @@ class Station:
                     continue
                 if r.state == RecState.FAILED and not r.spool_path:
                     continue          # could not be read this time: left on the camera
-                if after_spooled and r.state.is_safe:
+                if after_spooled and r.is_durable:
                     continue
                 if r.state == RecState.FAILED and (r.next_attempt_at is None or not self.patient):
                     continue          # gave up (permanent) or a one-shot run: reported

@@ -96,3 +96,8 @@ class Recording:
     @property
     def name(self) -> str:
         return display_path(self.rel_path)
+
+    @property
+    def is_durable(self) -> bool:
+        """Held somewhere other than the camera (spool or store), whatever its upload state."""
+        return self.state.is_safe or (self.state == RecState.FAILED and self.spool_path is not None)

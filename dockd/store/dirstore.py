@@ -39,7 +39,8 @@ def fsync_dir(path: Path) -> None:
 def _classify(exc: OSError, what: str) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreFullError(f"{what}: store is full ({exc.strerror})")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
+                     errno.ENAMETOOLONG):
         return PermanentStoreError(f"{what}: {exc.strerror}")
     # NAS hiccups: EIO, ESTALE, ETIMEDOUT, ENOTCONN... worth another try
     return TransientStoreError(f"{what}: {exc.strerror or exc}")

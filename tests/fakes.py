@@ -1,0 +1,67 @@
+"""Fakes for fast unit tests: plain classes beside the real thing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, BinaryIO
+
+from dockd.errors import DockdError, TransientStoreError
+from dockd.store.base import Blob, Checkpoint, ObjectInfo, Store
+from dockd.store.dirstore import DirStore
+
+
+class ScriptedStore(Store):
+    """A real DirStore with a script of failures in front of it.
+
+    ``put_errors`` are raised by successive put() calls before the real put
+    runs; ``after_put`` runs after a successful put (to corrupt the object,
+    touch the camera...).
+    """
+
+    def __init__(self, root: Path, put_errors: list[DockdError] | None = None,
+                 always: Callable[[], DockdError] | None = None,
+                 after_put: Callable[[str], None] | None = None) -> None:
+        self.inner = DirStore(root)
+        self.url = self.inner.url
+        self.put_errors = list(put_errors or [])
+        self.always = always
+        self.after_put = after_put
+        self.puts = 0
+        self.attempts = 0
+
+    def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
+        self.attempts += 1
+        if self.always:
+            raise self.always()
+        if self.put_errors:
+            raise self.put_errors.pop(0)
+        self.inner.put(key, blob, checkpoint)
+        self.puts += 1
+        if self.after_put:
+            self.after_put(key)
+
+    def _gate(self) -> None:
+        if self.always:
+            raise self.always()   # refused credentials refuse every call, not only put
+
+    def verify(self, key: str, blob: Blob) -> ObjectInfo:
+        self._gate()
+        return self.inner.verify(key, blob)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        self._gate()
+        return self.inner.stat(key)
+
+    def open(self, key: str) -> BinaryIO:
+        return self.inner.open(key)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self._gate()
+        return self.inner.list(prefix)
+
+
+def transient(n: int) -> list[DockdError]:
+    return [TransientStoreError(f"scripted outage {i + 1}") for i in range(n)]
