@@ -18,7 +18,10 @@ Loop facts worth knowing:
 * attaching/detaching sends ``change`` events, never add/remove;
 * ``losetup -d`` on a device that is open (mounted) only *schedules* the
   detach for the last close: it is not a pull-out. ``yank`` kills the FUSE
-  helper first, so the mount dies (ENOTCONN) and the detach happens now.
+  helper first, so the mount dies (ENOTCONN), and the detach follows once
+  readers close their files (see ``yank``);
+* images are labelled only after they are populated, so a label-matching
+  rule never tags the temporary loop device used to fill them.
 """
 
 from __future__ import annotations
@@ -162,7 +165,9 @@ def make_camera_image(path: Path, files: Mapping[str, bytes | int], label: str =
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         f.truncate(size)
-    run("mkfs.exfat", "-L", label, str(path))
+    # Labelled only once populated and detached, so a label-matching rule or
+    # profile never sees the half-written image.
+    run("mkfs.exfat", "-L", "LOOPCAMTMP", str(path))
     dev = attach(path)
     mnt = Path(tempfile.mkdtemp(prefix="loopcam-"))
     try:
@@ -179,6 +184,7 @@ def make_camera_image(path: Path, files: Mapping[str, bytes | int], label: str =
     finally:
         detach(dev)
         mnt.rmdir()
+    run("exfatlabel", str(path), label)
     return path
 
 
@@ -263,9 +269,16 @@ def holders(dev: str) -> list[int]:
 
 
 def yank(dev: str) -> None:
-    """Pull the camera out: kill whatever holds the device (its FUSE helper, so
-    the mount answers ENOTCONN from now on, as a removed device would), then
-    detach for real. Leaves the dead mount for the daemon to clean up."""
+    """Pull the camera out, as far as a loop device allows.
+
+    Kills the FUSE helper holding the device (its mount answers ENOTCONN from
+    now on, as a removed device's would), lazily detaches that dead mount
+    (the kernel's fuseblk keeps the device open until it is gone) and runs
+    ``losetup -d``. The loop device, and so the remove-like ``change`` event,
+    goes away once the last file a reader still has open on the dead mount is
+    closed: a session sees read errors first, then ``CameraUndocked``. Use
+    ``wait_detached`` to wait for it.
+    """
     for pid in holders(dev):
         if pid == os.getpid():
             continue
@@ -273,8 +286,13 @@ def yank(dev: str) -> None:
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(TimeoutError):
         wait_for(lambda: not holders(dev), timeout=5)
+    for mnt in mounts_of(dev):
+        run("umount", "-l", mnt, check=False)
     detach(dev)
-    wait_for(lambda: not is_attached(dev), timeout=10)
+
+
+def wait_detached(dev: str, timeout: float = 15.0) -> None:
+    wait_for(lambda: not is_attached(dev), timeout=timeout)
 
 
 def cleanup(dev: str) -> None:
@@ -325,4 +343,4 @@ def read_errno(path: Path) -> int | None:
 __all__ = ["LoopCamera", "attach", "backing_file", "cleanup", "content_for", "detach",
            "ensure_udevd", "fsck", "holders", "is_attached", "make_camera_image",
            "mounts_of", "read_image", "settle", "skip_reason", "tag_rule", "trigger",
-           "unique_label", "unique_tag", "wait_for", "yank"]
+           "unique_label", "unique_tag", "wait_detached", "wait_for", "yank"]
