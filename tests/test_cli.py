@@ -1,0 +1,132 @@
+"""The CLI as users run it: a subprocess, real files, the real age binary."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "fixtures" / "cameras" / "BWC0001"
+needs_age = pytest.mark.skipif(shutil.which("age") is None, reason="the age binary is not installed")
+
+
+def dockd(*args: str, cwd: Path | None = None, input: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dockd", *args], capture_output=True, cwd=cwd,
+                          input=input, timeout=120)
+
+
+def write_config(tmp: Path, pub: str, store: str | None = None) -> Path:
+    cfg = tmp / "dockd.toml"
+    cfg.write_text(f"""
+[station]
+id = "dock-t"
+[paths]
+state_dir = "{tmp}/state"
+spool_dir = "{tmp}/state/spool"
+runtime_dir = "{tmp}/run"
+[encryption]
+recipients = ["{pub}"]
+[store]
+url = "{store or f'file://{tmp}/store'}"
+[spool]
+min_free = 0
+[upload]
+attempts = 2
+backoff_initial = 0
+backoff_max = 0
+""")
+    return cfg
+
+
+@pytest.fixture
+def keypair(tmp_path: Path) -> tuple[Path, str]:
+    r = dockd("keygen", "-o", str(tmp_path / "id.txt"))
+    assert r.returncode == 0, r.stderr
+    return tmp_path / "id.txt", r.stdout.decode().strip()
+
+
+def test_keygen_prints_only_the_public_key(keypair, tmp_path):
+    path, pub = keypair
+    assert pub.startswith("age1") and "\n" not in pub
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    text = path.read_text()
+    assert f"# public key: {pub}" in text and "AGE-SECRET-KEY-1" in text
+    again = dockd("keygen", "-o", str(path))
+    assert again.returncode == 2 and "refusing" in again.stderr.decode()
+
+
+@needs_age
+def test_age_keygen_identity_and_age_binary_interop(tmp_path):
+    subprocess.run(["age-keygen", "-o", str(tmp_path / "k.txt")], check=True, capture_output=True)
+    pub = subprocess.run(["age-keygen", "-y", str(tmp_path / "k.txt")], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    plain = os.urandom(200_000)
+    (tmp_path / "p").write_bytes(plain)
+    subprocess.run(["age", "-r", pub, "-o", str(tmp_path / "c.age"), str(tmp_path / "p")], check=True)
+    r = dockd("decrypt", "-i", str(tmp_path / "k.txt"), "-o", str(tmp_path / "out"), str(tmp_path / "c.age"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out").read_bytes() == plain
+
+
+@needs_age
+def test_ingest_then_age_decrypts_the_store(keypair, tmp_path):
+    ident, pub = keypair
+    cam = tmp_path / "CAM9"
+    shutil.copytree(FIXTURE, cam)
+    cfg = write_config(tmp_path, pub)
+    r = dockd("--config", str(cfg), "ingest", str(cam))
+    assert r.returncode == 0, r.stderr
+    assert b"6 verified, 6 wiped" in r.stdout
+    objs = sorted((tmp_path / "store").rglob("*.age"))
+    assert len(objs) == 6
+    video = next(o for o in objs if "VID_20261120_0701.MP4" in o.name)
+    out = subprocess.run(["age", "-d", "-i", str(ident), str(video)], check=True, capture_output=True).stdout
+    assert out == (FIXTURE / "DCIM/100BWC/VID_20261120_0701.MP4").read_bytes()
+    # status from the ledger, JSON
+    s = dockd("--config", str(cfg), "status", "--json")
+    assert s.returncode == 0, s.stderr
+    snap = json.loads(s.stdout)
+    assert snap["daemon"]["running"] is False
+    assert snap["sessions"][0]["camera"] == "CAM9" and snap["sessions"][0]["phase"] == "done"
+
+
+def test_ingest_with_an_unusable_store_exits_1_and_wipes_nothing(keypair, tmp_path):
+    _ident, pub = keypair
+    cam = tmp_path / "CAM8"
+    shutil.copytree(FIXTURE, cam)
+    (tmp_path / "afile").write_text("not a directory")
+    cfg = write_config(tmp_path, pub, store=f"file://{tmp_path}/afile/store")
+    r = dockd("--config", str(cfg), "ingest", str(cam))
+    assert r.returncode == 1
+    assert sorted(p.relative_to(cam) for p in cam.rglob("*") if p.is_file()) == sorted(
+        p.relative_to(FIXTURE) for p in FIXTURE.rglob("*") if p.is_file())
+    s = dockd("--config", str(cfg), "status")
+    assert s.returncode == 1 and b"need attention" in s.stdout
+
+
+def test_decrypt_with_the_wrong_identity_fails_cleanly(keypair, tmp_path):
+    ident, pub = keypair
+    other = tmp_path / "other.txt"
+    dockd("keygen", "-o", str(other))
+    cam = tmp_path / "CAM7"
+    shutil.copytree(FIXTURE, cam)
+    cfg = write_config(tmp_path, pub)
+    assert dockd("--config", str(cfg), "ingest", str(cam)).returncode == 0
+    obj = next((tmp_path / "store").rglob("*.age"))
+    r = dockd("decrypt", "-i", str(other), "-o", str(tmp_path / "x"), str(obj))
+    assert r.returncode == 1 and b"Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_demo_runs_on_a_fresh_home(tmp_path):
+    env = dict(os.environ, HOME=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "dockd", "demo"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "round trip" in r.stdout and "matches" in r.stdout and r.stdout.strip().endswith("demo: OK")

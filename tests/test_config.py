@@ -1,0 +1,128 @@
+"""Config errors: one line naming the key, exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dockd import config
+from dockd.errors import ConfigError
+
+PUB = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"   # the age spec's example key
+
+GOOD = f"""
+[station]
+id = "dock-01"
+[paths]
+state_dir = "/var/lib/dockd"
+spool_dir = "/var/lib/dockd/spool"
+[encryption]
+recipients = ["{PUB}"]
+[store]
+url = "file:///srv/evidence"
+[devices]
+source = "inbox"
+inbox_dir = "/var/lib/dockd/inbox"
+[wipe]
+after = "verified"
+"""
+
+
+def test_the_documented_example_parses():
+    cfg = config.parse(GOOD)
+    assert cfg.station.id == "dock-01"
+    assert cfg.paths.spool_dir == Path("/var/lib/dockd/spool")
+    assert cfg.encryption.recipients == [PUB]
+    assert cfg.store.url == "file:///srv/evidence"
+    assert cfg.devices.source == "inbox" and cfg.wipe.after == "verified"
+
+
+@pytest.mark.parametrize("text, key, words", [
+    ("[station\nid='x'", "", "not valid toml"),                                   # syntax
+    (GOOD + "\n[surprise]\nx = 1\n", "surprise", "unknown key"),                  # unknown section
+    (GOOD.replace('id = "dock-01"', 'id = "dock-01"\ncolour = "blue"'), "station.colour", "unknown key"),
+    (GOOD.replace('after = "verified"', 'after = "never"'), "wipe.after", "verified"),          # enum
+    (GOOD.replace('source = "inbox"', "source = 3"), "devices.source", "inbox"),                 # type
+    (GOOD.replace(PUB, "age1notakey"), "encryption.recipients", "recipient 1"),                  # bad key
+    (GOOD.replace("file:///srv/evidence", "ftp://x"), "store.url", "file://"),                   # scheme
+    (GOOD + "\n[spool]\nmin_free = \"lots\"\n", "spool.min_free", "size"),                       # size
+    (GOOD + "\n[upload]\nconcurrency = 0\n", "upload.concurrency", "greater"),                   # range
+    (GOOD.replace('id = "dock-01"', 'id = "../etc"'), "station.id", "pattern"),                  # pattern
+])
+def test_each_kind_of_error_names_its_key(text, key, words):
+    with pytest.raises(ConfigError) as ei:
+        config.parse(text, "dockd.toml")
+    err = ei.value
+    assert err.key == key
+    assert words in str(err).lower()
+    assert err.exit_code == 2
+    assert "\n" not in str(err)
+
+
+def test_sizes_accept_units():
+    assert config.parse_size("64MiB") == 64 << 20
+    assert config.parse_size("1GB") == 10**9
+    assert config.parse_size(4096) == 4096
+    with pytest.raises(ValueError):
+        config.parse_size(-1)
+
+
+def test_lookup_order(tmp_path, monkeypatch):
+    f = tmp_path / "a.toml"
+    f.write_text(GOOD.replace("dock-01", "dock-env"))
+    monkeypatch.setenv("DOCKD_CONFIG", str(f))
+    assert config.load().station.id == "dock-env"
+    g = tmp_path / "b.toml"
+    g.write_text(GOOD.replace("dock-01", "dock-flag"))
+    assert config.load(g).station.id == "dock-flag"          # --config wins over the environment
+
+
+def test_embedded_default_is_per_user(monkeypatch, tmp_path):
+    monkeypatch.delenv("DOCKD_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "nope.toml")
+    cfg = config.load()
+    assert cfg.source == "embedded default"
+    assert str(cfg.paths.state_dir).startswith(str(tmp_path))
+    assert cfg.store.url.startswith(f"file://{tmp_path}")
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "dockd", *args], capture_output=True, text=True, env=e,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("body, key", [
+    ("[station]\nid = 'dock-01'\nfoo = 1\n", "station.foo"),
+    ("[wipe]\nafter = 'sometimes'\n", "wipe.after"),
+    ("not toml at all [", ""),
+])
+def test_cli_bad_config_is_one_line_exit_2(tmp_path, body, key):
+    f = tmp_path / "dockd.toml"
+    f.write_text(body)
+    r = run_cli("--config", str(f), "status")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert key in lines[0] and "config error" in lines[0]
+
+
+def test_cli_missing_config_file_is_exit_2(tmp_path):
+    r = run_cli("--config", str(tmp_path / "missing.toml"), "status")
+    assert r.returncode == 2 and "cannot read" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_non_utf8_config(tmp_path):
+    f = tmp_path / "dockd.toml"
+    f.write_bytes(b"[station]\nid = '\xff\xfe'\n")
+    r = run_cli("--config", str(f), "status")
+    assert r.returncode == 2 and "UTF-8" in r.stderr
