@@ -43,6 +43,8 @@ from .store.retry import RetryPolicy
 
 MAX_SCAN_PASSES = 3
 SPOOL_WAIT_SECONDS = 2.0
+# the session error when the daemon, not the camera, ended a session; it resumes at the next start
+STOPPED_ERROR = "dockd stopped; resumes at the next start"
 
 
 @dataclass
@@ -61,6 +63,7 @@ class LiveSession:
     current: str | None = None
     bay: str | None = None
     safe_to_undock: bool = False
+    docked_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -107,6 +110,10 @@ class Station:
         self._docked: dict[str, int] = {}
         self.live: dict[str, LiveSession] = {}
         self._lock = threading.Lock()
+        # called as on_change(live, what) when a session docks or changes phase ("docked",
+        # "scanning", ..., "done", "attention", "interrupted"); must not block or raise
+        self.on_change: Callable[[LiveSession, str], None] | None = None
+        self.stopping = False     # set by the daemon before it cancels sessions on SIGTERM
         self.uploader: Uploader  # set below; store's retry hook needs it
         self.store = open_store(cfg, self.policy, on_retry=self._on_retry, backend=backend)
         self.uploader = Uploader(
@@ -188,12 +195,24 @@ class Station:
             "retention-class": "evidential" if rec.flagged else self.cfg.store.retention_class,
         }
 
+    def _changed(self, live: LiveSession, what: str) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(live, what)
+            except Exception as exc:  # an observer's bug must not stop a session
+                log.emit(self.log.bind(camera=live.serial), "hook.failed", phase=what, error=repr(exc))
+
+    def is_spool_full(self) -> bool:
+        """Below the free-space watermark, or at the size cap: spooling waits for uploads."""
+        floor, cap = self.cfg.spool.min_free, self.cfg.spool.max_size
+        return bool((floor and self.spool.free_bytes() < floor) or (cap and self.spool.used_bytes() >= cap))
+
     def _wait_for_spool_space(self, cancel: threading.Event, lg: Any, live: LiveSession) -> None:
         floor = self.cfg.spool.min_free
-        if not floor:
+        if not floor and not self.cfg.spool.max_size:
             return
         warned = False
-        while self.spool.free_bytes() < floor:
+        while self.is_spool_full():
             if not warned:
                 log.emit(lg, "spool.pressure", free=self.spool.free_bytes(), min_free=floor)
                 live.last_error = "spool full: waiting for uploads"
@@ -231,6 +250,7 @@ class Station:
         with self._lock:
             self._docked[ev.serial] = sid
             self.live[ev.serial] = live
+        self._changed(live, "docked")
         failed: list[tuple[str, str]] = []
         refused: list[tuple[str, str]] = []
         recs: dict[int, Recording] = {}
@@ -252,10 +272,14 @@ class Station:
                 raise DeviceGoneError("camera undocked")
         except DeviceGoneError as exc:
             phase = Phase.INTERRUPTED
-            live.last_error = str(exc)
-            self.ledger.set_phase(sid, Phase.INTERRUPTED, error=str(exc))
-            log.emit(lg, "session.interrupted", error=str(exc))
-            self.ledger.mark_undocked(sid)
+            error = STOPPED_ERROR if self.stopping else str(exc)
+            live.last_error = error
+            live.phase = phase.value
+            self.ledger.set_phase(sid, Phase.INTERRUPTED, error=error)
+            log.emit(lg, "session.interrupted", error=error)
+            if not self.stopping:
+                self.ledger.mark_undocked(sid)
+            self._changed(live, phase.value)
         finally:
             with self._lock:
                 self._docked.pop(ev.serial, None)
@@ -281,6 +305,7 @@ class Station:
             self.ledger.set_phase(sid, phase, error=error)
             log.emit(lg, f"session.{phase.value}", recordings=len(final),
                      bytes=sum(r.size for r in final), error=error)
+            self._changed(live, phase.value)
         with self._lock:
             if self.live.get(ev.serial) is live:
                 live.safe_to_undock = True
@@ -296,6 +321,7 @@ class Station:
             live.phase = phase.value
             self.ledger.set_phase(sid, phase)
             log.emit(lg, f"session.{phase.value}")
+            self._changed(live, phase.value)
 
     def _scan_and_spool(self, ev: CameraDocked, profile: Profile, sid: int, lg: Any, live: LiveSession,
                         cancel: threading.Event, recs: dict[int, Recording],
