@@ -183,7 +183,14 @@ class Ledger:
 
     def append_event(self, event: str, *, serial: str | None = None, session_id: int | None = None,
                      recording_id: int | None = None, **data: Any) -> None:
+        """Append one event to the chain. An event about a session also records the
+        camera's USB descriptors, so each line of the audit log names its device."""
         with self.tx() as db:
+            if session_id is not None and "usb" not in data:
+                srow = db.execute("SELECT serial, usb FROM sessions WHERE id=?", (session_id,)).fetchone()
+                if srow is not None:
+                    data["usb"] = json.loads(srow["usb"] or "{}")
+                    serial = serial or srow["serial"]
             row = db.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
             prev = row[0] if row else GENESIS
             ts = time.time()
@@ -212,6 +219,17 @@ class Ledger:
             prev = h
             n += 1
         return n
+
+    def last_event(self, event: str, *, recording_id: int | None = None) -> dict[str, Any] | None:
+        """The newest ``event`` (about ``recording_id``, if given), or None."""
+        q = "SELECT * FROM events WHERE event=?"
+        args: tuple[Any, ...] = (event,)
+        if recording_id is not None:
+            q += " AND recording_id=?"
+            args += (recording_id,)
+        with self._lock:
+            row = self._db.execute(q + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        return dict(row) if row else None
 
     def events(self, limit: int = 100, serial: str | None = None) -> list[dict[str, Any]]:
         q = "SELECT * FROM events"
