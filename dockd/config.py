@@ -155,10 +155,12 @@ class SpoolConfig(_Section):
 class MetricsConfig(_Section):
     textfile: Path | None = None
     listen: str | None = Field(default=None, pattern=r"^(127\.0\.0\.1|localhost|\[::1\]):\d+$")
+    interval: float = Field(default=15.0, gt=0)      # seconds between textfile rewrites
 
 
 class HooksConfig(_Section):
     command: list[str] | None = None
+    timeout: float = Field(default=30.0, gt=0)       # seconds before a hook is killed
 
 
 class LogConfig(_Section):
