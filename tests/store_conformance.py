@@ -90,6 +90,16 @@ STORE_BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], BackendHandle]
 }
 
 
+def tus_backend(request: pytest.FixtureRequest, tmp_path: Path) -> BackendHandle:
+    """The official Node tus server on loopback (tests/tus_server.py)."""
+    from tus_server import tus_backend as factory
+
+    return factory(request, tmp_path)
+
+
+STORE_BACKENDS["tus"] = tus_backend
+
+
 # -- helpers -----------------------------------------------------------------------
 
 def make_blob(tmp_path: Path, size: int, name: str = "blob", *, seed: int = 0, **over: Any) -> Blob:

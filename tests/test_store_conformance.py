@@ -8,7 +8,7 @@ import pytest
 
 from store_conformance import STORE_BACKENDS, BackendHandle, StoreConformance
 
-pytest_plugins = ["servers"]
+pytest_plugins = ["servers", "tus_server"]
 
 
 @pytest.fixture(params=list(STORE_BACKENDS))
