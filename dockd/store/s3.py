@@ -460,7 +460,8 @@ class S3Store(Store):
             aws_session_token=credentials.session_token if credentials else None,
         )
         verify: bool | str = str(ca_bundle) if (ca_bundle and verify_tls) else verify_tls
-        self.client = session.client("s3", endpoint_url=endpoint_url, config=cfg, verify=verify)
+        self._new_client = lambda: session.client("s3", endpoint_url=endpoint_url, config=cfg, verify=verify)
+        self.client = self._new_client()
 
     @classmethod
     def from_config(cls, cfg: Any, *, environ: Mapping[str, str] | None = None, **overrides: Any) -> "S3Store":
@@ -567,17 +568,23 @@ class S3Store(Store):
         without it gets untagged objects. A checksum refused in auto mode
         means the server does not do them.
         """
+        if not isinstance(exc, bce.ClientError):
+            return False
         code = _code(exc)
-        message = str((getattr(exc, "response", {}).get("Error") or {}).get("Message", "")).lower()
+        message = str((exc.response.get("Error") or {}).get("Message", "")).lower()
         if code in CHECKSUM_REJECTED_CODES and "tagging" in message and self._tagging_ok:
             with self._lock:
                 self._tagging_ok = False
             log.warning("store.tagging_unsupported", url=self.url, code=code)
-            return True
-        if used_checksum and self.checksum == "auto" and self._checksum_ok is None and code in CHECKSUM_REJECTED_CODES:
+        elif used_checksum and self.checksum == "auto" and self._checksum_ok is None and code in CHECKSUM_REJECTED_CODES:
             self._checksum_unsupported(f"server rejected it ({code})")
-            return True
-        return False
+        else:
+            return False
+        # A server that refuses a request before reading its body may close the
+        # connection a moment later (Swift does); do not reuse that pool.
+        with self._lock:
+            self.client = self._new_client()
+        return True
 
     # -- object attributes ---------------------------------------------------------
 
@@ -592,6 +599,11 @@ class S3Store(Store):
         args: dict[str, Any] = {"Metadata": meta, "ContentType": "application/octet-stream"}
         if self.tag_retention and self.retention_class and self._tagging_ok:
             args["Tagging"] = urlencode({"retention-class": self.retention_class})
+        args.update(self._lock_args(blob))
+        return args
+
+    def _lock_args(self, blob: Blob) -> dict[str, Any]:
+        args: dict[str, Any] = {}
         if self.capabilities.object_lock:
             if self.object_lock_mode and self.object_lock_days:
                 until = datetime.now(timezone.utc) + timedelta(days=self.object_lock_days)
@@ -640,6 +652,27 @@ class S3Store(Store):
         else:
             self._put_single(full, blob, digest)
         checkpoint.clear()
+        if self.capabilities.object_lock:
+            self._ensure_lock(full, blob)
+
+    def _ensure_lock(self, full: str, blob: Blob) -> None:
+        """Prove the retention and legal hold took; apply them if the upload dropped them.
+
+        Some servers do not carry lock headers from CreateMultipartUpload to
+        the finished object. Extending retention is always allowed.
+        """
+        want = self._lock_args(blob)
+        head = self._head(full, "lock")
+        try:
+            if "ObjectLockMode" in want and head and head.get("ObjectLockMode") != want["ObjectLockMode"]:
+                self.client.put_object_retention(
+                    Bucket=self.bucket, Key=full,
+                    Retention={"Mode": want["ObjectLockMode"], "RetainUntilDate": want["ObjectLockRetainUntilDate"]},
+                )
+            if "ObjectLockLegalHoldStatus" in want and head and head.get("ObjectLockLegalHoldStatus") != "ON":
+                self.client.put_object_legal_hold(Bucket=self.bucket, Key=full, LegalHold={"Status": "ON"})
+        except Exception as exc:  # noqa: BLE001 - classified
+            raise classify(exc, f"lock {full}") from exc
 
     def _put_single(self, full: str, blob: Blob, digest: Digest) -> None:
         what = f"put {full}"
