@@ -1,0 +1,564 @@
+"""S3Store against real servers (moto, Swift+s3api), with faults injected by a proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import pytest
+
+from dockd.config import StoreConfig
+from dockd.errors import (
+    ConfigError,
+    PermanentStoreError,
+    StoreAuthError,
+    TransientStoreError,
+)
+from dockd.store.base import Blob, Checkpoint, MemoryCheckpoint, ObjectInfo, Store
+from dockd.store.retry import RetryingStore, RetryPolicy
+from dockd.store.s3 import (
+    S3Store,
+    choose_part_size,
+    digest_file,
+    part_ranges,
+    resolve_credentials,
+)
+from faultproxy import FaultProxy
+from store_conformance import KEY, CrashingCheckpoint, SimulatedCrash, make_blob
+
+if TYPE_CHECKING:
+    from servers import S3Endpoint
+
+pytest_plugins = ["servers"]
+
+
+class Retries:
+    """Records RetryingStore's on_retry calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, BaseException]] = []
+
+    def __call__(self, what: str, attempt: int, exc: BaseException, wait: float) -> None:
+        self.calls.append((what, attempt, exc))
+
+
+class CountingStore(Store):
+    """Counts how often each call reaches the backend (to assert retry counts)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner, self.calls = inner, {"put": 0, "stat": 0}
+        self.capabilities, self.url = inner.capabilities, inner.url
+
+    def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
+        self.calls["put"] += 1
+        self.inner.put(key, blob, checkpoint)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        self.calls["stat"] += 1
+        return self.inner.stat(key)
+
+    def verify(self, key: str, blob: Blob) -> ObjectInfo:
+        return self.inner.verify(key, blob)
+
+    def open(self, key: str):  # noqa: ANN201
+        return self.inner.open(key)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+
+class Proxied:
+    def __init__(self, ep: S3Endpoint, **store_kw: Any) -> None:
+        self.ep = ep
+        self.bucket = ep.new_bucket()
+        self.proxy = FaultProxy(ep.port)
+        self.part = ep.min_part_size
+        self.store_kw = dict(multipart_threshold=4 * self.part, part_size=self.part)
+        self.store_kw.update(store_kw)
+        self.store = self.make_store()
+
+    def make_store(self, **kw: Any) -> S3Store:
+        args = self.ep.store_kwargs(**{**self.store_kw, **kw})
+        args["endpoint_url"] = self.proxy.url
+        return S3Store(f"s3://{self.bucket}/evidence", **args)
+
+    def uploads(self) -> list[dict[str, Any]]:
+        return self.ep.client().list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
+
+    def objects(self) -> list[str]:
+        r = self.ep.client().list_objects_v2(Bucket=self.bucket)
+        return [o["Key"] for o in r.get("Contents", [])]
+
+    def part_puts(self) -> list[int]:
+        return [r.part_number for r in self.proxy.requests
+                if r.method == "PUT" and r.part_number is not None and r.answered_by_proxy is None]
+
+
+@pytest.fixture
+def moto_proxied(moto_server: S3Endpoint) -> Iterator[Proxied]:
+    p = Proxied(moto_server)
+    yield p
+    p.proxy.close()
+
+
+@pytest.fixture
+def swift_proxied(swift_server: S3Endpoint) -> Iterator[Proxied]:
+    p = Proxied(swift_server)
+    yield p
+    p.proxy.close()
+
+
+def retrying(store: Store, attempts: int = 5) -> tuple[RetryingStore, Retries]:
+    rec = Retries()
+    return RetryingStore(store, RetryPolicy.immediate(attempts), on_retry=rec), rec
+
+
+# -- faults ------------------------------------------------------------------------
+
+def test_reset_mid_part_is_retried_and_resumes(moto_proxied: Proxied, tmp_path: Path) -> None:
+    p = moto_proxied
+    blob = make_blob(tmp_path, 6 * p.part + 1234)
+    p.store.probe()
+    p.proxy.reset_after(int(2.5 * p.part))          # in the middle of part 3
+    store, rec = retrying(p.store)
+    store.put(KEY, blob, MemoryCheckpoint())
+    assert p.proxy.resets == 1
+    assert len(rec.calls) == 1 and isinstance(rec.calls[0][2], TransientStoreError)
+    store.verify(KEY, blob)
+    puts = p.part_puts()
+    assert puts.count(1) == 1 and puts.count(2) == 1, f"finished parts were sent again: {puts}"
+    assert puts.count(3) == 2                        # the reset part, then its retry
+    assert p.uploads() == [] and p.objects() == [f"evidence/{KEY}"]
+
+
+def test_reset_during_single_put_is_retried(moto_proxied: Proxied, tmp_path: Path) -> None:
+    p = moto_proxied
+    blob = make_blob(tmp_path, 3 * p.part)          # below the multipart threshold
+    p.store.probe()
+    p.proxy.reset_after(p.part)
+    store, rec = retrying(p.store)
+    store.put(KEY, blob, MemoryCheckpoint())
+    assert p.proxy.resets == 1 and len(rec.calls) == 1
+    store.verify(KEY, blob)
+
+
+@pytest.mark.parametrize("status", [503, 429, 500])
+def test_slowdown_burst_is_retried(moto_proxied: Proxied, tmp_path: Path, status: int) -> None:
+    p = moto_proxied
+    blob = make_blob(tmp_path, 5 * p.part)          # multipart: bursts hit parts too
+    p.proxy.slowdown(3, status)
+    store, rec = retrying(p.store)
+    store.put(KEY, blob, MemoryCheckpoint())
+    assert [r.answered_by_proxy for r in p.proxy.requests].count(status) == 3
+    assert len(rec.calls) == 3
+    assert all(isinstance(c[2], TransientStoreError) for c in rec.calls)
+    store.verify(KEY, blob)
+    assert p.uploads() == []
+
+
+def test_slowdown_longer_than_the_policy_gives_up_transient(moto_proxied: Proxied, tmp_path: Path) -> None:
+    p = moto_proxied
+    p.proxy.slowdown(100)
+    store, rec = retrying(p.store, attempts=3)
+    with pytest.raises(TransientStoreError):
+        store.put(KEY, make_blob(tmp_path, 100), MemoryCheckpoint())
+    assert len(rec.calls) == 2
+
+
+def test_stalled_socket_times_out_as_transient(moto_proxied: Proxied, tmp_path: Path) -> None:
+    p = moto_proxied
+    inner = CountingStore(p.make_store(timeout=0.5))
+    p.proxy.stall()
+    store, rec = retrying(inner, attempts=2)
+    t0 = time.monotonic()
+    with pytest.raises(TransientStoreError, match="(?i)timeout|timed out"):
+        store.stat(KEY)
+    assert time.monotonic() - t0 < 10
+    assert inner.calls["stat"] == 2 and len(rec.calls) == 1
+    p.proxy.clear()
+    assert store.stat(KEY) is None                  # and it works once the network is back
+
+
+def test_outage_is_transient_and_recovers(moto_proxied: Proxied, tmp_path: Path) -> None:
+    p = moto_proxied
+    blob = make_blob(tmp_path, 1000)
+    p.proxy.outage()
+    with pytest.raises(TransientStoreError):
+        p.store.put(KEY, blob, MemoryCheckpoint())
+    p.proxy.clear()
+    p.store.put(KEY, blob, MemoryCheckpoint())
+    p.store.verify(KEY, blob)
+
+
+def test_auth_error_from_proxy_is_not_retried(moto_proxied: Proxied, tmp_path: Path) -> None:
+    p = moto_proxied
+    inner = CountingStore(p.store)
+    p.proxy.slowdown(10, status=403)
+    store, rec = retrying(inner)
+    with pytest.raises(StoreAuthError):
+        store.put(KEY, make_blob(tmp_path, 100), MemoryCheckpoint())
+    assert inner.calls["put"] == 1 and rec.calls == []
+    assert len(p.proxy.requests) == 1
+
+
+def test_bad_credentials_on_swift_fail_once_as_auth(swift_proxied: Proxied, tmp_path: Path) -> None:
+    p = swift_proxied
+    from dockd.store.s3 import Credentials
+
+    inner = CountingStore(p.make_store(credentials=Credentials("test:tester", "not-the-secret")))
+    store, rec = retrying(inner)
+    with pytest.raises(StoreAuthError):
+        store.put(KEY, make_blob(tmp_path, 100), MemoryCheckpoint())
+    assert inner.calls["put"] == 1 and rec.calls == []
+    assert len(p.proxy.requests) == 1
+    with pytest.raises(StoreAuthError):              # read paths classify the same
+        p.make_store(credentials=Credentials("nobody:none", "x")).stat(KEY)
+
+
+def test_missing_bucket_is_permanent(moto_server: S3Endpoint, tmp_path: Path) -> None:
+    store = S3Store("s3://no-such-bucket-here/evidence", **moto_server.store_kwargs())
+    with pytest.raises(PermanentStoreError, match="no such bucket") as ei:
+        store.put(KEY, make_blob(tmp_path, 10), MemoryCheckpoint())
+    assert not ei.value.retryable
+
+
+# -- resume after a crash -----------------------------------------------------------
+
+CHILD = textwrap.dedent("""\
+    import json, os, sys, time
+    from pathlib import Path
+    from dockd.store.base import Blob
+    from dockd.store.s3 import S3Store, Credentials
+
+    args = json.loads(sys.argv[1])
+    cp_path = Path(args["checkpoint"])
+
+    class FileCheckpoint:
+        # the ledger stands in: durable on return, then the test kills us
+        def load(self):
+            return json.loads(cp_path.read_text()) if cp_path.exists() else None
+        def save(self, state):
+            tmp = cp_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, cp_path)
+            if len(state["parts"]) >= args["crash_after"]:
+                print("parts-saved", flush=True)
+                time.sleep(3600)
+        def clear(self):
+            cp_path.unlink(missing_ok=True)
+
+    kw = args["store"]
+    kw["credentials"] = Credentials(*kw["credentials"])
+    store = S3Store(args["url"], **kw)
+    b = args["blob"]
+    store.put(args["key"], Blob(Path(b["path"]), b["size"], b["sha256"]), FileCheckpoint())
+    print("finished", flush=True)
+""")
+
+
+def test_kill_9_mid_upload_then_resume_sends_only_missing_parts(moto_proxied: Proxied, tmp_path: Path) -> None:
+    p = moto_proxied
+    blob = make_blob(tmp_path, 6 * p.part + 1234)   # 7 parts
+    cp_path = tmp_path / "checkpoint.json"
+    store_kw = p.ep.store_kwargs(**p.store_kw)
+    store_kw["endpoint_url"] = p.proxy.url
+    c = store_kw["credentials"]
+    store_kw["credentials"] = [c.access_key_id, c.secret_access_key]
+    args = {"checkpoint": str(cp_path), "crash_after": 3, "url": f"s3://{p.bucket}/evidence", "key": KEY,
+            "store": store_kw, "blob": {"path": str(blob.path), "size": blob.size, "sha256": blob.sha256}}
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    child = subprocess.Popen([sys.executable, str(script), json.dumps(args)], stdout=subprocess.PIPE, text=True)
+    try:
+        said = []
+        for line in child.stdout or []:        # log lines first, then our marker
+            said.append(line)
+            if line.strip() in ("parts-saved", "finished"):
+                break
+        assert said and said[-1].strip() == "parts-saved", f"child said {said!r}, exit {child.poll()}"
+    finally:
+        child.kill()                                  # SIGKILL: no cleanup runs
+        child.wait()
+    state = json.loads(cp_path.read_text())
+    assert [x["n"] for x in state["parts"]] == [1, 2, 3]
+    assert len(p.uploads()) == 1 and p.objects() == []
+
+    # restart: a fresh store with the checkpoint the "ledger" kept
+    p.proxy.clear_log()
+    cp = MemoryCheckpoint(state)
+    p.make_store().put(KEY, blob, cp)
+    reqs = p.proxy.requests
+    assert any(r.method == "GET" and "uploadId" in r.query for r in reqs), "ListParts was not used"
+    assert not any(r.method == "POST" and "uploads" in r.query for r in reqs), "a new upload was started"
+    assert sorted(p.part_puts()) == [4, 5, 6, 7]
+    sent = sum(r.body_sent for r in reqs if r.part_number is not None)
+    assert sent == blob.size - 3 * p.part             # not restarted from byte zero
+    assert cp.load() is None
+    p.store.verify(KEY, blob)
+    assert p.uploads() == [] and p.objects() == [f"evidence/{KEY}"]
+
+
+def test_resume_reconciles_parts_the_checkpoint_missed(moto_proxied: Proxied, tmp_path: Path) -> None:
+    """Crash after a part reached the server but before the checkpoint said so."""
+    p = moto_proxied
+    blob = make_blob(tmp_path, 6 * p.part + 1234)
+    cp = CrashingCheckpoint(parts=3)
+    with pytest.raises(SimulatedCrash):
+        p.store.put(KEY, blob, cp)
+    state = cp.load()
+    assert state is not None
+    state["parts"] = state["parts"][:1]               # the ledger lags: it knows of part 1 only
+    p.proxy.clear_log()
+    p.make_store().put(KEY, blob, MemoryCheckpoint(state))
+    assert sorted(p.part_puts()) == [4, 5, 6, 7]      # ListParts said 2 and 3 were there
+    p.store.verify(KEY, blob)
+    assert p.uploads() == []
+
+
+def test_permanent_failure_aborts_the_upload(moto_proxied: Proxied, tmp_path: Path) -> None:
+    p = moto_proxied
+    blob = make_blob(tmp_path, 6 * p.part + 1234)
+    cp = CrashingCheckpoint(parts=2)
+    with pytest.raises(SimulatedCrash):
+        p.store.put(KEY, blob, cp)
+    assert len(p.uploads()) == 1
+    # the spooled file is damaged before the restart: resuming must not complete
+    data = bytearray(blob.path.read_bytes())
+    data[-1] ^= 0xFF
+    blob.path.write_bytes(bytes(data))
+    with pytest.raises(PermanentStoreError):
+        p.make_store().put(KEY, blob, cp)
+    assert cp.load() is None and p.uploads() == [] and p.objects() == []
+
+
+def test_existing_object_is_not_uploaded_again(moto_proxied: Proxied, tmp_path: Path) -> None:
+    p = moto_proxied
+    blob = make_blob(tmp_path, 6 * p.part + 1234)
+    p.store.put(KEY, blob, MemoryCheckpoint())
+    p.proxy.clear_log()
+    p.make_store().put(KEY, blob, MemoryCheckpoint())
+    assert [r.method for r in p.proxy.requests if r.method in ("PUT", "POST")] == []
+
+
+# -- integrity details ------------------------------------------------------------------
+
+def test_etag_and_checksum_proofs_on_moto(moto_proxied: Proxied, tmp_path: Path) -> None:
+    p = moto_proxied
+    blob = make_blob(tmp_path, 6 * p.part + 1234)
+    p.store.put(KEY, blob, MemoryCheckpoint())
+    assert p.store.capabilities.server_checksum is True
+    head = p.ep.client().head_object(Bucket=p.bucket, Key=f"evidence/{KEY}", ChecksumMode="ENABLED")
+    assert head["ETag"].strip('"') == digest_file(blob.path, p.part).etag
+    assert head.get("ChecksumSHA256")
+    md = head["Metadata"]
+    assert md["camera"] == "CAM-0001" and md["station"] == "dock-01" and md["dockd-sha256"] == blob.sha256
+    # every request that carried bytes also carried its MD5
+    # (checked by the server: a corrupted part would be refused with BadDigest)
+
+
+def test_checksum_off_sends_none(moto_proxied: Proxied, tmp_path: Path) -> None:
+    p = moto_proxied
+    store = p.make_store(checksum="off")
+    blob = make_blob(tmp_path, 1000)
+    store.put(KEY, blob, MemoryCheckpoint())
+    head = p.ep.client().head_object(Bucket=p.bucket, Key=f"evidence/{KEY}", ChecksumMode="ENABLED")
+    assert not head.get("ChecksumSHA256")
+    assert store.capabilities.server_checksum is False
+    store.verify(KEY, blob)
+
+
+def test_part_size_never_exceeds_part_count_limit() -> None:
+    size = 200 * 1024**3
+    ps = choose_part_size(size, 16 * 1024**2)
+    assert len(part_ranges(size, ps)) <= 10_000
+    assert ps % (1024 * 1024) == 0
+    assert choose_part_size(size, 16 * 1024**2) == ps        # deterministic
+    assert choose_part_size(100, 1, min_part_size=5 * 1024**2) == 5 * 1024**2
+    assert len(part_ranges(10 * 1024**2, choose_part_size(10 * 1024**2, 1, 1, max_parts=3))) <= 3
+
+
+def test_many_small_parts_respect_server_part_limit(moto_proxied: Proxied, tmp_path: Path) -> None:
+    p = moto_proxied
+    store = p.make_store(max_parts=3)
+    blob = make_blob(tmp_path, 6 * p.part + 1234)
+    store.put(KEY, blob, MemoryCheckpoint())
+    assert len(set(p.part_puts())) == 3
+    store.verify(KEY, blob)
+
+
+# -- object lock, legal hold, tags -----------------------------------------------------
+
+@pytest.mark.parametrize("size_parts", [1, 6], ids=["single", "multipart"])
+def test_object_lock_legal_hold_and_tags_on_moto(moto_server: S3Endpoint, tmp_path: Path, size_parts: int) -> None:
+    bucket = moto_server.new_bucket(lock=True)
+    part = moto_server.min_part_size
+    store = S3Store(f"s3://{bucket}/evidence", **moto_server.store_kwargs(
+        multipart_threshold=4 * part, part_size=part, object_lock_mode="GOVERNANCE", object_lock_days=2,
+        legal_hold_flagged=True, tag_retention=True, retention_class="7y"))
+    flagged = make_blob(tmp_path, size_parts * part + 10, "flagged", flagged=True)
+    plain = make_blob(tmp_path, size_parts * part + 10, "plain")
+    kf, kp = "dock-01/CAM-1/2024-05-01/flagged.age", "dock-01/CAM-1/2024-05-01/plain.age"
+    store.put(kf, flagged, MemoryCheckpoint())
+    store.put(kp, plain, MemoryCheckpoint())
+    assert store.capabilities.object_lock is True
+    c = moto_server.client()
+    # (HEAD, not GetObjectRetention: moto's server answers that one with a 500)
+    heads = {k: c.head_object(Bucket=bucket, Key=f"evidence/{k}") for k in (kf, kp)}
+    for key, head in heads.items():
+        assert head["ObjectLockMode"] == "GOVERNANCE"
+        until = head["ObjectLockRetainUntilDate"]
+        assert abs(until - (datetime.now(timezone.utc) + timedelta(days=2))) < timedelta(hours=1)
+        tags = c.get_object_tagging(Bucket=bucket, Key=f"evidence/{key}")["TagSet"]
+        assert {"Key": "retention-class", "Value": "7y"} in tags
+    assert heads[kf].get("ObjectLockLegalHoldStatus") == "ON"
+    assert heads[kp].get("ObjectLockLegalHoldStatus") in (None, "OFF")
+    store.verify(kf, flagged)
+
+
+def test_lock_configured_but_bucket_unlocked_is_refused(moto_server: S3Endpoint, tmp_path: Path) -> None:
+    bucket = moto_server.new_bucket(lock=False)
+    store = S3Store(f"s3://{bucket}/e", **moto_server.store_kwargs(object_lock_mode="COMPLIANCE",
+                                                                   object_lock_days=1))
+    with pytest.raises(PermanentStoreError, match="Object Lock disabled"):
+        store.put(KEY, make_blob(tmp_path, 10), MemoryCheckpoint())
+
+
+def test_unlocked_bucket_gets_no_legal_hold(moto_server: S3Endpoint, tmp_path: Path) -> None:
+    bucket = moto_server.new_bucket(lock=False)
+    store = S3Store(f"s3://{bucket}/e", **moto_server.store_kwargs())
+    blob = make_blob(tmp_path, 100, flagged=True)
+    store.put(KEY, blob, MemoryCheckpoint())
+    assert store.capabilities.object_lock is False
+    store.verify(KEY, blob)
+
+
+# -- Swift ----------------------------------------------------------------------------------
+
+def test_swift_capabilities_detected_absent_and_paths_adapt(swift_proxied: Proxied, tmp_path: Path) -> None:
+    p = swift_proxied
+    blob = make_blob(tmp_path, 6 * p.part + 1234, flagged=True)
+    small = make_blob(tmp_path, 500, "small", flagged=True)
+    p.store.put("a/small.age", small, MemoryCheckpoint())
+    p.store.put(KEY, blob, MemoryCheckpoint())
+    caps = p.store.capabilities
+    assert caps.resumable is True and caps.server_checksum is False and caps.object_lock is False
+    head = p.ep.client().head_object(Bucket=p.bucket, Key=f"evidence/{KEY}")
+    assert head["ETag"].strip('"') == digest_file(blob.path, p.part).etag   # the ETag proof applies
+    assert head["Metadata"]["camera"] == "CAM-0001"
+    p.store.verify(KEY, blob)
+    p.store.verify("a/small.age", small)
+    # once learnt, the unsupported features are not offered again
+    p.proxy.clear_log()
+    p.store.put("a/other.age", make_blob(tmp_path, 700, "other"), MemoryCheckpoint())
+    assert all(r.answered_by_proxy is None for r in p.proxy.requests)
+    assert [r.method for r in p.proxy.requests].count("PUT") == 1
+
+
+def test_swift_reset_mid_part_is_retried(swift_proxied: Proxied, tmp_path: Path) -> None:
+    p = swift_proxied
+    blob = make_blob(tmp_path, 6 * p.part + 1234)
+    p.store.put("warmup.age", make_blob(tmp_path, 10, "w"), MemoryCheckpoint())
+    p.proxy.reset_after(int(2.5 * p.part))
+    store, rec = retrying(p.store)
+    store.put(KEY, blob, MemoryCheckpoint())
+    assert p.proxy.resets == 1 and len(rec.calls) == 1
+    store.verify(KEY, blob)
+    assert p.uploads() == []
+
+
+# -- configuration and credentials -------------------------------------------------------------
+
+def test_credentials_file_must_be_private(tmp_path: Path) -> None:
+    f = tmp_path / "creds"
+    f.write_text("[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = s3cr3t\n")
+    f.chmod(0o644)
+    with pytest.raises(ConfigError, match="0644") as ei:
+        resolve_credentials(f, environ={})
+    assert "s3cr3t" not in str(ei.value)
+    f.chmod(0o600)
+    c = resolve_credentials(f, environ={})
+    assert c is not None and (c.access_key_id, c.secret_access_key) == ("AKIDEXAMPLE", "s3cr3t")
+    assert "s3cr3t" not in repr(c)
+
+
+def test_credentials_key_value_file_and_systemd_directory(tmp_path: Path) -> None:
+    f = tmp_path / "kv"
+    f.write_text("# station credentials\naws_access_key_id=AK1\naws_secret_access_key = SK1\n")
+    f.chmod(0o600)
+    c = resolve_credentials(f, environ={"CREDENTIALS_DIRECTORY": str(tmp_path / "nope")})
+    assert c is not None and (c.access_key_id, c.secret_access_key) == ("AK1", "SK1")
+
+    d = tmp_path / "creds.d"
+    d.mkdir()
+    (d / "aws_access_key_id").write_text("AK2\n")
+    (d / "aws_secret_access_key").write_text("SK2\n")
+    c = resolve_credentials(None, environ={"CREDENTIALS_DIRECTORY": str(d)})
+    assert c is not None and (c.access_key_id, c.secret_access_key) == ("AK2", "SK2")
+
+    d2 = tmp_path / "creds2.d"
+    d2.mkdir()
+    (d2 / "s3-credentials").write_text("[dockd]\naws_access_key_id=AK3\naws_secret_access_key=SK3\n")
+    c = resolve_credentials(None, environ={"CREDENTIALS_DIRECTORY": str(d2)})
+    assert c is not None and c.access_key_id == "AK3"
+
+    assert resolve_credentials(None, environ={}) is None      # boto3's own chain
+
+    bad = tmp_path / "bad"
+    bad.write_text("aws_access_key_id=AK\n")
+    bad.chmod(0o600)
+    with pytest.raises(ConfigError, match="aws_secret_access_key"):
+        resolve_credentials(bad, environ={})
+
+
+def test_from_config_end_to_end(moto_server: S3Endpoint, tmp_path: Path) -> None:
+    bucket = moto_server.new_bucket()
+    f = tmp_path / "creds"
+    f.write_text(f"aws_access_key_id={moto_server.access_key}\naws_secret_access_key={moto_server.secret_key}\n")
+    f.chmod(0o600)
+    cfg = StoreConfig(url=f"s3://{bucket}/site", prefix="evidence", endpoint_url=moto_server.endpoint_url,
+                      region="us-east-1", addressing_style="path", credentials_file=f, timeout=5)
+    store = S3Store.from_config(cfg, min_part_size=moto_server.min_part_size)
+    assert store.prefix == "site/evidence"
+    blob = make_blob(tmp_path, 1000)
+    store.put(KEY, blob, MemoryCheckpoint())
+    store.verify(KEY, blob)
+    keys = [o["Key"] for o in moto_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == [f"site/evidence/{KEY}"]
+    assert [o.key for o in store.list()] == [KEY]
+
+
+def test_invalid_keys_are_refused(moto_server: S3Endpoint, tmp_path: Path) -> None:
+    store = S3Store("s3://b/p", **moto_server.store_kwargs())
+    for bad in ("", "../x", "a//b", "a/./b", "a\nb", "x" * 2000):
+        with pytest.raises(PermanentStoreError):
+            store.stat(bad)
+
+
+def test_bad_url_and_lock_settings() -> None:
+    from dockd.errors import UsageError
+
+    with pytest.raises(UsageError):
+        S3Store("https://bucket/x")
+    with pytest.raises(ConfigError, match="object_lock_days"):
+        S3Store("s3://b", object_lock_mode="GOVERNANCE")
+
+
+def test_tls_verification_is_on_by_default(tmp_path: Path) -> None:
+    store = S3Store("s3://b", endpoint_url="https://127.0.0.1:1", region="us-east-1")
+    assert store.client._endpoint.http_session._verify is True
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    store = S3Store("s3://b", endpoint_url="https://127.0.0.1:1", region="us-east-1", ca_bundle=ca)
+    assert store.client._endpoint.http_session._verify == str(ca)
+    cfg = store.client.meta.config
+    assert cfg.retries["total_max_attempts"] == 1        # RetryingStore is the only retry policy
