@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import stat
 import threading
 import time
@@ -37,13 +38,24 @@ class Spooled:
     seconds: float
 
 
+WRITEBACK_WINDOW = 32 << 20           # start writeback every 32 MiB, not all at fsync
+
+
 class _HashingSink:
-    """The Encryptor's output: hashes the ciphertext and writes it to an fd."""
+    """The Encryptor's output: hashes the ciphertext and writes it to an fd.
+
+    Every ``WRITEBACK_WINDOW`` bytes it asks the kernel to start writing the
+    window back (``POSIX_FADV_DONTNEED`` on dirty pages initiates writeback
+    without waiting), so the disk works while we encrypt the next window and
+    the final fsync has little left to do. It also keeps ciphertext we will
+    not read again from crowding the page cache.
+    """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.sha = hashlib.sha256()
         self.size = 0
+        self._flushed = 0
 
     def write(self, data: bytes | memoryview) -> int:
         self.sha.update(data)
@@ -52,6 +64,12 @@ class _HashingSink:
             n = os.write(self.fd, view)
             view = view[n:]
         self.size += len(data)
+        if self.size - self._flushed >= WRITEBACK_WINDOW:
+            try:
+                os.posix_fadvise(self.fd, self._flushed, self.size - self._flushed, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
+            self._flushed = self.size
         return len(data)
 
     def flush(self) -> None:
@@ -136,33 +154,24 @@ class Spool:
                 raise _spool_error(exc) from exc
             try:
                 sink = _HashingSink(out)
-                plain = hashlib.sha256()
                 enc = Encryptor(sink, self.recipients)
-                buf = bytearray(BLOCK)
-                view = memoryview(buf)
+                reader = _Reader(src, source, size, cancel)
                 done = 0
-                while True:
-                    if cancel is not None and cancel.is_set():
-                        raise DeviceGoneError(f"{source}: camera undocked during copy")
-                    try:
-                        n = os.readv(src, [buf])
-                    except OSError as exc:
-                        raise _read_error(exc, source) from exc
-                    if n == 0:
-                        break
-                    done += n
-                    if done > size:
-                        raise FileChangedError(f"{source}: grew while being read")
-                    chunk = view[:n]
-                    plain.update(chunk)
-                    enc.write(chunk)
-                    if progress:
-                        progress(n)
+                try:
+                    for buf, n in reader:
+                        enc.write(memoryview(buf)[:n])
+                        reader.recycle(buf)
+                        done += n
+                        if progress:
+                            progress(n)
+                finally:
+                    reader.close()
                 enc.close()
                 end = os.fstat(src)
                 if done != size or end.st_size != size or end.st_mtime_ns != mtime_ns:
                     raise FileChangedError(f"{source}: changed while being read")
                 os.fsync(out)
+                plain = reader.sha
             except OSError as exc:
                 raise _spool_error(exc) from exc
             finally:
@@ -176,6 +185,76 @@ class Spool:
             os.close(src)
         return Spooled(final, plain.hexdigest(), sink.sha.hexdigest(), sink.size,
                        time.monotonic() - t0)
+
+
+class _Reader:
+    """Reads the camera file on its own thread, hashing the plaintext as it goes.
+
+    SHA-256 and ChaCha20-Poly1305 both release the GIL, so reading and hashing
+    here overlap with encrypting, hashing the ciphertext and writing on the
+    caller's thread: two cores, one pass. A fixed pool of buffers bounds memory.
+    Iterating yields ``(buffer, nbytes)``; give each buffer back with ``recycle``.
+    Errors raised here surface in the caller's thread, in order.
+    """
+
+    POOL = 4
+
+    def __init__(self, fd: int, source: Path, size: int, cancel: threading.Event | None) -> None:
+        self.fd = fd
+        self.source = source
+        self.size = size
+        self.cancel = cancel
+        self.sha = hashlib.sha256()
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(self.POOL):
+            self._free.put(bytearray(BLOCK))
+        self._full: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spool-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        done = 0
+        try:
+            while not self._stop.is_set():
+                if self.cancel is not None and self.cancel.is_set():
+                    raise DeviceGoneError(f"{self.source}: camera undocked during copy")
+                try:
+                    buf = self._free.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                try:
+                    n = os.readv(self.fd, [buf])
+                except OSError as exc:
+                    raise _read_error(exc, self.source) from exc
+                if n == 0:
+                    self._full.put(None)
+                    return
+                done += n
+                if done > self.size:
+                    raise FileChangedError(f"{self.source}: grew while being read")
+                self.sha.update(memoryview(buf)[:n])
+                self._full.put((buf, n))
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._full.put(exc)
+
+    def __iter__(self) -> "_Reader":
+        return self
+
+    def __next__(self) -> tuple[bytearray, int]:
+        item = self._full.get()
+        if item is None:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def recycle(self, buf: bytearray) -> None:
+        self._free.put(buf)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)   # a hung device must not hang the session forever
 
 
 def _read_error(exc: OSError, source: Path) -> SourceError:
