@@ -1,13 +1,20 @@
 """``dockd status``: one snapshot, rendered as a table or as JSON.
 
-The snapshot is built from the ledger (the durable truth) and, when the
-daemon answers on its control socket, enriched with live progress. Its JSON
-schema is documented in the README and versioned by ``schema``.
+There is one builder, ``build``, and one schema (``dockd-status/1``,
+documented field by field in docs/STATUS.md). Every state in it (phases,
+recording counts, the queue) is read from the ledger, the same durable truth
+the logs are written beside, so status and logs cannot disagree about state.
+A running daemon adds what only it knows (``LiveView``: read progress, rates,
+ETAs, store reachability) over its control socket; when it is down the same
+builder runs on the ledger alone and says so (``daemon.running: false``).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
@@ -16,12 +23,50 @@ from .model import Phase, RecState
 
 SCHEMA = "dockd-status/1"
 
+# A bay is safe to undock once its session has finished with the camera: every
+# recording verified and wiped (done), or given up on and left intact (attention).
+SAFE_PHASES = frozenset({Phase.DONE.value, Phase.ATTENTION.value})
 
-def _spool_info(cfg: Config) -> dict[str, Any]:
-    import os
+_SPOOLED = (RecState.SPOOLED, RecState.UPLOADED, RecState.VERIFIED, RecState.WIPED)
+_VERIFIED = (RecState.VERIFIED, RecState.WIPED)
+_FAILED = (RecState.FAILED, RecState.ATTENTION)
 
+
+@dataclass
+class LiveBay:
+    """What a running daemon knows about one docked camera beyond the ledger."""
+
+    session: int
+    spooled_bytes: int               # includes the recording being copied now
+    rate_bps: float | None = None
+    eta_seconds: float | None = None
+    current: str | None = None
+    last_error: str | None = None
+
+
+@dataclass
+class LiveView:
+    pid: int
+    started_at: float
+    bays: dict[str, LiveBay] = field(default_factory=dict)   # camera serial -> live data
+    queue_active: int = 0
+    queue_delayed: int = 0
+    queue_paused: str | None = None
+    store_reachable: bool | None = None
+    store_last_error: str | None = None
+    last_success: float | None = None
+
+
+def redact_url(url: str) -> str:
+    """Drop userinfo (``user:secret@``) and query strings from a store URL."""
+    url = re.sub(r"^([a-z0-9+.-]+://)[^/@]*@", r"\1", url, flags=re.I)
+    return url.split("?", 1)[0]
+
+
+def spool_info(cfg: Config) -> dict[str, Any]:
     root = cfg.paths.spool_dir
     used = files = 0
+    free: int | None = None
     if root.exists():
         for p in root.glob("*.age"):
             try:
@@ -31,139 +76,261 @@ def _spool_info(cfg: Config) -> dict[str, Any]:
                 pass
         st = os.statvfs(root)
         free = st.f_bavail * st.f_frsize
-    else:
-        free = None
+    floor, cap = cfg.spool.min_free, cfg.spool.max_size
+    paused = bool((floor and free is not None and free < floor) or (cap and used >= cap))
     return {"path": str(root), "files": files, "used_bytes": used, "free_bytes": free,
-            "min_free_bytes": cfg.spool.min_free, "max_bytes": cfg.spool.max_size or None}
+            "min_free_bytes": floor, "max_bytes": cap or None, "paused": paused}
+
+
+def _tally(counts: dict[str, tuple[int, int]]) -> tuple[dict[str, int], dict[str, int]]:
+    def pick(states: tuple[RecState, ...], i: int) -> int:
+        return sum(counts.get(s.value, (0, 0))[i] for s in states)
+
+    every = tuple(s for s in RecState if s != RecState.SUPERSEDED)
+    recs = {"total": pick(every, 0), "spooled": pick(_SPOOLED, 0), "verified": pick(_VERIFIED, 0),
+            "wiped": pick((RecState.WIPED,), 0), "failed": pick(_FAILED, 0)}
+    byts = {"total": pick(every, 1), "spooled": pick(_SPOOLED, 1), "verified": pick(_VERIFIED, 1),
+            "wiped": pick((RecState.WIPED,), 1)}
+    return recs, byts
+
+
+def _bays(ledger: Ledger, live: LiveView | None) -> list[dict[str, Any]]:
+    """The latest session of every camera not seen leaving. A running daemon keeps
+    ``undocked_at`` current (undocks, and leftovers of a previous run at start)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for s in ledger.sessions(limit=500):          # newest first
+        latest.setdefault(s["serial"], s)
+    out = []
+    for serial, s in latest.items():
+        lb = live.bays.get(serial) if live else None
+        if live is not None and (lb is None or lb.session != s["id"]):
+            continue        # the daemon is not serving this camera
+        if live is None and s["undocked_at"] is not None:
+            continue
+        recs, byts = _tally(ledger.counts(session_id=s["id"]))
+        phase = s["phase"]
+        safe = phase in SAFE_PHASES
+        err = s["error"]
+        bay = {
+            "bay": s["bay"], "camera": serial, "profile": s["profile"], "session": s["id"],
+            "phase": phase, "docked_at": s["docked_at"], "finished_at": s["finished_at"],
+            "safe_to_undock": safe, "recordings": recs, "bytes": byts,
+            "rate_bps": None, "eta_seconds": None, "current": None, "last_error": err,
+        }
+        if lb is not None:
+            bay["bytes"]["spooled"] = max(byts["spooled"], min(lb.spooled_bytes, byts["total"]))
+            bay["rate_bps"] = None if lb.rate_bps is None else round(lb.rate_bps, 1)
+            bay["eta_seconds"] = None if lb.eta_seconds is None else round(lb.eta_seconds, 1)
+            bay["current"] = lb.current
+            bay["last_error"] = lb.last_error or err
+        out.append(bay)
+    out.sort(key=lambda b: (b["bay"] or "", b["camera"]))
+    return out
+
+
+def build(cfg: Config, ledger: Ledger | None, live: LiveView | None = None,
+          now: float | None = None) -> dict[str, Any]:
+    """The one snapshot, in schema ``dockd-status/1``. ``ledger`` None: no ledger yet."""
+    now = time.time() if now is None else now
+    snap: dict[str, Any] = {
+        "schema": SCHEMA,
+        "generated_at": now,
+        "station": cfg.station.id,
+        "daemon": {"running": live is not None, "pid": live.pid if live else None,
+                   "started_at": live.started_at if live else None,
+                   "uptime_seconds": round(now - live.started_at, 1) if live else None},
+        "bays": [],
+        "sessions": [],
+        "queue": {"count": 0, "bytes": 0, "oldest_age_seconds": None,
+                  "active": live.queue_active if live else None,
+                  "delayed": live.queue_delayed if live else None,
+                  "paused": live.queue_paused if live else None},
+        "store": {"url": redact_url(cfg.store.url),
+                  "reachable": live.store_reachable if live else None,
+                  "last_success": live.last_success if live else None,
+                  "last_error": live.store_last_error if live else None},
+        "spool": spool_info(cfg),
+        "attention": [],
+    }
+    if ledger is None:
+        return snap
+    snap["bays"] = _bays(ledger, live)
+    for s in ledger.sessions(limit=20):
+        recs, byts = _tally(ledger.counts(session_id=s["id"]))
+        snap["sessions"].append({
+            "id": s["id"], "camera": s["serial"], "profile": s["profile"], "phase": s["phase"],
+            "bay": s["bay"], "docked_at": s["docked_at"], "undocked_at": s["undocked_at"],
+            "finished_at": s["finished_at"], "error": s["error"],
+            "recordings": recs, "bytes": byts, "safe_to_undock": s["phase"] in SAFE_PHASES,
+        })
+    pending = ledger.recordings(states=[RecState.SPOOLED, RecState.UPLOADED, RecState.FAILED])
+    queued = [r for r in pending if r.spool_path]
+    snap["queue"].update({
+        "count": len(queued),
+        "bytes": sum(r.cipher_size or 0 for r in queued),
+        "oldest_age_seconds": (round(max(0.0, now - min(r.updated_at for r in queued)), 1)
+                               if queued else None),
+    })
+    for r in ledger.recordings(states=[RecState.FAILED, RecState.ATTENTION]):
+        snap["attention"].append({"camera": r.serial, "recording": r.name, "state": r.state.value,
+                                  "error": r.last_error, "attempts": r.attempts,
+                                  "next_attempt_at": r.next_attempt_at})
+    done = [r.updated_at for r in ledger.recordings(states=list(_VERIFIED))]
+    if done:
+        last = max(done)
+        cur = snap["store"]["last_success"]
+        snap["store"]["last_success"] = last if cur is None else max(cur, last)
+    return snap
 
 
 def from_ledger(cfg: Config) -> dict[str, Any]:
     """The status view from the ledger alone (daemon down, or one-shot use)."""
-    snap: dict[str, Any] = {
-        "schema": SCHEMA,
-        "generated_at": time.time(),
-        "station": cfg.station.id,
-        "daemon": {"running": False},
-        "bays": [],
-        "sessions": [],
-        "queue": {"count": 0, "bytes": 0, "oldest_age_seconds": None},
-        "store": {"url": cfg.store.url, "reachable": None, "last_success": None},
-        "spool": _spool_info(cfg),
-        "attention": [],
-    }
     if not cfg.ledger_path.exists():
-        return snap
+        return build(cfg, None)
     ledger = Ledger(cfg.ledger_path)
     try:
-        now = time.time()
-        for s in ledger.sessions(limit=20):
-            counts = ledger.counts(session_id=s["id"])
-            snap["sessions"].append({
-                "id": s["id"], "camera": s["serial"], "profile": s["profile"], "phase": s["phase"],
-                "bay": s["bay"], "docked_at": s["docked_at"], "finished_at": s["finished_at"],
-                "error": s["error"],
-                "recordings": {k: v[0] for k, v in counts.items()},
-                "bytes": {k: v[1] for k, v in counts.items()},
-                "safe_to_undock": Phase(s["phase"]).is_final,
-            })
-        pending = ledger.recordings(states=[RecState.SPOOLED, RecState.UPLOADED, RecState.FAILED])
-        queued = [r for r in pending if r.spool_path]
-        snap["queue"] = {
-            "count": len(queued),
-            "bytes": sum(r.cipher_size or 0 for r in queued),
-            "oldest_age_seconds": (round(now - min(r.updated_at for r in queued), 1) if queued else None),
-        }
-        for r in ledger.recordings(states=[RecState.FAILED, RecState.ATTENTION]):
-            snap["attention"].append({"camera": r.serial, "recording": r.name, "state": r.state.value,
-                                      "error": r.last_error, "attempts": r.attempts,
-                                      "next_attempt_at": r.next_attempt_at})
-        last = [r.updated_at for r in ledger.recordings(states=[RecState.VERIFIED, RecState.WIPED])]
-        snap["store"]["last_success"] = max(last) if last else None
+        return build(cfg, ledger)
     finally:
         ledger.close()
-    return snap
 
 
 def snapshot(cfg: Config) -> dict[str, Any]:
-    try:
-        from .control import query
-    except ImportError:
-        return from_ledger(cfg)
+    from .control import query
+
     live = query(cfg)
     return live if live is not None else from_ledger(cfg)
 
 
-def _size(n: int | None) -> str:
+# -- rendering -------------------------------------------------------------------
+
+def _size(n: float | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
+        n /= 1024
     return str(n)
 
 
+def _short(n: float | None) -> str:
+    """A size in at most 6 characters: 999B, 12.3K, 575M, 1.2G."""
+    if n is None:
+        return "-"
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1000 or unit == "T":
+            if unit == "B":
+                return f"{n:.0f}B"
+            return f"{n:.1f}{unit}" if abs(n) < 100 else f"{n:.0f}{unit}"
+        n /= 1024
+    return str(n)
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
+
+
+def _undock(b: dict[str, Any]) -> str:
+    if not b["safe_to_undock"]:
+        return "[bold red]DO NOT UNDOCK[/]"
+    if b["phase"] == Phase.ATTENTION.value:
+        return "[bold yellow]SAFE TO UNDOCK[/]\n[yellow]needs attention[/]"
+    return "[bold green]SAFE TO UNDOCK[/]"
+
+
 def render(snap: dict[str, Any], console: Any = None) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    running = snap["daemon"]["running"]
-    head = f"dockd status — station {snap['station']}"
-    if not running:
-        head += "  (daemon not running: from the ledger)"
-    console.print(head, style="bold")
-    if snap.get("bays"):
-        t = Table(title="Bays")
-        for col in ("bay", "camera", "profile", "phase", "spooled", "verified", "wiped", "rate", "ETA",
-                    "last error", "undock"):
-            t.add_column(col)
+    head = f"dockd status: station {snap['station']}"
+    if snap["daemon"]["running"]:
+        head += f"  (daemon pid {snap['daemon']['pid']}, up {_duration(snap['daemon']['uptime_seconds'])})"
+    else:
+        head += "  [bold red](daemon not running: from the ledger)[/]"
+    console.print(head, style="bold", highlight=False)
+    if snap["bays"]:
+        t = Table(title="Bays", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1), title_style="bold")
+        t.add_column("Bay", overflow="fold")
+        t.add_column("Camera", no_wrap=True)
+        t.add_column("Phase", no_wrap=True)
+        for col in ("Spooled", "Verified", "Wiped"):
+            t.add_column(col, justify="right", no_wrap=True)
+        t.add_column("Rate/ETA", justify="right", no_wrap=True)
+        t.add_column("Undock", no_wrap=True)
         for b in snap["bays"]:
-            t.add_row(b.get("bay") or "-", b["camera"], b["profile"], b["phase"],
-                      f"{b['recordings']['spooled']}/{b['recordings']['total']} {_size(b['bytes']['spooled'])}",
-                      f"{b['recordings']['verified']}", f"{b['recordings']['wiped']}",
-                      f"{_size(b.get('rate_bps'))}/s" if b.get("rate_bps") else "-",
-                      f"{b['eta_seconds']:.0f}s" if b.get("eta_seconds") is not None else "-",
-                      (b.get("last_error") or "")[:40],
-                      "[green]SAFE TO UNDOCK[/]" if b["safe_to_undock"] else "[red]DO NOT UNDOCK[/]")
+            r, n = b["recordings"], b["bytes"]
+            t.add_row(b["bay"] or "-", f"{b['camera']}\n[dim]{b['profile']}[/]", b["phase"],
+                      f"{r['spooled']}/{r['total']}\n{_short(n['spooled'])}",
+                      f"{r['verified']}\n{_short(n['verified'])}",
+                      f"{r['wiped']}\n{_short(n['wiped'])}",
+                      (f"{_short(b['rate_bps'])}/s" if b["rate_bps"] else "-")
+                      + f"\n{_duration(b['eta_seconds'])}",
+                      _undock(b))
         console.print(t)
-    if snap["sessions"]:
-        t = Table(title="Sessions")
-        for col in ("id", "camera", "phase", "recordings", "bytes", "error"):
-            t.add_column(col)
-        for s in snap["sessions"]:
-            recs = ", ".join(f"{v} {k}" for k, v in sorted(s["recordings"].items())) or "none"
-            t.add_row(str(s["id"]), s["camera"], s["phase"], recs, _size(sum(s["bytes"].values())),
-                      (s["error"] or "")[:50])
-        console.print(t)
+        for b in snap["bays"]:
+            if b["last_error"]:
+                console.print(f"  {b['camera']}: {b['last_error']}", highlight=False, markup=False)
+    else:
+        console.print("No cameras docked.")
     q = snap["queue"]
-    console.print(f"Upload queue: {q['count']} recordings, {_size(q['bytes'])}"
-                  + (f", oldest {q['oldest_age_seconds']:.0f}s" if q["oldest_age_seconds"] else ""))
+    line = f"Upload queue: {q['count']} recording(s), {_size(q['bytes'])}"
+    if q["oldest_age_seconds"] is not None:
+        line += f", oldest {_duration(q['oldest_age_seconds'])}"
+    if q["active"]:
+        line += f", {q['active']} uploading"
+    if q["paused"]:
+        line += f"  [bold red]PAUSED: {q['paused']}[/]"
+    console.print(line, highlight=False)
     st = snap["store"]
-    reach = {True: "reachable", False: "UNREACHABLE", None: "unknown"}[st.get("reachable")]
-    last = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["last_success"]))
-            if st.get("last_success") else "never")
-    console.print(f"Store: {st['url']} ({reach}), last verified upload {last}")
+    reach = {True: "[green]reachable[/]", False: "[bold red]UNREACHABLE[/]", None: "reachability unknown"}
+    line = f"Store: {st['url']} ({reach[st['reachable']]}), last verified upload {_when(st['last_success'])}"
+    if st["last_error"] and st["reachable"] is False:
+        line += f": {st['last_error'][:60]}"
+    console.print(line, highlight=False)
     sp = snap["spool"]
-    console.print(f"Spool: {sp['files']} files, {_size(sp['used_bytes'])} used, "
-                  f"{_size(sp['free_bytes'])} free (pause below {_size(sp['min_free_bytes'])})")
+    line = (f"Spool: {sp['files']} file(s), {_size(sp['used_bytes'])} used"
+            + (f" of {_size(sp['max_bytes'])}" if sp["max_bytes"] else "")
+            + f", {_size(sp['free_bytes'])} free (pauses below {_size(sp['min_free_bytes'])})")
+    if sp["paused"]:
+        line += "  [bold yellow]SPOOLING PAUSED: waiting for uploads[/]"
+    console.print(line, highlight=False)
     if snap["attention"]:
-        console.print(f"[bold red]{len(snap['attention'])} recording(s) need attention:[/]")
+        console.print(f"[bold red]{len(snap['attention'])} recording(s) failed or need attention:[/]")
         for a in snap["attention"][:20]:
-            console.print(f"  {a['camera']} {a['recording']}: {a['state']} — {a['error']}")
+            retry = (f" (attempt {a['attempts']}, retry at {_when(a['next_attempt_at'])})"
+                     if a["next_attempt_at"] else f" (attempt {a['attempts']})")
+            console.print(f"  {a['camera']} {a['recording']}: {a['state']}: {a['error']}{retry}",
+                          highlight=False, markup=False)
+        if len(snap["attention"]) > 20:
+            console.print(f"  … and {len(snap['attention']) - 20} more (dockd status --json)")
 
 
 def watch(cfg: Config, interval: float) -> None:
-    from rich.console import Console
+    from rich.console import Console, Group
     from rich.live import Live
+    from rich.text import Text
 
     console = Console()
-    with Live(console=console, auto_refresh=False, screen=False) as live:
+    with Live(console=console, auto_refresh=False, screen=False, transient=False) as live:
         while True:
             snap = snapshot(cfg)
             with console.capture() as cap:
                 render(snap, console)
-            from rich.text import Text
-
-            live.update(Text.from_ansi(cap.get()), refresh=True)
+            live.update(Group(Text.from_ansi(cap.get())), refresh=True)
             time.sleep(interval)

@@ -1,0 +1,272 @@
+"""The control socket: status snapshots from the running daemon, as JSON.
+
+A Unix stream socket, ``control.sock`` in ``paths.runtime_dir``, mode 0660,
+group ``dockd`` when that group exists (root otherwise), so an operator in
+that group runs ``dockd status`` without root. The protocol is one request
+line (``status``) and one JSON document in reply, then the server closes the
+connection. The reply is ``status.build`` over the daemon's ledger plus what
+only the daemon knows (read progress, rates, ETAs, store reachability).
+
+The server never blocks the supervisor: it answers from its own thread, and
+``tick`` (called from the main loop) only samples counters.
+"""
+
+from __future__ import annotations
+
+import collections
+import grp
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import status as status_mod
+from .config import Config
+from .errors import DockdError
+from .model import Phase
+
+SOCKET_NAME = "control.sock"
+GROUP = "dockd"
+MODE = 0o660
+REQUEST_MAX = 256
+CLIENT_TIMEOUT = 3.0
+RATE_WINDOW = 10.0          # seconds of history a rate is measured over
+SAMPLE_EVERY = 0.5
+
+
+def socket_path(cfg: Config) -> Path:
+    return cfg.paths.runtime_dir / SOCKET_NAME
+
+
+class RateMeter:
+    """Bytes per second over the last ``window`` seconds of (time, cumulative bytes) samples."""
+
+    def __init__(self, window: float = RATE_WINDOW) -> None:
+        self.window = window
+        self.samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def add(self, t: float, total: int) -> None:
+        if self.samples and total < self.samples[-1][1]:
+            self.samples.clear()              # a counter that went back (re-copy): start again
+        self.samples.append((t, total))
+        while len(self.samples) > 2 and t - self.samples[1][0] >= self.window:
+            self.samples.popleft()
+
+    def rate(self) -> float | None:
+        if len(self.samples) < 2:
+            return None
+        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+        if t1 - t0 < 0.2:
+            return None
+        return (b1 - b0) / (t1 - t0)
+
+
+class _Progress:
+    """Read and verify rates of one session."""
+
+    def __init__(self, session: int) -> None:
+        self.session = session
+        self.spooled = RateMeter()
+        self.verified = RateMeter()
+
+
+def eta(phase: str, total: int, spooled: int, verified: int,
+        spool_rate: float | None, verify_rate: float | None) -> float | None:
+    """Seconds until every byte of the camera is verified, at the current rates.
+
+    Copying and uploading overlap, so the slower of the two pipelines decides:
+    max(bytes left to copy / read rate, bytes left to verify / verify rate).
+    None while unknown (scanning, no rate measured yet, a rate of zero)."""
+    if phase not in (Phase.SPOOLING.value, Phase.UPLOADING.value):
+        return None
+    parts = []
+    for left, rate in ((total - spooled, spool_rate), (total - verified, verify_rate)):
+        if left <= 0:
+            parts.append(0.0)
+        elif not rate or rate <= 0:
+            return None
+        else:
+            parts.append(left / rate)
+    return max(parts)
+
+
+class ControlServer:
+    def __init__(self, cfg: Config, daemon: Any) -> None:
+        self.cfg = cfg
+        self.daemon = daemon
+        self.path = socket_path(cfg)
+        self.started_at = time.time()
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._progress: dict[str, _Progress] = {}
+        self._lock = threading.Lock()
+        self._last_sample = 0.0
+        self._stopping = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        try:
+            self.path.unlink()                 # a stale socket from an unclean stop
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o117)                  # never world-connectable, even for an instant
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        os.chmod(self.path, MODE)
+        try:
+            os.chown(self.path, -1, grp.getgrnam(GROUP).gr_gid)
+        except (KeyError, PermissionError):
+            pass                               # no dockd group (or not root): owner's group
+        sock.listen(16)
+        sock.settimeout(0.5)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def tick(self) -> None:
+        """Sample progress counters (cheap; called by the main loop)."""
+        now = time.monotonic()
+        if now - self._last_sample < SAMPLE_EVERY:
+            return
+        self._last_sample = now
+        station = self.daemon.station
+        with self._lock:
+            for serial, live in list(station.live.items()):
+                pr = self._progress.get(serial)
+                if pr is None or pr.session != live.session_id:
+                    pr = self._progress[serial] = _Progress(live.session_id)
+                if live.safe_to_undock:
+                    continue
+                counts = station.ledger.counts(session_id=live.session_id)
+                verified = sum(counts.get(s, (0, 0))[1] for s in ("verified", "wiped"))
+                pr.spooled.add(now, live.spooled_bytes)
+                pr.verified.add(now, verified)
+
+    # -- snapshots ------------------------------------------------------------
+
+    def live_view(self) -> status_mod.LiveView:
+        d = self.daemon
+        station = d.station
+        q = station.uploader.snapshot()
+        view = status_mod.LiveView(
+            pid=os.getpid(), started_at=self.started_at,
+            queue_active=q["active"], queue_delayed=q["delayed"], queue_paused=q["paused"],
+            store_reachable=q["store_reachable"], store_last_error=q["last_store_error"],
+            last_success=q["last_success"])
+        present = d.present_cameras()
+        with self._lock:
+            for serial, live in list(station.live.items()):
+                if serial not in present:
+                    continue
+                pr = self._progress.get(serial)
+                spool_rate = verify_rate = None
+                if pr is not None and pr.session == live.session_id and not live.safe_to_undock:
+                    spool_rate, verify_rate = pr.spooled.rate(), pr.verified.rate()
+                verified = pr.verified.samples[-1][1] if pr and pr.verified.samples else 0
+                rate = spool_rate if live.phase in (Phase.SCANNING.value, Phase.SPOOLING.value) \
+                    else verify_rate
+                view.bays[serial] = status_mod.LiveBay(
+                    session=live.session_id, spooled_bytes=live.spooled_bytes,
+                    rate_bps=rate if rate else None,
+                    eta_seconds=eta(live.phase, live.total_bytes, live.spooled_bytes, verified,
+                                    spool_rate, verify_rate),
+                    current=live.current, last_error=live.last_error)
+        return view
+
+    def snapshot(self) -> dict[str, Any]:
+        return status_mod.build(self.cfg, self.daemon.station.ledger, self.live_view())
+
+    # -- serving ------------------------------------------------------------
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                time.sleep(0.1)
+                continue
+            with conn:
+                try:
+                    self._answer(conn)
+                except (OSError, ValueError):
+                    pass                         # a client that went away or spoke nonsense
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(CLIENT_TIMEOUT)
+        req = b""
+        while b"\n" not in req and len(req) < REQUEST_MAX:
+            chunk = conn.recv(REQUEST_MAX)
+            if not chunk:
+                break
+            req += chunk
+        cmd = req.split(b"\n", 1)[0].strip().decode("ascii", "replace") or "status"
+        if cmd == "status":
+            reply: dict[str, Any] = self.snapshot()
+        else:
+            reply = {"error": f"unknown request {cmd[:40]!r}; try 'status'"}
+        conn.sendall(json.dumps(reply, sort_keys=True).encode() + b"\n")
+
+
+class ControlSocketError(DockdError):
+    msgid = "control.refused"
+
+
+def query(cfg: Config, timeout: float = 5.0) -> dict[str, Any] | None:
+    """The running daemon's snapshot, or None when no daemon answers.
+
+    Raises ``ControlSocketError`` when a daemon is there but we may not ask it
+    (permission): saying "not running" then would be a lie."""
+    path = socket_path(cfg)
+    if not path.exists():
+        return None
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(str(path))
+        except PermissionError:
+            raise ControlSocketError(
+                f"{path}: permission denied; run as root or as a member of group '{GROUP}'") from None
+        except (ConnectionRefusedError, FileNotFoundError):
+            return None                        # a stale socket: the daemon is gone
+        s.sendall(b"status\n")
+        buf = bytearray()
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except socket.timeout:
+        raise ControlSocketError(f"{path}: the daemon did not answer within {timeout:.0f}s") from None
+    finally:
+        s.close()
+    try:
+        snap = json.loads(buf)
+    except ValueError:
+        return None
+    return snap if isinstance(snap, dict) and snap.get("schema") == status_mod.SCHEMA else None
