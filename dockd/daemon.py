@@ -1,10 +1,19 @@
 """``dockd run``: the supervisor. Sources → sessions → the shared upload pool.
 
-One thread per docked camera runs ``Station.run_session``; a semaphore caps
-how many cameras are read at once. The main loop dispatches device events,
-keeps the systemd watchdog fed and the STATUS line current. SIGTERM stops
-cleanly (in-flight chunks finish, state is in the ledger); SIGHUP re-reads
-the configuration (applied to sessions that start afterwards).
+One thread per docked camera runs ``Station.run_session``; a semaphore
+(``devices.max_readers``) caps how many cameras are read at once. The upload
+pool (``upload.concurrency`` workers) is shared and takes cameras in turn.
+The main loop dispatches device events, keeps the systemd watchdog fed and
+the STATUS line current, and ticks the control socket and metrics.
+
+Start: reconcile ledger, spool and store (``Station.start``), mark sessions
+left open by a previous run as undocked (the source re-announces cameras
+still present), start the control socket and metrics, then the source; READY=1
+once it listens. SIGTERM: stop the source, cancel sessions (the chunk being
+written finishes, the partial file is discarded, the ledger keeps the phase
+reached), let in-flight uploads finish, exit 0. SIGHUP: re-read the
+configuration (applied to sessions that start afterwards, hooks and logs at
+once); a bad file is logged and the old one kept.
 """
 
 from __future__ import annotations
@@ -20,8 +29,9 @@ from . import config as config_mod
 from . import log
 from .config import Config
 from .device.events import CameraDocked, CameraUndocked, DeviceEvent, DeviceSource
-from .engine import Station
+from .engine import LiveSession, Station
 from .errors import DockdError
+from .hooks import HookRunner
 from .sdnotify import Notifier
 from .store.base import Store
 from .store.retry import RetryPolicy
@@ -54,8 +64,19 @@ class Daemon:
         self.station = Station(cfg, policy=policy, backend=backend, logger=self.log)
         self.readers = threading.Semaphore(cfg.devices.max_readers)
         self.sessions: dict[str, tuple[threading.Thread, threading.Event, CameraDocked]] = {}
+        self._present: set[str] = set()
+        self._present_lock = threading.Lock()
         self.source: DeviceSource | None = None
+        self.control: Any = None
+        self.metrics: Any = None
+        self.hooks = HookRunner(cfg.hooks.command, cfg.hooks.timeout, cfg.station.id, self.log)
+        self.station.on_change = self.hooks.on_change
         self._stop = threading.Event()
+
+    def present_cameras(self) -> set[str]:
+        """Serials the source says are docked now (thread-safe copy)."""
+        with self._present_lock:
+            return set(self._present)
 
     # -- signals -------------------------------------------------------------
 
@@ -71,6 +92,10 @@ class Daemon:
         else:
             self.cfg = new
             self.station.cfg = new
+            self.hooks.configure(new.hooks.command, new.hooks.timeout)
+            for extra in (self.control, self.metrics):
+                if extra is not None:
+                    extra.cfg = new          # paths stay; limits, labels and cadence follow
             log.configure(new.log.level, new.log.format)
             log.emit(self.log, "daemon.reloaded", source=new.source)
         self.notify.send(ready=1, monotonic_usec=int(time.monotonic() * 1e6))
@@ -78,6 +103,8 @@ class Daemon:
     # -- sessions ------------------------------------------------------------
 
     def _docked(self, ev: CameraDocked) -> None:
+        with self._present_lock:
+            self._present.add(ev.serial)
         cur = self.sessions.get(ev.serial)
         if cur and cur[0].is_alive():
             return  # a repeated add/change event for a camera we are already serving
@@ -103,16 +130,41 @@ class Daemon:
         t.start()
 
     def _undocked(self, ev: CameraUndocked) -> None:
+        with self._present_lock:
+            self._present.discard(ev.serial)
         cur = self.sessions.get(ev.serial)
         log.emit(self.log.bind(camera=ev.serial), "device.undocked", device=ev.device)
         if cur:
             cur[1].set()
+            live: LiveSession | None = self.station.live.get(ev.serial)
+            if live is not None and not cur[0].is_alive():
+                # finished earlier: the ledger learns the bay is empty (a running session
+                # records its own interruption)
+                self.station.ledger.mark_undocked(live.session_id)
+
+    def _forget_previous_run(self) -> int:
+        """Sessions of a previous run still marked docked are closed: the source
+        re-announces the cameras that are still here, and they get fresh sessions."""
+        n = 0
+        for s in self.station.ledger.sessions(limit=100000):
+            if s["undocked_at"] is None:
+                self.station.ledger.mark_undocked(s["id"])
+                n += 1
+        return n
 
     def status_line(self) -> str:
-        live = [s for s in self.station.live.values() if not s.safe_to_undock]
+        present = self.present_cameras()
+        busy = [s for k, s in self.station.live.items() if k in present and not s.safe_to_undock]
         q = self.station.uploader.snapshot()
-        return (f"{len(live)} camera(s) busy, {q['queued'] + q['active']} upload(s) queued"
-                + (", store auth refused" if q["paused"] else ""))
+        line = (f"{len(present)} docked, {len(busy)} busy, "
+                f"{q['queued'] + q['active'] + q['delayed']} upload(s) pending")
+        if q["paused"]:
+            line += ", store refused our credentials"
+        elif q["store_reachable"] is False:
+            line += ", store unreachable"
+        if self.station.is_spool_full():
+            line += ", spool full"
+        return line
 
     # -- main loop -------------------------------------------------------------
 
@@ -120,9 +172,11 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self.station.start()
+        self._forget_previous_run()
+        self.hooks.start()
+        extra = self._start_extras()
         self.source = make_source(self.cfg, self.station.profiles)
         self.source.start(self.events.put)
-        extra = self._start_extras()
         log.emit(self.log, "daemon.started", source=self.cfg.devices.source, store=self.station.store.url,
                  station=self.cfg.station.id)
         self.notify.ready(self.status_line())
@@ -156,29 +210,37 @@ class Daemon:
         return self._shutdown(reason)
 
     def _start_extras(self) -> list[Any]:
-        """Optional services (control socket, metrics) started with the daemon."""
-        hooks: list[Any] = []
-        try:
-            from .control import ControlServer
-        except ImportError:
-            return hooks
+        """The control socket, and metrics when configured; returns their tick functions."""
+        from .control import ControlServer
+        from .metrics import MetricsExporter
+
+        ticks: list[Any] = []
         self.control = ControlServer(self.cfg, self)
         self.control.start()
-        hooks.append(self.control.tick)
-        return hooks
+        ticks.append(self.control.tick)
+        metrics = MetricsExporter(self.cfg, self.control.snapshot, self.station.ledger.counts, time.monotonic)
+        if metrics.enabled:
+            metrics.start()
+            self.metrics = metrics
+            ticks.append(metrics.tick)
+        return ticks
 
     def _shutdown(self, reason: str) -> int:
         log.emit(self.log, "daemon.stopping", signal=reason)
         self.notify.stopping()
         if self.source is not None:
             self.source.stop()
+        self.station.stopping = True
         for _t, cancel, _ev in self.sessions.values():
             cancel.set()
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for t, _c, _e in self.sessions.values():
             t.join(max(0.0, deadline - time.monotonic()))
-        self.station.close(max(1.0, deadline - time.monotonic()))
-        if getattr(self, "control", None) is not None:
+        if self.metrics is not None:
+            self.metrics.stop()            # last word: dockd_up 0, before the ledger closes
+        if self.control is not None:
             self.control.stop()
+        self.station.close(max(1.0, deadline - time.monotonic()))
+        self.hooks.stop()
         log.emit(self.log, "daemon.stopped")
         return 0
