@@ -272,14 +272,18 @@ class Station:
                 raise DeviceGoneError("camera undocked")
         except DeviceGoneError as exc:
             phase = Phase.INTERRUPTED
-            error = STOPPED_ERROR if self.stopping else str(exc)
-            live.last_error = error
-            live.phase = phase.value
-            self.ledger.set_phase(sid, Phase.INTERRUPTED, error=error)
-            log.emit(lg, "session.interrupted", error=error)
-            if not self.stopping:
+            if self.stopping:
+                # not an undock: the ledger keeps the phase reached (the camera is still in its
+                # bay), and the next start interrupts it and opens a fresh session
+                live.last_error = STOPPED_ERROR
+                self.ledger.set_phase(sid, Phase(live.phase), error=STOPPED_ERROR)
+            else:
+                live.last_error = str(exc)
+                live.phase = phase.value
+                self.ledger.set_phase(sid, Phase.INTERRUPTED, error=str(exc))
+                log.emit(lg, "session.interrupted", error=str(exc))
                 self.ledger.mark_undocked(sid)
-            self._changed(live, phase.value)
+                self._changed(live, phase.value)
         finally:
             with self._lock:
                 self._docked.pop(ev.serial, None)
