@@ -43,6 +43,8 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "recording.changed": ("warning", "a camera file changed while being read; copied again later", "camera, recording"),
     "recording.superseded": ("info", "an uncopied version of a file was replaced on the camera", "camera, recording"),
     "recording.spool_corrupt": ("error", "a spooled ciphertext no longer matches its hash", "camera, recording, sha256"),
+    "recording.flagged": ("info", "the camera marked this recording as an event; retained as evidential", "camera, recording, marker"),
+    "recording.marker_unreadable": ("warning", "a sidecar holding the event marker could not be read", "camera, path, reason"),
     "recording.attention": ("error", "a recording needs a human", "camera, recording, sha256, error"),
     "upload.started": ("debug", "upload of a spooled recording began", "camera, recording, sha256, key"),
     "upload.retry": ("warning", "a transient store error; retrying after a backoff", "camera, recording, sha256, attempt, wait, error"),
@@ -58,7 +60,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "wipe.done": ("info", "a verified recording was deleted from the camera", "camera, recording, sha256"),
     "wipe.refused": ("warning", "a recording was not deleted: it differs from what was verified", "camera, recording, sha256, reason"),
     "wipe.failed": ("error", "deleting a verified recording failed", "camera, recording, error"),
-    "manifest.uploaded": ("info", "the signed session manifest is in the store", "camera, session, key"),
+    "manifest.uploaded": ("info", "the signed session manifest is in the store", "camera, session, key, signer"),
     "manifest.failed": ("error", "the session manifest could not be stored", "camera, session, error"),
     "hook.failed": ("warning", "the configured hook command failed", "camera, phase, error"),
 }

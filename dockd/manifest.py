@@ -11,11 +11,12 @@ import base64
 import json
 import os
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from .model import Recording
 
 FORMAT = "dockd-manifest/1"
+EVIDENTIAL = "evidential"      # retention class of flagged recordings (legal hold where the store can)
 
 
 def iso(ts: float | None) -> str | None:
@@ -25,7 +26,13 @@ def iso(ts: float | None) -> str | None:
 
 
 def build(station: str, session: dict[str, Any], recs: Iterable[Recording],
-          released_at: float | None = None) -> dict[str, Any]:
+          released_at: float | None = None, *, markers: Mapping[int, str] | None = None,
+          retention_class: str | None = None, signer: str | None = None,
+          audit_head: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``markers``: recording id → the camera's event marker. ``signer``: the
+    station key's fingerprint (a hint; the auditor's own copy of the key decides).
+    ``audit_head``: the ledger's last event when signed, anchoring its hash chain."""
+    markers = markers or {}
     items = []
     for r in recs:
         item: dict[str, Any] = {
@@ -40,6 +47,8 @@ def build(station: str, session: dict[str, Any], recs: Iterable[Recording],
             "object_key": r.object_key,
             "state": r.state.value,
             "flagged": r.flagged,
+            "event_marker": markers.get(r.id),
+            "retention_class": EVIDENTIAL if r.flagged else retention_class,
         }
         if os.fsencode(r.name) != r.rel_path:   # name was escaped: keep the exact bytes too
             item["path_b64"] = base64.b64encode(r.rel_path).decode()
@@ -57,7 +66,9 @@ def build(station: str, session: dict[str, Any], recs: Iterable[Recording],
         "docked_at": iso(session["docked_at"]),
         "undocked_at": iso(session.get("undocked_at")),
         "released_at": iso(released_at),
-        "retention_class": None,
+        "retention_class": retention_class,
+        "signer": signer,
+        "audit_head": dict(audit_head) if audit_head else None,
         "recordings": items,
     }
 

@@ -138,8 +138,9 @@ def test_rerun_after_success_is_a_noop(make_cfg, camera, tmp_path):
     store_before = files(tmp_path / "store")
     out, recs, _e, _c = ingest(make_cfg(), camera)
     assert out.ok and out.found == 0
-    objs = {k: v for k, v in files(tmp_path / "store").items() if not k.endswith("manifest.json")}
-    assert objs == {k: v for k, v in store_before.items() if not k.endswith("manifest.json")}
+    manifests = ("manifest.json", "manifest.json.sig")      # each session signs its own manifest
+    objs = {k: v for k, v in files(tmp_path / "store").items() if not k.endswith(manifests)}
+    assert objs == {k: v for k, v in store_before.items() if not k.endswith(manifests)}
 
 
 def test_redock_of_verified_files_goes_straight_to_wipe(make_cfg, camera, tmp_path):
