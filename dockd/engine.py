@@ -10,6 +10,7 @@ rest.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import log, manifest
+from . import custody, flags, log, manifest
 from .age import parse_recipient
 from .config import Config
 from .device.events import CameraDocked
@@ -104,6 +105,8 @@ class Station:
         self.profiles: dict[str, Profile] = load_profiles(cfg.devices.profiles_dir)
         for d in (cfg.paths.state_dir, cfg.paths.spool_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.station_key = custody.StationKey.load_or_create(cfg.paths.state_dir, cfg.station.id)
+        self._markers: dict[int, str] = {}     # recording id -> the camera's event marker
         self.ledger = Ledger(cfg.ledger_path)
         self.spool = Spool(cfg.paths.spool_dir, self.recipients, cfg.spool.min_free)
         self.policy = policy or policy_for(cfg)
@@ -183,8 +186,24 @@ class Station:
 
     # -- helpers --------------------------------------------------------------
 
+    def marker(self, rec: Recording) -> str | None:
+        """The camera's event marker for ``rec``: read at scan time, or (after a
+        restart) from the ledger's ``recording.flagged`` event."""
+        if rec.id in self._markers:
+            return self._markers[rec.id]
+        if not rec.flagged:
+            return None
+        ev = self.ledger.last_event("recording.flagged", recording_id=rec.id)
+        value = json.loads(ev["data"]).get("marker") if ev else None
+        if isinstance(value, str):
+            self._markers[rec.id] = value
+            return value
+        return None
+
     def _metadata(self, rec: Recording) -> dict[str, str]:
-        return {
+        marker = self.marker(rec)
+        extra = {"event-marker": marker} if marker is not None else {}
+        return extra | {
             "plaintext-sha256": rec.plain_sha256 or "",
             "camera": rec.serial,
             "station": self.cfg.station.id,
@@ -192,7 +211,7 @@ class Station:
             "profile": rec.profile,
             "path": naming.safe_component(rec.name, 200),
             "role": rec.role,
-            "retention-class": "evidential" if rec.flagged else self.cfg.store.retention_class,
+            "retention-class": manifest.EVIDENTIAL if rec.flagged else self.cfg.store.retention_class,
         }
 
     def _changed(self, live: LiveSession, what: str) -> None:
@@ -337,11 +356,19 @@ class Station:
         def on_skip(rel: bytes, reason: str) -> None:
             log.emit(lg, "scan.skipped", path=naming.safe_component(os.fsdecode(rel), 200), reason=reason)
 
+        def on_marker_error(rel: bytes, reason: str) -> None:
+            log.emit(lg, "recording.marker_unreadable", path=naming.safe_component(os.fsdecode(rel), 200),
+                     reason=reason)
+
         res = scan(ev.mount, profile, on_skip)
+        found_markers = flags.markers(ev.mount, res.entries, profile.flag_from, on_marker_error)
         recs.clear()
         for e in res.entries:
+            marker = found_markers.get(e.rel_path)
             rec = self.ledger.upsert_found(ev.serial, sid, profile.name, e.rel_path, e.size, e.mtime_ns,
-                                           e.role)
+                                           e.role, flagged=flags.is_event(marker))
+            if marker is not None:
+                self._note_marker(rec, marker, lg)
             if rec.state == RecState.ATTENTION and not rec.spool_path:
                 rec = self.ledger.transition(rec.id, RecState.FOUND, error=None)
             self.ledger.supersede(ev.serial, e.rel_path, rec.id)
@@ -420,6 +447,19 @@ class Station:
         self.uploader.submit(rec)
         return "ok"
 
+    def _note_marker(self, rec: Recording, marker: str, lg: Any) -> None:
+        """Remember the marker; a flagged recording gets one ``recording.flagged`` audit
+        event (its evidence of why it is under legal hold), not one per dock."""
+        self._markers[rec.id] = marker
+        if not rec.flagged:
+            return
+        last = self.ledger.last_event("recording.flagged", recording_id=rec.id)
+        if last is None or json.loads(last["data"]).get("marker") != marker:
+            self.ledger.append_event("recording.flagged", serial=rec.serial, session_id=rec.session_id,
+                                     recording_id=rec.id, path=rec.name, marker=marker,
+                                     retention_class=manifest.EVIDENTIAL)
+            log.emit(lg.bind(recording=rec.name), "recording.flagged", marker=marker)
+
     def _fail_read(self, rec: Recording, lg: Any, exc: DockdError, failed: list[tuple[str, str]]) -> None:
         self.ledger.transition(rec.id, RecState.FAILED, event="recording.read_failed", error=str(exc),
                                count_attempt=True)
@@ -460,25 +500,37 @@ class Station:
         session = self.ledger.session(sid)
         if session is None:
             return
-        doc = manifest.build(self.cfg.station.id, session, recs, released_at=time.time())
+        head = self.ledger.events(limit=1)
+        markers = {r.id: m for r in recs if (m := self.marker(r)) is not None}
+        doc = manifest.build(self.cfg.station.id, session, recs, released_at=time.time(), markers=markers,
+                             retention_class=self.cfg.store.retention_class,
+                             signer=self.station_key.fingerprint,
+                             audit_head={"event": head[-1]["id"], "hash": head[-1]["hash"]} if head else None)
         data = manifest.dumps(doc)
+        signature = self.station_key.sign(data, custody.MANIFEST_NAMESPACE).encode()
         key = naming.manifest_key(self.cfg.store.prefix, self.cfg.station.id, session["serial"], sid,
                                   session["docked_at"])
+        sig_key = key + custody.SIG_SUFFIX
         path = self.spool.root / f"manifest-{sid}.json"
+        sig_path = self.spool.root / f"manifest-{sid}.json.sig"
+        meta = {"camera": session["serial"], "station": self.cfg.station.id}
         try:
-            path.write_bytes(data)
-            blob = Blob(path, len(data), hashlib.sha256(data).hexdigest(),
-                        {"camera": session["serial"], "station": self.cfg.station.id, "kind": "manifest"})
-            self.store.put(key, blob, MemoryCheckpoint())
-            self.store.verify(key, blob)
+            # the manifest first: a signature is never in the store without what it signs
+            for k, p, body, kind in ((key, path, data, "manifest"), (sig_key, sig_path, signature, "signature")):
+                p.write_bytes(body)
+                blob = Blob(p, len(body), hashlib.sha256(body).hexdigest(), meta | {"kind": kind})
+                self.store.put(k, blob, MemoryCheckpoint())
+                self.store.verify(k, blob)
             self.ledger.set_manifest(sid, key)
             self.ledger.append_event("manifest.uploaded", serial=session["serial"], session_id=sid, key=key,
-                                     sha256=blob.sha256)
-            log.emit(lg, "manifest.uploaded", key=key)
+                                     sha256=hashlib.sha256(data).hexdigest(), signature=sig_key,
+                                     signer=self.station_key.fingerprint)
+            log.emit(lg, "manifest.uploaded", key=key, signer=self.station_key.fingerprint)
         except DockdError as exc:
             log.emit(lg, "manifest.failed", error=str(exc))
         finally:
             path.unlink(missing_ok=True)
+            sig_path.unlink(missing_ok=True)
 
 
 def _is_mounted(path: Path) -> bool:
