@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 from ..age import Encryptor
 from ..errors import DeviceGoneError, FileChangedError, SourceError, SpoolError, SpoolFullError
-from ..store.dirstore import fsync_dir
+from ..fsutil import HashingWriter, fsync_dir
 
 BLOCK = 1 << 20                      # 16 age chunks per read: few syscalls, small memory
 GONE_ERRNOS = {errno.EIO, errno.ENODEV, errno.ENXIO, errno.ENOTCONN, errno.ESHUTDOWN, errno.ESTALE}
@@ -36,44 +36,6 @@ class Spooled:
     cipher_sha256: str
     cipher_size: int
     seconds: float
-
-
-WRITEBACK_WINDOW = 32 << 20           # start writeback every 32 MiB, not all at fsync
-
-
-class _HashingSink:
-    """The Encryptor's output: hashes the ciphertext and writes it to an fd.
-
-    Every ``WRITEBACK_WINDOW`` bytes it asks the kernel to start writing the
-    window back (``POSIX_FADV_DONTNEED`` on dirty pages initiates writeback
-    without waiting), so the disk works while we encrypt the next window and
-    the final fsync has little left to do. It also keeps ciphertext we will
-    not read again from crowding the page cache.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.sha = hashlib.sha256()
-        self.size = 0
-        self._flushed = 0
-
-    def write(self, data: bytes | memoryview) -> int:
-        self.sha.update(data)
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        self.size += len(data)
-        if self.size - self._flushed >= WRITEBACK_WINDOW:
-            try:
-                os.posix_fadvise(self.fd, self._flushed, self.size - self._flushed, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                pass
-            self._flushed = self.size
-        return len(data)
-
-    def flush(self) -> None:
-        pass
 
 
 class Spool:
@@ -153,7 +115,7 @@ class Spool:
             except OSError as exc:
                 raise _spool_error(exc) from exc
             try:
-                sink = _HashingSink(out)
+                sink = HashingWriter(out)
                 enc = Encryptor(sink, self.recipients)
                 reader = _Reader(src, source, size, cancel)
                 done = 0

@@ -22,18 +22,11 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
+from ..fsutil import HashingWriter, fsync_dir
 from .base import Blob, Capabilities, Checkpoint, ObjectInfo, Store
 
 BLOCK = 1 << 20
 TMP_PREFIX = ".tmp-"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _classify(exc: OSError, what: str) -> Exception:
@@ -71,15 +64,16 @@ class DirStore(Store):
         tmp = dest.with_name(f"{TMP_PREFIX}{dest.name}")
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            h = hashlib.sha256()
-            n = 0
-            with blob.open() as src, open(tmp, "wb") as out:
-                while chunk := src.read(BLOCK):
-                    out.write(chunk)
-                    h.update(chunk)
-                    n += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                out = HashingWriter(fd)
+                with blob.open() as src:
+                    while chunk := src.read(BLOCK):
+                        out.write(chunk)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            n, h = out.size, out.sha
             if n != blob.size or h.hexdigest() != blob.sha256:
                 tmp.unlink(missing_ok=True)
                 raise IntegrityError(
