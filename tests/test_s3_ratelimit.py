@@ -133,3 +133,13 @@ def test_throttled_s3_multipart_counts_each_byte_once(moto_server: S3Endpoint, t
     assert 0.8 <= elapsed <= 1.8, elapsed
     store.verify(KEY, blob)
     assert store.capabilities.resumable
+
+
+def test_wrap_for_config(tmp_path: Path) -> None:
+    from dockd.store.ratelimit import wrap_for_config
+
+    inner = DirStore(tmp_path)
+    assert wrap_for_config(inner, UploadConfig()) is inner
+    wrapped = wrap_for_config(inner, UploadConfig(timetable=[
+        TimetableEntry(start="08:00", end="18:00", rate_limit="1MiB")]))
+    assert isinstance(wrapped, ThrottledStore) and wrapped.inner is inner

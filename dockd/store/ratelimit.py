@@ -237,3 +237,12 @@ class ThrottledStore(Store):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def wrap_for_config(inner: Store, upload: Any) -> Store:
+    """``inner`` throttled by ``UploadConfig.rate_limit``/``timetable``; unchanged when unlimited.
+
+    Call once per process: the limiter it creates is the one all uploads share.
+    """
+    limiter = RateLimiter.from_config(upload)
+    return ThrottledStore(inner, limiter) if limiter.is_limited else inner
