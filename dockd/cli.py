@@ -185,6 +185,96 @@ def demo(keep: bool) -> None:
     sys.exit(run_demo(keep=keep))
 
 
+# -- chain of custody -------------------------------------------------------------
+
+@cli.command("station-key")
+@click.option("--allowed-signers", is_flag=True,
+              help="Print an allowed_signers line for ssh-keygen -Y verify instead of the bare key.")
+@click.pass_obj
+def station_key(obj: Ctx, allowed_signers: bool) -> None:
+    """Print the station's public signing key (made on first use) in OpenSSH format."""
+    from .custody import StationKey
+
+    cfg = obj.cfg
+    key = StationKey.load_or_create(cfg.paths.state_dir, cfg.station.id)
+    click.echo(key.allowed_signers_line() if allowed_signers else key.public_line())
+
+
+@cli.group()
+def audit() -> None:
+    """The station's hash-chained audit log."""
+
+
+@audit.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+@click.pass_obj
+def audit_verify(obj: Ctx, as_json: bool) -> None:
+    """Check the audit log's hash chain; exit 1 at the first break."""
+    from .errors import AuditChainError
+    from .ledger import Ledger
+
+    path = obj.cfg.ledger_path
+    if not path.exists():
+        raise UsageError(f"no ledger at {path}")
+    ledger = Ledger(path)
+    try:
+        count = ledger.verify_chain()
+    except AuditChainError as exc:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "ledger": str(path), "error": str(exc)}))
+        raise
+    finally:
+        ledger.close()
+    if as_json:
+        click.echo(json.dumps({"ok": True, "ledger": str(path), "events": count}))
+    else:
+        click.echo(f"audit chain intact: {count} events in {path}")
+
+
+@cli.command("verify")
+@click.option("--store", "store_url", help="Store URL (default: store.url from the configuration).")
+@click.option("--station-key", "station_key_arg", required=True,
+              help="The station's public key: 'ssh-ed25519 AAAA…', or a file holding it "
+                   "(key line, authorized_keys or allowed_signers; several keys are all trusted).")
+@click.option("-i", "--identity", "identities", multiple=True,
+              type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="age identity file: also decrypt every object and check its plaintext SHA-256.")
+@click.option("--prefix", default="", help="Only manifests and objects under this key prefix.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.pass_obj
+def verify_cmd(obj: Ctx, store_url: str | None, station_key_arg: str, identities: tuple[Path, ...],
+               prefix: str, as_json: bool) -> None:
+    """Re-check a store against its signed manifests, as an auditor would."""
+    from .age import parse_identity_file
+    from .custody import load_public_keys
+    from .errors import VerifyFailed
+    from .store.factory import open_backend, policy_for
+    from .store.retry import RetryingStore
+    from .verify import Auditor, plural, render
+
+    cfg = obj.cfg
+    trusted = load_public_keys(station_key_arg)
+    ids = []
+    for p in identities:
+        ids += parse_identity_file(p.read_text())
+    if store_url:
+        cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": store_url})})
+    store = RetryingStore(open_backend(cfg), policy_for(cfg))
+    try:
+        report = Auditor(store, trusted, ids, prefix).run()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    else:
+        render(report)
+    if not report.manifests:
+        raise VerifyFailed(f"no manifests under {store.url}{'/' + prefix if prefix else ''}")
+    if not report.ok:
+        raise VerifyFailed(f"{plural(report.discrepancies, 'discrepancy')} between the store and its "
+                           "signed manifests")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="dockd", standalone_mode=False)
