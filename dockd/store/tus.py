@@ -256,10 +256,12 @@ class _ResponseReader(io.RawIOBase):
 
 
 def _hash_spool(blob: Blob) -> tuple[str, int]:
+    """Hash the spooled file. Reads ``blob.path`` directly: a local pass, not
+    network bytes, so a throttled ``blob.open()`` must not count it."""
     h = hashlib.sha256()
     n = 0
     try:
-        with blob.open() as f:
+        with open(blob.path, "rb") as f:
             while chunk := f.read(READ_BLOCK):
                 h.update(chunk)
                 n += len(chunk)
