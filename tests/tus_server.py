@@ -9,6 +9,9 @@ prefix on the shared server, so tests never see each other's objects.
 Needs ``node`` (>= 20.19) and the packages from ``npm install`` in
 ``tests/tus-server`` (``scripts/setup.sh --test`` does it; the fixture runs
 ``npm ci`` itself if they are missing). Without node the tests skip.
+
+(PYTEST_DONT_REWRITE: test modules import this before pytest loads it as a
+plugin; it has no asserts to rewrite.)
 """
 
 from __future__ import annotations
@@ -66,11 +69,27 @@ class TusServer:
     def port(self) -> int:
         return int(self.url.split(":")[2].split("/")[0])
 
-    def requests(self) -> list[dict[str, Any]]:
-        """The server's request log, oldest first."""
-        if not self.log_path.exists():
-            return []
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+    def requests(self, since: int = 0, settle: float = 0.0) -> list[dict[str, Any]]:
+        """The server's request log from entry ``since`` on, oldest first.
+
+        The server writes an entry when a response has gone out, so a client
+        may be done before its last entries are; ``settle`` waits until the
+        log has been quiet that long."""
+        def read() -> list[str]:
+            if not self.log_path.exists():
+                return []
+            return [line for line in self.log_path.read_text().splitlines() if line.strip()]
+
+        lines = read()
+        if settle:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                time.sleep(settle)
+                now = read()
+                if len(now) == len(lines):
+                    break
+                lines = now
+        return [json.loads(line) for line in lines[since:]]
 
     def info(self, full_key: str) -> dict[str, Any] | None:
         """The file store's record of ``full_key``'s upload, with its offset on disk."""
@@ -81,6 +100,19 @@ class TusServer:
         except FileNotFoundError:
             return None
         return rec
+
+    def settled_offset(self, full_key: str, quiet: float = 0.3, limit: float = 10.0) -> int | None:
+        """The upload's offset once the server has stopped writing (after a reset,
+        it may still be flushing what reached it)."""
+        deadline = time.monotonic() + limit
+        last = self.info(full_key)
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            now = self.info(full_key)
+            if now == last:
+                break
+            last = now
+        return None if last is None else last["offset"]
 
     def raw_put(self, full_key: str, data: bytes) -> None:
         """Replace an upload's bytes (and recorded length) behind the client's back."""

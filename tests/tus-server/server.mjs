@@ -197,6 +197,7 @@ async function handle(req, res) {
   }
   if (req.method === 'PATCH' && checksum && req.headers['upload-checksum']) {
     const [algo, want] = String(req.headers['upload-checksum']).split(' ');
+    entry.checksum = algo;
     const before = id ? await offsetOf(id) : null;
     const body = await readBody(req);
     if (body === null) {
