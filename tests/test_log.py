@@ -47,3 +47,14 @@ def test_json_line_names_camera_first_and_redacts_secrets():
     assert keys[:7] == ["ts", "level", "event", "msgid", "camera", "recording", "sha256"]
     assert line["event"] == line["msgid"] == "upload.retry" and line["level"] == "warning"
     assert "hunter2" not in buf.getvalue() and "AGE-SECRET-KEY-1QQQ" not in buf.getvalue()
+
+
+def test_readme_event_catalogue_is_current():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gen_docs.py"
+    spec = importlib.util.spec_from_file_location("gen_docs", path)
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    text = gen.README.read_text()
+    assert gen.render(text) == text, "README event table is stale: run python scripts/gen_docs.py"
