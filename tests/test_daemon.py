@@ -1,0 +1,148 @@
+"""``dockd run`` as a real subprocess under a real sd_notify socket.
+
+READY once the source listens, WATCHDOG from the main loop, STATUS lines,
+SIGHUP reload, and SIGTERM in the middle of a 300 MiB recording: exit 0
+promptly, nothing half-done left as if it were whole, and the next start
+finishes the job (verified, wiped).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from dockd import config as config_mod
+from dockd.control import query
+from dockd.ledger import Ledger
+from dockd.model import RecState
+
+from notify import DaemonProcess, NotifySocket, write_config
+
+BIG = 300 * 1024 * 1024
+
+
+def _big_file(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(size // len(block)):
+            f.write(block)
+
+
+@pytest.fixture
+def notify_sock(tmp_path: Path):
+    s = NotifySocket(tmp_path / "notify.sock")
+    yield s
+    s.close()
+
+
+def _wait_mid_copy(cfg, serial: str, timeout: float = 30.0) -> dict:
+    """Poll the control socket until ``serial``'s big file is partly copied."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        snap = query(cfg)
+        bays = {b["camera"]: b for b in (snap or {}).get("bays", [])}
+        b = bays.get(serial)
+        if b is not None:
+            last = b
+            if b["current"] == "DCIM/BIG.MP4" and 0 < b["bytes"]["spooled"] - 4096 < BIG:
+                return b
+            assert b["recordings"]["spooled"] < b["recordings"]["total"] or b["recordings"]["total"] == 0, \
+                f"missed the copy window: {b}"
+        time.sleep(0.01)
+    raise TimeoutError(f"never saw the big file mid-copy: {last}")
+
+
+def test_ready_watchdog_sigterm_mid_file_and_resume(tmp_path, identity, notify_sock):
+    cam = tmp_path / "inbox" / "CAM1"
+    _big_file(cam / "DCIM" / "BIG.MP4", BIG)
+    (cam / "DCIM" / "SMALL.MP4").write_bytes(b"small" * 1000)
+    cfg_path = write_config(tmp_path, str(identity.public()), "[spool]\nmin_free = 0\n")
+    cfg = config_mod.load(cfg_path)
+
+    d = DaemonProcess(cfg_path, notify_sock, watchdog_usec=400_000)
+    try:
+        ready = notify_sock.wait_for(lambda m: m.get("READY") == "1", 30)
+        # READY comes once the source listens: the control socket already answers
+        assert "docked" in ready.get("STATUS", "")
+        assert d.events("daemon.started")
+        bay = _wait_mid_copy(cfg, "CAM1")
+        assert bay["safe_to_undock"] is False and bay["phase"] == "spooling"
+        # keepalives at half of WATCHDOG_USEC (0.2 s) while it works
+        t_ready = notify_sock.times("READY")[0]
+        time.sleep(0.6)
+        pings = [t for t in notify_sock.times("WATCHDOG") if t > t_ready]
+        assert len(pings) >= 2, notify_sock.all()
+        rc, took = d.terminate(timeout=30)
+    finally:
+        d.kill()
+    assert rc == 0, d.stderr.decode(errors="replace")
+    assert took < 10, f"SIGTERM took {took:.1f}s"
+    assert notify_sock.times("STOPPING")
+    assert d.events("daemon.stopped")
+    assert not d.events("session.crashed")
+    # nothing half-copied left looking whole; the camera still has everything
+    assert list((tmp_path / "state/spool/partial").iterdir()) == []
+    assert (cam / "DCIM/BIG.MP4").stat().st_size == BIG
+    led = Ledger(cfg.ledger_path)
+    try:
+        big = next(r for r in led.recordings(serial="CAM1") if r.name == "DCIM/BIG.MP4")
+        assert big.state == RecState.FOUND and big.spool_path is None
+        s = led.sessions(limit=1)[0]
+        assert s["undocked_at"] is None and "dockd stopped" in (s["error"] or "")
+    finally:
+        led.close()
+    # the daemon is down: the ledger view still shows the bay, not safe
+    from dockd.status import from_ledger
+
+    snap = from_ledger(cfg)
+    assert snap["daemon"]["running"] is False
+    assert [(b["camera"], b["safe_to_undock"]) for b in snap["bays"]] == [("CAM1", False)]
+
+    # second start: resumes and finishes
+    notify_sock.messages.clear()
+    d2 = DaemonProcess(cfg_path, notify_sock, watchdog_usec=2_000_000)
+    try:
+        notify_sock.wait_for(lambda m: m.get("READY") == "1", 30)
+        d2.wait_event("session.done", 60, where=lambda e: e.get("camera") == "CAM1")
+        # SIGHUP reloads: RELOADING=1, then READY=1 again
+        d2.proc.send_signal(signal.SIGHUP)
+        d2.wait_event("daemon.reloaded", 10)
+        notify_sock.wait_for(lambda m: m.get("RELOADING") == "1", 5)
+        rc, _ = d2.terminate(timeout=30)
+    finally:
+        d2.kill()
+    assert rc == 0
+    assert [e for e in d2.events("daemon.recovered") if e.get("sessions_interrupted") == 1]
+    led = Ledger(cfg.ledger_path)
+    try:
+        recs = led.recordings(serial="CAM1")
+        assert {r.name: r.state for r in recs} == {"DCIM/BIG.MP4": RecState.WIPED,
+                                                   "DCIM/SMALL.MP4": RecState.WIPED}
+    finally:
+        led.close()
+    assert not (cam / "DCIM/BIG.MP4").exists()
+    objs = [p for p in (tmp_path / "store").rglob("*.age")]
+    assert len(objs) == 2 and max(p.stat().st_size for p in objs) > BIG
+
+
+def test_bad_config_on_reload_keeps_running(tmp_path, identity, notify_sock):
+    cfg_path = write_config(tmp_path, str(identity.public()), "[spool]\nmin_free = 0\n")
+    d = DaemonProcess(cfg_path, notify_sock)
+    try:
+        notify_sock.wait_for(lambda m: m.get("READY") == "1", 30)
+        good = cfg_path.read_text()
+        cfg_path.write_text(good + "\n[nonsense]\nx = 1\n")
+        d.proc.send_signal(signal.SIGHUP)
+        failed = d.wait_event("daemon.reload_failed", 10)
+        assert "nonsense" in failed[0]["error"]
+        assert d.proc.poll() is None
+        rc, took = d.terminate()
+    finally:
+        d.kill()
+    assert rc == 0 and took < 5
