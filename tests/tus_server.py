@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -63,7 +63,6 @@ class TusServer:
     token_file: Path | None = None
     checksum: bool = True
     stdout: Path | None = None
-    _prefixes: list[str] = field(default_factory=list)
 
     @property
     def port(self) -> int:
