@@ -247,7 +247,7 @@ def _undock(b: dict[str, Any]) -> str:
     if not b["safe_to_undock"]:
         return "[bold red]DO NOT UNDOCK[/]"
     if b["phase"] == Phase.ATTENTION.value:
-        return "[bold yellow]SAFE TO UNDOCK[/]\n[yellow]needs attention[/]"
+        return "[bold yellow]SAFE TO UNDOCK[/]\n[yellow]see errors[/]"
     return "[bold green]SAFE TO UNDOCK[/]"
 
 
@@ -265,8 +265,8 @@ def render(snap: dict[str, Any], console: Any = None) -> None:
     console.print(head, style="bold", highlight=False)
     if snap["bays"]:
         t = Table(title="Bays", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                  padding=(0, 1), title_style="bold")
-        t.add_column("Bay", overflow="fold")
+                  padding=(0, 0), title_style="bold")
+        t.add_column("Bay", no_wrap=True, max_width=16, overflow="ellipsis")
         t.add_column("Camera", no_wrap=True)
         t.add_column("Phase", no_wrap=True)
         for col in ("Spooled", "Verified", "Wiped"):
@@ -299,7 +299,7 @@ def render(snap: dict[str, Any], console: Any = None) -> None:
     console.print(line, highlight=False)
     st = snap["store"]
     reach = {True: "[green]reachable[/]", False: "[bold red]UNREACHABLE[/]", None: "reachability unknown"}
-    line = f"Store: {st['url']} ({reach[st['reachable']]}), last verified upload {_when(st['last_success'])}"
+    line = f"Store: {st['url']} ({reach[st['reachable']]}), last verified {_when(st['last_success'])}"
     if st["last_error"] and st["reachable"] is False:
         line += f": {st['last_error'][:60]}"
     console.print(line, highlight=False)

@@ -1,0 +1,259 @@
+"""``dockd status``: the table layout, the JSON schema, and live vs ledger views."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from dockd import config as config_mod
+from dockd import status
+from dockd.control import eta, RateMeter
+
+from notify import DOCKD, REPO, DaemonProcess, NotifySocket, write_config
+
+SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
+
+
+# -- a small JSON Schema validator (the subset docs/status.schema.json uses) ------
+
+def validate(doc: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
+    errs: list[str] = []
+    if "const" in schema and doc != schema["const"]:
+        errs.append(f"{path}: {doc!r} != {schema['const']!r}")
+    if "enum" in schema and doc not in schema["enum"]:
+        errs.append(f"{path}: {doc!r} not in {schema['enum']}")
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        ok = {"object": isinstance(doc, dict), "array": isinstance(doc, list),
+              "string": isinstance(doc, str), "boolean": isinstance(doc, bool), "null": doc is None,
+              "integer": isinstance(doc, int) and not isinstance(doc, bool),
+              "number": isinstance(doc, (int, float)) and not isinstance(doc, bool)}
+        if not any(ok[t] for t in types):
+            return errs + [f"{path}: {doc!r} is not {types}"]
+    if "minimum" in schema and isinstance(doc, (int, float)) and doc < schema["minimum"]:
+        errs.append(f"{path}: {doc} < {schema['minimum']}")
+    if isinstance(doc, dict):
+        props = schema.get("properties", {})
+        for k in schema.get("required", []):
+            if k not in doc:
+                errs.append(f"{path}: missing {k}")
+        for k, v in doc.items():
+            if k in props:
+                errs += validate(v, props[k], f"{path}.{k}")
+            elif schema.get("additionalProperties") is False:
+                errs.append(f"{path}: unexpected {k}")
+    if isinstance(doc, list) and "items" in schema:
+        for i, v in enumerate(doc):
+            errs += validate(v, schema["items"], f"{path}[{i}]")
+    return errs
+
+
+def test_validator_catches_drift():
+    assert validate({"schema": "dockd-status/2"}, SCHEMA)      # wrong version, missing keys
+    good = status.build(config_mod.Config(), None, now=0.0)
+    assert validate(good, SCHEMA) == []
+    bad = json.loads(json.dumps(good))
+    bad["queue"]["surprise"] = 1
+    bad["spool"]["paused"] = "no"
+    assert len(validate(bad, SCHEMA)) == 2
+
+
+# -- the table, frozen ------------------------------------------------------
+
+T0 = 1_795_000_000.0
+
+
+def _bay(bay, camera, phase, rec, byts, safe, rate=None, eta_s=None, err=None, current=None):
+    return {"bay": bay, "camera": camera, "profile": "sentinel-sv5", "session": 7, "phase": phase,
+            "docked_at": T0 - 300, "finished_at": T0 if safe else None, "safe_to_undock": safe,
+            "recordings": dict(zip(("total", "spooled", "verified", "wiped", "failed"), rec)),
+            "bytes": dict(zip(("total", "spooled", "verified", "wiped"), byts)),
+            "rate_bps": rate, "eta_seconds": eta_s, "current": current, "last_error": err}
+
+
+MiB = 1 << 20
+FIXED = {
+    "schema": "dockd-status/1", "generated_at": T0, "station": "dock-07",
+    "daemon": {"running": True, "pid": 4242, "started_at": T0 - 3725, "uptime_seconds": 3725.0},
+    "bays": [
+        _bay("1-1.1", "SV5-0001", "spooling", (12, 5, 3, 0, 0), (2300 * MiB, 880 * MiB, 512 * MiB, 0), False,
+             rate=41.5 * MiB, eta_s=342.0, current="DCIM/100SV5/V0006.MP4"),
+        _bay("1-1.2", "SV5-0002", "done", (4, 4, 4, 4, 0), (700 * MiB,) * 4, True),
+        _bay("1-1.3", "SV5-0003", "attention", (6, 6, 5, 5, 1), (900 * MiB, 900 * MiB, 750 * MiB, 750 * MiB),
+             True, err="1 recording(s) not verified and wiped, 0 wipe(s) refused"),
+    ],
+    "sessions": [],
+    "queue": {"count": 3, "bytes": 1400 * MiB, "oldest_age_seconds": 95.0, "active": 2, "delayed": 0,
+              "paused": None},
+    "store": {"url": "s3://evidence-bucket", "reachable": True, "last_success": T0 - 2,
+              "last_error": None},
+    "spool": {"path": "/var/lib/dockd/spool", "files": 3, "used_bytes": 1400 * MiB,
+              "free_bytes": 200 * 1024 * MiB, "min_free_bytes": 512 * MiB, "max_bytes": None,
+              "paused": False},
+    "attention": [{"camera": "SV5-0003", "recording": "DCIM/100SV5/V0002.MP4", "state": "failed",
+                   "error": "bucket is in read-only mode", "attempts": 1, "next_attempt_at": None}],
+}
+
+EXPECTED = """\
+dockd status: station dock-07  (daemon pid 4242, up 1h02m)
+Bays
+
+ Bay   Camera       Phase     Spooled Verified Wiped Rate/ETA Undock
+ ───────────────────────────────────────────────────────────────────────────
+ 1-1.1 SV5-0001     spooling     5/12        3     0  41.5M/s DO NOT UNDOCK
+       sentinel-sv5              880M     512M    0B    5m42s
+ 1-1.2 SV5-0002     done          4/4        4     4        - SAFE TO UNDOCK
+       sentinel-sv5              700M     700M  700M        -
+ 1-1.3 SV5-0003     attention     6/6        5     5        - SAFE TO UNDOCK
+       sentinel-sv5              900M     750M  750M        - see errors
+
+  SV5-0003: 1 recording(s) not verified and wiped, 0 wipe(s) refused
+Upload queue: 3 recording(s), 1.4 GiB, oldest 1m35s, 2 uploading
+Store: s3://evidence-bucket (reachable), last verified 2026-11-18 11:06:38Z
+Spool: 3 file(s), 1.4 GiB used, 200.0 GiB free (pauses below 512.0 MiB)
+1 recording(s) failed or need attention:
+  SV5-0003 DCIM/100SV5/V0002.MP4: failed: bucket is in read-only mode (attempt 1)
+"""
+
+
+def _text(snap: dict[str, Any], width: int = 88) -> str:
+    import io
+
+    console = Console(width=width, file=io.StringIO(), color_system=None, force_terminal=False)
+    status.render(snap, console)
+    text = console.file.getvalue()
+    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+
+
+def test_table_layout_is_stable():
+    assert validate(FIXED, SCHEMA) == []
+    assert _text(FIXED) == EXPECTED
+
+
+def test_table_says_daemon_not_running_from_the_ledger():
+    snap = json.loads(json.dumps(FIXED))
+    snap["daemon"] = {"running": False, "pid": None, "started_at": None, "uptime_seconds": None}
+    first = _text(snap).splitlines()[0]
+    assert "daemon not running" in first and "from the ledger" in first
+
+
+def _normalise(text: str) -> str:
+    text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", "<time>", text)
+    text = re.sub(r"pid \d+, up \S+", "pid <pid>, up <t>", text)
+    text = re.sub(r"[\d.]+ [KMGT]?i?B free", "<n> free", text)
+    return text
+
+
+# -- ETA and rates ------------------------------------------------------------
+
+def test_eta_is_the_slower_pipeline():
+    # 100 MiB left to copy at 10 MiB/s, 150 MiB left to verify at 5 MiB/s -> 30 s
+    assert eta("spooling", 200, 100, 50, 10.0, 5.0) == pytest.approx(30.0)
+    assert eta("uploading", 200, 200, 150, None, 10.0) == pytest.approx(5.0)
+    assert eta("uploading", 200, 200, 150, None, None) is None
+    assert eta("scanning", 200, 0, 0, 10.0, 10.0) is None
+    m = RateMeter(window=10)
+    m.add(0.0, 0)
+    m.add(1.0, 100)
+    m.add(2.0, 300)
+    assert m.rate() == pytest.approx(150.0)
+    m.add(3.0, 10)              # a counter that went back starts a new measurement
+    assert m.rate() is None
+
+
+# -- live and stopped, against the real daemon ---------------------------------
+
+def _cli(cfg_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(DOCKD + ["--config", str(cfg_path), "status", *args], capture_output=True,
+                          text=True, timeout=30, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+
+
+def _cameras(tmp_path: Path, n: int = 3) -> list[str]:
+    fixture = REPO / "fixtures" / "cameras" / "BWC0001"
+    import shutil
+
+    serials = [f"BWC{i:04d}" for i in range(1, n + 1)]
+    for s in serials:
+        shutil.copytree(fixture, tmp_path / "inbox" / s)
+    return serials
+
+
+def test_status_live_and_stopped_share_one_view(tmp_path, identity):
+    serials = _cameras(tmp_path)
+    cfg_path = write_config(tmp_path, str(identity.public()), "[spool]\nmin_free = 0\n")
+    sock = NotifySocket(tmp_path / "notify.sock")
+    d = DaemonProcess(cfg_path, sock)
+    try:
+        sock.wait_for(lambda m: m.get("READY") == "1", 30)
+        d.wait_event("session.done", 60, count=3)
+        live = _cli(cfg_path, "--json")
+        table = _cli(cfg_path)
+        rc, _ = d.terminate()
+    finally:
+        d.kill()
+        sock.close()
+    assert rc == 0
+    assert live.returncode == 0, live.stderr
+    live_snap = json.loads(live.stdout)
+    assert validate(live_snap, SCHEMA) == []
+    assert live_snap["daemon"]["running"] is True
+    assert [b["camera"] for b in live_snap["bays"]] == serials
+    for b in live_snap["bays"]:
+        assert b["phase"] == "done" and b["safe_to_undock"] is True
+        assert b["recordings"] == {"total": 6, "spooled": 6, "verified": 6, "wiped": 6, "failed": 0}
+    assert live_snap["store"]["reachable"] is True
+    # status and the logs agree: each camera's last session.* line is its bay's phase
+    for b in live_snap["bays"]:
+        last = [e["event"] for e in d.events() if e.get("camera") == b["camera"]
+                and e["event"].startswith("session.")][-1]
+        assert last == f"session.{b['phase']}"
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.count("SAFE TO UNDOCK") == 3 and "DO NOT UNDOCK" not in table.stdout
+    assert "daemon pid" in table.stdout
+
+    stopped = _cli(cfg_path, "--json")
+    stopped_table = _cli(cfg_path)
+    snap = json.loads(stopped.stdout)
+    assert validate(snap, SCHEMA) == []
+    assert snap["daemon"] == {"running": False, "pid": None, "started_at": None, "uptime_seconds": None}
+
+    def core(s: dict[str, Any]) -> list[tuple]:
+        return [(b["camera"], b["session"], b["phase"], b["safe_to_undock"], b["recordings"],
+                 b["bytes"]) for b in s["bays"]]
+
+    assert core(snap) == core(live_snap)         # one schema, one truth
+    assert "daemon not running" in stopped_table.stdout
+    # same table below the header line, once live-only details are normalised
+    strip = lambda t: _normalise("\n".join(t.splitlines()[1:]))  # noqa: E731
+    live_lines = strip(table.stdout).replace("(reachable)", "(?)")
+    dead_lines = strip(stopped_table.stdout).replace("(reachability unknown)", "(?)")
+    assert live_lines == dead_lines
+
+
+def test_status_with_no_ledger_yet(tmp_path, identity):
+    cfg_path = write_config(tmp_path, str(identity.public()))
+    out = _cli(cfg_path, "--json")
+    assert out.returncode == 0, out.stderr
+    snap = json.loads(out.stdout)
+    assert validate(snap, SCHEMA) == [] and snap["bays"] == [] and snap["daemon"]["running"] is False
+
+
+def test_stale_socket_means_not_running(tmp_path, identity):
+    import socket
+
+    cfg_path = write_config(tmp_path, str(identity.public()))
+    (tmp_path / "run").mkdir()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(tmp_path / "run" / "control.sock"))
+    s.close()                                     # bound, never listening: a crashed daemon's leftover
+    t0 = time.monotonic()
+    out = _cli(cfg_path, "--json")
+    assert time.monotonic() - t0 < 10
+    assert json.loads(out.stdout)["daemon"]["running"] is False
