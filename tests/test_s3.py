@@ -528,12 +528,12 @@ def test_from_config_end_to_end(moto_server: S3Endpoint, tmp_path: Path) -> None
     cfg = StoreConfig(url=f"s3://{bucket}/site", prefix="evidence", endpoint_url=moto_server.endpoint_url,
                       region="us-east-1", addressing_style="path", credentials_file=f, timeout=5)
     store = S3Store.from_config(cfg, min_part_size=moto_server.min_part_size)
-    assert store.prefix == "site/evidence"
+    assert store.prefix == "site"   # store.prefix heads the object keys themselves (naming.py)
     blob = make_blob(tmp_path, 1000)
     store.put(KEY, blob, MemoryCheckpoint())
     store.verify(KEY, blob)
     keys = [o["Key"] for o in moto_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
-    assert keys == [f"site/evidence/{KEY}"]
+    assert keys == [f"site/{KEY}"]
     assert [o.key for o in store.list()] == [KEY]
 
 

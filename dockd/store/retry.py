@@ -82,9 +82,13 @@ class RetryingStore(Store):
     ) -> None:
         self.inner = inner
         self.policy = policy
-        self.capabilities = inner.capabilities
         self.url = inner.url
         self._on_retry = on_retry
+
+    @property
+    def capabilities(self):  # type: ignore[override]
+        """The backend's, live: some are learnt on first contact (S3 checksums, lock)."""
+        return self.inner.capabilities
 
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
         def hook(attempt: int, exc: BaseException, wait: float) -> None:

@@ -469,7 +469,8 @@ class S3Store(Store):
         if cfg.ca_bundle is not None and not Path(cfg.ca_bundle).is_file():
             raise ConfigError("store.ca_bundle", f"{cfg.ca_bundle} is not a file")
         kw: dict[str, Any] = dict(
-            prefix=cfg.prefix,
+            # cfg.prefix is the first component of every object key (pipeline/naming.py);
+            # the store itself only adds the URL's path.
             endpoint_url=cfg.endpoint_url,
             region=cfg.region,
             addressing_style=cfg.addressing_style,
