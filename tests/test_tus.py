@@ -377,15 +377,16 @@ def test_token_file_must_be_private(tus_server: TusServer, tmp_path: Path) -> No
     tf = tmp_path / "token"
     tf.write_text((tus_server.token or "") + "\n")
     tf.chmod(0o644)
-    cfg = StoreConfig(url=tus_server.url, token_file=tf, prefix=tus_server.new_prefix())
+    cfg = StoreConfig(url=tus_server.url, token_file=tf)
     with pytest.raises(ConfigError) as ei:
         TusStore.from_config(cfg)
     assert ei.value.key == "store.token_file" and "0644" in str(ei.value)
     tf.chmod(0o600)
     store = TusStore.from_config(cfg)
     assert tus_server.token not in repr(store)
-    store.put(KEY, make_blob(tmp_path, 500), MemoryCheckpoint())
-    assert store.stat(KEY) is not None
+    key = f"{tus_server.new_prefix()}/{KEY}"
+    store.put(key, make_blob(tmp_path, 500), MemoryCheckpoint())
+    assert store.stat(key) is not None
 
 
 def test_plain_http_only_on_loopback() -> None:
@@ -402,14 +403,17 @@ def test_factory_routes_http_urls_to_tus(tus_server: TusServer, make_cfg: Any, t
     tf = tmp_path / "token"
     tf.write_text(tus_server.token or "")
     tf.chmod(0o600)
-    cfg = make_cfg(store=StoreConfig(url=tus_server.url, token_file=tf, prefix=tus_server.new_prefix(),
-                                     chunk_size=64 * 1024))
+    prefix = tus_server.new_prefix()
+    cfg = make_cfg(store=StoreConfig(url=tus_server.url, token_file=tf, prefix=prefix, chunk_size=64 * 1024))
     store = open_store(cfg)
+    # store.prefix already heads the keys the pipeline makes (pipeline/naming.py)
+    key = f"{prefix}/{KEY}"
     blob = make_blob(tmp_path, 200_000)
-    store.put(KEY, blob, MemoryCheckpoint())
-    assert store.verify(KEY, blob).sha256 == hashlib.sha256(blob.path.read_bytes()).hexdigest()
-    assert [o.key for o in store.list()] == [KEY]
-    with store.open(KEY) as f:
+    store.put(key, blob, MemoryCheckpoint())
+    assert store.verify(key, blob).sha256 == hashlib.sha256(blob.path.read_bytes()).hexdigest()
+    assert [o.key for o in store.list(f"{prefix}/")] == [key]
+    assert tus_server.info(key) is not None        # not prefixed a second time
+    with store.open(key) as f:
         assert f.read() == blob.path.read_bytes()
 
 

@@ -45,6 +45,10 @@ What this backend promises, beyond the seam:
   mismatch) are transient, and the retry re-syncs with HEAD; 412, 413 and
   other 4xx are permanent. Only ``RetryingStore`` decides to try again.
 
+Keys arrive with ``store.prefix`` already at their head (pipeline/naming.py),
+so ``from_config`` adds none; the constructor's ``prefix`` only namespaces a
+store (tests give each case its own).
+
 Authentication: a bearer token read from ``token_file`` (refused unless its
 mode grants nothing to group or others; never logged), and/or a TLS client
 certificate (``client_cert``, ``client_key``).
@@ -335,8 +339,10 @@ class TusStore(Store):
                     "store.client_key",
                     f"{sc.client_key} has mode {stat_mod.S_IMODE(mode):04o}; make it 0600 (or 0400)",
                 )
+        # no prefix here: store.prefix is already the first component of every
+        # object key (pipeline/naming.py)
         return cls(
-            sc.url, prefix=sc.prefix, token=token, client_cert=sc.client_cert,
+            sc.url, token=token, client_cert=sc.client_cert,
             client_key=sc.client_key, ca_bundle=sc.ca_bundle, verify_tls=sc.verify_tls,
             chunk_size=sc.chunk_size, timeout=sc.timeout,
         )
