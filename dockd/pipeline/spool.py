@@ -144,7 +144,10 @@ class Spool:
             partial.unlink(missing_ok=True)
             raise
         finally:
-            os.close(src)
+            try:
+                os.close(src)
+            except OSError:
+                pass    # read-only; a pulled-out camera's dead mount fails close() too (ENOTCONN)
         return Spooled(final, plain.hexdigest(), sink.sha.hexdigest(), sink.size,
                        time.monotonic() - t0)
 
