@@ -96,7 +96,7 @@ class HookRunner:
         except queue.Full:
             self.failed += 1
             log.emit(self.log.bind(camera=env.get("DOCKD_CAMERA")), "hook.failed",
-                     event=env.get("DOCKD_EVENT"), phase=env.get("DOCKD_PHASE"),
+                     hook=env.get("DOCKD_EVENT"), phase=env.get("DOCKD_PHASE"),
                      error="hook queue full; event dropped")
 
     def _work(self) -> None:
@@ -106,7 +106,10 @@ class HookRunner:
                 return
             argv, timeout, env = item
             if argv:
-                self._run(argv, timeout, env)
+                try:
+                    self._run(argv, timeout, env)
+                except Exception as exc:  # the worker outlives any one hook
+                    log.emit(self.log, "hook.failed", hook=env.get("DOCKD_EVENT"), error=repr(exc))
 
     def _run(self, argv: list[str], timeout: float, env: dict[str, str]) -> None:
         full = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
@@ -133,4 +136,4 @@ class HookRunner:
         if error:
             self.failed += 1
             log.emit(self.log.bind(camera=env.get("DOCKD_CAMERA")), "hook.failed",
-                     event=env.get("DOCKD_EVENT"), phase=env.get("DOCKD_PHASE"), error=error)
+                     hook=env.get("DOCKD_EVENT"), phase=env.get("DOCKD_PHASE"), error=error)
