@@ -817,15 +817,28 @@ class S3Store(Store):
 
     def _complete(self, full: str, upload_id: str, digest: Digest, done: dict[int, dict[str, Any]],
                   use_sum: bool) -> None:
-        parts = []
-        for n in sorted(done):
-            p: dict[str, Any] = {"PartNumber": n, "ETag": f'"{done[n]["etag"]}"'}
-            if use_sum:
-                p["ChecksumSHA256"] = _b64(digest.sha256s[n - 1])
-            parts.append(p)
+        def parts(with_sum: bool) -> list[dict[str, Any]]:
+            out = []
+            for n in sorted(done):
+                p: dict[str, Any] = {"PartNumber": n, "ETag": f'"{done[n]["etag"]}"'}
+                if with_sum:
+                    p["ChecksumSHA256"] = _b64(digest.sha256s[n - 1])
+                out.append(p)
+            return out
+
         try:
-            self.client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
-                                                  MultipartUpload={"Parts": parts})
+            try:
+                self.client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                                      MultipartUpload={"Parts": parts(use_sum)})
+            except Exception as exc:  # noqa: BLE001 - classified
+                # Another upload may have learnt meanwhile that this server takes no
+                # checksums (Swift answers MalformedXML to checksummed parts lists).
+                if not (use_sum and self.checksum == "auto" and _code(exc) in CHECKSUM_REJECTED_CODES):
+                    raise
+                self._checksum_unsupported(f"server rejected a checksummed complete ({_code(exc)})")
+                use_sum = False
+                self.client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                                      MultipartUpload={"Parts": parts(False)})
         except Exception as exc:  # noqa: BLE001 - classified
             if _code(exc) == "NoSuchUpload":
                 # completed by an attempt whose answer we lost? Then the object proves it.
