@@ -38,7 +38,7 @@ PY=${PYTHON:-python3}
 if [ "$mode" = "--test" ]; then
   .venv/bin/pip install -q -e '.[test]' >.venv/pip.log 2>&1 || { cat .venv/pip.log >&2; exit 1; }
   if [ -f tests/tus-server/package.json ]; then
-    (cd tests/tus-server && npm install --silent --no-audit --no-fund >/dev/null)
+    (cd tests/tus-server && npm ci --silent --no-audit --no-fund >/dev/null)
   fi
 else
   .venv/bin/pip install -q -e . >.venv/pip.log 2>&1 || { cat .venv/pip.log >&2; exit 1; }
