@@ -6,8 +6,10 @@ log lines, SIGTERMs it (exit 0), then checks the artefacts: the store decrypts t
 the image's original bytes, the image lost exactly its recordings and sidecars,
 ``fsck.exfat -n`` is clean, nothing stays mounted, ``dockd status --json`` agrees.
 
-Images carry a per-test fs label; the test udev rule tags only that label
-``dockd``, so other loop devices on the machine are never touched. The
+Images carry a per-test fs label, and the test udev rule tags only that label,
+with a per-test tag: the daemon is the real ``dockd`` CLI with its udev source's
+tag set to that one (``DOCKD_ARGV``), so test runs sharing a machine never dock
+each other's cameras, and other loop devices are never touched. The
 kernel-source test runs the daemon in its own network namespace: kernel
 uevents reach it, udevd's messages cannot, so it really works without udevd.
 """
@@ -18,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +38,10 @@ REASON = loopcam.skip_reason()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 REPO = Path(__file__).resolve().parents[1]
+# `python -m dockd ...`, with the udev source listening for this run's tag instead of "dockd"
+DOCKD_ARGV = [sys.executable, "-c", "import functools, sys; from dockd.device import udev; "
+              "udev.UdevSource.__init__ = functools.partialmethod(udev.UdevSource.__init__, tag=sys.argv.pop(1)); "
+              "from dockd.cli import main; main()"]
 MiB = loopcam.MiB
 
 RECORDINGS = {"DCIM/100BWC/CLIP0001.MP4": 3 * MiB + 17, "DCIM/100BWC/CLIP0002.MP4": 700_001,
@@ -91,7 +98,7 @@ class Daemon:
         self.rig = rig
         self.log_path = rig.tmp / f"dockd-{source}-{len(rig.daemons)}.log"
         self.cfg = rig.write_config(source)
-        argv = [sys.executable, "-m", "dockd", "--config", str(self.cfg), "run"]
+        argv = [*DOCKD_ARGV, rig.tag, "--config", str(self.cfg), "run"]
         if netns:
             argv = ["unshare", "--net", "--", *argv]
         self.out = open(self.log_path, "wb")
@@ -155,6 +162,7 @@ class Rig:
         self.tmp = tmp
         self.stack = stack
         self.label = loopcam.unique_label()
+        self.tag = loopcam.unique_tag()
         self.identity = generate_identity()
         self.mount_dir = tmp / "mnt"
         self.store = tmp / "store"
@@ -196,7 +204,7 @@ format = "json"
         return img
 
     def tagged(self, profile: str = "generic") -> Path:
-        return self.stack.enter_context(loopcam.tag_rule(label=self.label, profile=profile))
+        return self.stack.enter_context(loopcam.tag_rule(label=self.label, profile=profile, tag=self.tag))
 
     def attach(self, image: Path) -> loopcam.LoopCamera:
         cam = loopcam.LoopCamera(image)
@@ -292,6 +300,7 @@ def test_udev_dock_ingests_wipes_and_unmounts(rig):
     assert list((rig.spool / "partial").glob("*")) == []
 
 
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) not installed")
 def test_kernel_source_without_udevd(rig):
     # no udev rule, and the daemon in a network namespace of its own: udevd's
     # messages cannot reach it, only the kernel's uevents do
@@ -377,12 +386,16 @@ BIG = "DCIM/100BWC/BIG00001.MP4"
 def _yank_mid_copy(rig: Rig, d: Daemon, cam: loopcam.LoopCamera, size: int) -> int:
     """Pull the camera out while the big file is being spooled; returns the bytes then written."""
     partial_dir = rig.spool / "partial"
+    assert cam.dev
+    fuse = loopcam.wait_for(lambda: loopcam.holders(cam.dev), timeout=10)   # the FUSE helper
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for p in partial_dir.glob("*.age") if partial_dir.is_dir() else ():
             with contextlib.suppress(OSError):
                 n = p.stat().st_size
-                if 32 * MiB < n < size // 2:
+                if 16 * MiB < n < size // 2:
+                    for pid in fuse:                 # the device dies now; yank does the rest
+                        os.kill(pid, signal.SIGKILL)
                     cam.yank()
                     return n
         if d.events("recording.spooled", recording=BIG):
@@ -395,7 +408,7 @@ def test_pull_out_mid_copy_then_reattach_completes(rig):
     size = 400 * MiB
     files = camera_files(**{BIG: size})
     image = rig.image("cam", files)
-    with loopcam.tag_rule(label=rig.label, profile="generic"):
+    with loopcam.tag_rule(label=rig.label, profile="generic", tag=rig.tag):
         d = rig.daemon("udev")
         cam = rig.attach(image)
         d.wait("device.docked", device=cam.dev)
@@ -411,7 +424,7 @@ def test_pull_out_mid_copy_then_reattach_completes(rig):
     assert loopcam.read_image(image) == materialise(files)
     assert loopcam.fsck(image).returncode == 0
     drop_cache(image)
-    with loopcam.tag_rule(label=rig.label, profile="generic"):
+    with loopcam.tag_rule(label=rig.label, profile="generic", tag=rig.tag):
         again = rig.attach(image)
         d.wait("device.docked", count=2, timeout=30, session=...)
         out = _assert_done(rig, d)
