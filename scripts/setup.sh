@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 mode=${1:-run}
 run_pkgs=(python3-venv python3-pip)
 test_pkgs=(
-  udev exfatprogs exfat-fuse fuse3 util-linux kmod          # loop-device cameras, real udevd
+  udev exfatprogs exfat-fuse fuse3 util-linux kmod e2fsprogs  # loop-device cameras, real udevd, small spools
+  systemd                                                    # systemd-analyze verify/security of the unit
   age openssh-client sqlite3 rclone                          # interop and peers
   swift swift-proxy swift-object swift-container swift-account memcached  # S3 via Swift s3api
   nodejs npm                                                 # the official tus server
