@@ -126,3 +126,17 @@ def test_cli_non_utf8_config(tmp_path):
     f.write_bytes(b"[station]\nid = '\xff\xfe'\n")
     r = run_cli("--config", str(f), "status")
     assert r.returncode == 2 and "UTF-8" in r.stderr
+
+
+def test_readme_documents_every_config_key():
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = []
+    for section, field in config.Config.model_fields.items():
+        if section == "source":
+            continue
+        for key in field.annotation.model_fields:
+            if not re.search(rf"\b{key}\b", readme):
+                missing.append(f"{section}.{key}")
+    assert not missing, f"config keys not documented in README: {missing}"
