@@ -383,21 +383,27 @@ def test_three_cameras_at_once(rig):
 BIG = "DCIM/100BWC/BIG00001.MP4"
 
 
+def partial_bytes(rig: Rig) -> int:
+    """Size of the spool file being written now (0 if none)."""
+    sizes = [0]
+    for p in (rig.spool / "partial").glob("*.age"):
+        with contextlib.suppress(OSError):
+            sizes.append(p.stat().st_size)
+    return max(sizes)
+
+
 def _yank_mid_copy(rig: Rig, d: Daemon, cam: loopcam.LoopCamera, size: int) -> int:
     """Pull the camera out while the big file is being spooled; returns the bytes then written."""
-    partial_dir = rig.spool / "partial"
     assert cam.dev
     fuse = loopcam.wait_for(lambda: loopcam.holders(cam.dev), timeout=10)   # the FUSE helper
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        for p in partial_dir.glob("*.age") if partial_dir.is_dir() else ():
-            with contextlib.suppress(OSError):
-                n = p.stat().st_size
-                if 16 * MiB < n < size // 2:
-                    for pid in fuse:                 # the device dies now; yank does the rest
-                        os.kill(pid, signal.SIGKILL)
-                    cam.yank()
-                    return n
+        n = partial_bytes(rig)
+        if 16 * MiB < n < size // 2:
+            for pid in fuse:                 # the device dies now; yank does the rest
+                os.kill(pid, signal.SIGKILL)
+            cam.yank()
+            return n
         if d.events("recording.spooled", recording=BIG):
             pytest.fail("the big file was spooled before it could be pulled out")
         time.sleep(0.005)
@@ -432,4 +438,22 @@ def test_pull_out_mid_copy_then_reattach_completes(rig):
     first = interrupted[0]["session"]
     by_id = {s["id"]: s for s in out["status"]["sessions"]}
     assert by_id[first]["phase"] == "interrupted" and not by_id[first]["safe_to_undock"]
+    rig.assert_ingested(image, files, WIPED | {BIG})
+
+
+def test_sigterm_mid_copy_then_restart_resumes(rig):
+    # a daemon stop is not an undock: the camera stays, and the next start finishes it
+    files = camera_files(**{BIG: 300 * MiB})
+    image = rig.image("cam", files)
+    rig.tagged()
+    d = rig.daemon("udev")
+    cam = rig.attach(image)
+    d.wait("device.docked", device=cam.dev, session=...)
+    loopcam.wait_for(lambda: partial_bytes(rig) > 16 * MiB, timeout=30, interval=0.005)
+    d.stop()
+    assert d.events("session.interrupted") == [] and rig.mounts_under_mount_dir() == []
+    d2 = rig.daemon("udev")
+    d2.wait("device.docked", device=cam.dev, session=...)
+    _assert_done(rig, d2)
+    cam.detach()
     rig.assert_ingested(image, files, WIPED | {BIG})
