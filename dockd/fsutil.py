@@ -53,3 +53,13 @@ class HashingWriter:
 
     def hexdigest(self) -> str:
         return self.sha.hexdigest()
+
+
+def close_quietly(fd: int) -> None:
+    """Close an fd we only read from or fsynced. On a camera that was pulled out
+    even close() fails (ENOTCONN from FUSE); there is nothing left to lose, and
+    that error must not replace the one that says the camera is gone."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass

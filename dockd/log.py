@@ -25,6 +25,8 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "daemon.recovered": ("info", "start-up reconciliation of ledger, spool and store", "sessions, resumed, orphans"),
     "device.docked": ("info", "a camera was docked and mounted", "camera, profile, device, bay, mount"),
     "device.undocked": ("info", "a camera went away", "camera, device"),
+    "device.detected": ("debug", "the device source mounted a camera (the session logs device.docked)", "camera, profile, device, bay, mount"),
+    "device.gone": ("debug", "the device source saw a camera leave (the daemon logs device.undocked)", "camera, device"),
     "device.ignored": ("info", "a device matched no profile and was not touched", "device, reason"),
     "device.mount_failed": ("error", "a camera could not be mounted", "camera, device, error"),
     "device.released": ("info", "synced and unmounted; safe to undock", "camera"),

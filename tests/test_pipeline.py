@@ -155,7 +155,8 @@ def test_redock_of_verified_files_goes_straight_to_wipe(make_cfg, camera, tmp_pa
     st = Station(cfg2, policy=RetryPolicy.immediate(3), patient=False)
     st.start()
     st.uploader.wait_idle([r.id for r in recs], timeout=30)
-    assert all(st.ledger.get(r.id).state == RecState.VERIFIED for r in recs)
+    states = {r.name: (st.ledger.get(r.id).state.value, st.ledger.get(r.id).last_error) for r in recs}
+    assert all(v[0] == "verified" for v in states.values()), states
     spooled_events = sum(1 for e in st.ledger.events(limit=10000) if e["event"] == "recording.spooled")
     # re-dock: no second copy, straight to the wipe
     out2 = st.run_session(CameraDocked("BWC0001", "generic", camera))

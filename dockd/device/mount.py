@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import MountError
+from ..fsutil import close_quietly
 
 HARDENING = ("nosuid", "nodev", "noexec", "noatime")
 REQUIRED_FLAGS = frozenset({"nosuid", "nodev", "noexec"})
@@ -174,7 +175,7 @@ def read_camera_file(root: Path, relpath: str, limit: int = 4096) -> bytes | Non
         return None
     finally:
         for fd in reversed(fds):
-            os.close(fd)
+            close_quietly(fd)
 
 
 def _syncfs(path: Path) -> None:
@@ -189,7 +190,7 @@ def _syncfs(path: Path) -> None:
     except (OSError, AttributeError):
         os.sync()
     finally:
-        os.close(fd)
+        close_quietly(fd)
 
 
 def _is_dead(target: Path) -> bool:

@@ -232,7 +232,7 @@ class Docker:
         event = CameraDocked(serial=serial, profile=profile.name, mount=mount,
                              device=info.devnode, usb=usb, bay=port.bay if port else None)
         self._state[info.devpath] = _Tracked(event=event, fs_uuid=info.fs_uuid)
-        log.info("device.docked", camera=serial, profile=profile.name, device=info.devnode,
+        log.debug("device.detected", camera=serial, profile=profile.name, device=info.devnode,
                  bay=event.bay, mount=str(mount))
         if self.emit is not None:
             self.emit(event)
@@ -259,7 +259,7 @@ class Docker:
     def _undock(self, devpath: str) -> None:
         tracked = self._state.pop(devpath)
         ev = tracked.event
-        log.info("device.undocked", camera=ev.serial, device=ev.device)
+        log.debug("device.gone", camera=ev.serial, device=ev.device)
         if self.emit is not None:
             self.emit(CameraUndocked(serial=ev.serial, device=ev.device))
         if not tracked.released:
@@ -278,7 +278,6 @@ class Docker:
             for tracked in self._state.values():
                 if tracked.event.mount == event.mount and tracked.event.serial == event.serial:
                     tracked.released = True
-        log.info("device.released", camera=event.serial)
 
     def release_all(self) -> None:
         with self._lock:

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 from ..age import Encryptor
 from ..errors import DeviceGoneError, FileChangedError, SourceError, SpoolError, SpoolFullError
-from ..fsutil import HashingWriter, fsync_dir
+from ..fsutil import HashingWriter, close_quietly, fsync_dir
 
 BLOCK = 1 << 20                      # 16 age chunks per read: few syscalls, small memory
 GONE_ERRNOS = {errno.EIO, errno.ENODEV, errno.ENXIO, errno.ENOTCONN, errno.ESHUTDOWN, errno.ESTALE}
@@ -144,10 +144,7 @@ class Spool:
             partial.unlink(missing_ok=True)
             raise
         finally:
-            try:
-                os.close(src)
-            except OSError:
-                pass    # read-only; a pulled-out camera's dead mount fails close() too (ENOTCONN)
+            close_quietly(src)
         return Spooled(final, plain.hexdigest(), sink.sha.hexdigest(), sink.size,
                        time.monotonic() - t0)
 

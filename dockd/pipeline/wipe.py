@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import log
 from ..errors import DeviceGoneError
+from ..fsutil import close_quietly
 from ..ledger import Ledger
 from ..model import RecState, Recording
 from .spool import GONE_ERRNOS
@@ -106,4 +107,4 @@ def _fsync_dir(path: bytes) -> None:
     except OSError:
         pass  # some FUSE filesystems refuse fsync on directories; sync() follows
     finally:
-        os.close(fd)
+        close_quietly(fd)
