@@ -1,8 +1,9 @@
 """``file://`` store: a local directory or a NAS mount.
 
-Crash-safe saves the restic way: temp file in the same directory, byte count
-checked, fsync, rename, fsync the directory. A crash leaves either the whole
-object or a ``.tmp-*`` file that the next put of that key removes.
+Crash-safe saves the restic way: temp file in the same directory, fsync,
+read back and hashed (size and SHA-256 must match the blob), rename, fsync the
+directory. A crash leaves either the whole object or a ``.tmp-*`` file, which
+a later put of that key removes once it is an hour old.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
+import uuid
 from pathlib import Path
 from typing import BinaryIO, Iterator
 from urllib.parse import unquote, urlparse
@@ -22,11 +25,45 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
-from ..fsutil import HashingWriter, fsync_dir
-from .base import Blob, Capabilities, Checkpoint, ObjectInfo, Store
+from ..fsutil import fsync_dir
+from .base import Blob, Capabilities, Checkpoint, ObjectInfo, Store, sha256_stream
 
 BLOCK = 1 << 20
 TMP_PREFIX = ".tmp-"
+
+
+STALE_TEMP_SECONDS = 3600
+
+
+def _copy(src: int, dst: int) -> None:
+    """Kernel-side copy where possible (no user-space buffers), else a plain loop."""
+    try:
+        while os.copy_file_range(src, dst, 1 << 30):
+            pass
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    os.lseek(src, 0, os.SEEK_SET)
+    os.lseek(dst, 0, os.SEEK_SET)
+    os.ftruncate(dst, 0)
+    while chunk := os.read(src, BLOCK):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view):]
+
+
+def _remove_stale_temps(dest: Path) -> None:
+    """Temp files a crash left for this key (older than an hour: not a live put)."""
+    import time
+
+    now = time.time()
+    for p in dest.parent.glob(f"{TMP_PREFIX}{dest.name}.*"):
+        try:
+            if now - p.stat().st_mtime > STALE_TEMP_SECONDS:
+                p.unlink()
+        except OSError:
+            pass
 
 
 def _classify(exc: OSError, what: str) -> Exception:
@@ -45,6 +82,9 @@ class DirStore(Store):
     def __init__(self, root: Path, url: str = "") -> None:
         self.root = Path(root)
         self.url = url or f"file://{self.root}"
+        self._lock = threading.Lock()
+        # key -> (inode, size, mtime_ns, sha256) of objects this process put and read back
+        self._proven: dict[str, tuple[int, int, int, str]] = {}
 
     @classmethod
     def from_url(cls, url: str) -> "DirStore":
@@ -60,33 +100,55 @@ class DirStore(Store):
         return self.root.joinpath(*parts)
 
     def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
+        """Copy in the kernel (``copy_file_range``), fsync, then read the copy back
+        and hash it: the object is proven before it is renamed into place."""
         dest = self._path(key)
-        tmp = dest.with_name(f"{TMP_PREFIX}{dest.name}")
+        # unique per call: two recordings with identical content share a key
+        tmp = dest.with_name(f"{TMP_PREFIX}{dest.name}.{uuid.uuid4().hex[:12]}")
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            _remove_stale_temps(dest)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                out = HashingWriter(fd)
                 with blob.open() as src:
-                    while chunk := src.read(BLOCK):
-                        out.write(chunk)
+                    _copy(src.fileno(), fd)
                 os.fsync(fd)
+                st = os.fstat(fd)
+                os.lseek(fd, 0, os.SEEK_SET)
+                with os.fdopen(os.dup(fd), "rb") as back:
+                    digest, n = sha256_stream(back, BLOCK)
             finally:
                 os.close(fd)
-            n, h = out.size, out.sha
-            if n != blob.size or h.hexdigest() != blob.sha256:
+            if n != blob.size or digest != blob.sha256:
                 tmp.unlink(missing_ok=True)
                 raise IntegrityError(
-                    f"put {key}: source gave {n} bytes sha256 {h.hexdigest()[:16]}, "
+                    f"put {key}: store copy has {n} bytes sha256 {digest[:16]}, "
                     f"expected {blob.size} bytes sha256 {blob.sha256[:16]}"
                 )
             os.replace(tmp, dest)
             fsync_dir(dest.parent)
+            with self._lock:
+                self._proven[key] = (st.st_ino, st.st_size, st.st_mtime_ns, digest)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _classify(exc, f"put {key}") from exc
 
     def verify(self, key: str, blob: Blob) -> ObjectInfo:
+        """Size and SHA-256 of the object. An object this store put and read back,
+        whose inode, size and mtime are unchanged since, is not hashed twice."""
+        path = self._path(key)
+        with self._lock:
+            proof = self._proven.get(key)
+        if proof is not None:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                raise ObjectMissingError(f"{key}: not in store") from None
+            except OSError as exc:
+                raise _classify(exc, f"verify {key}") from exc
+            if (st.st_ino, st.st_size, st.st_mtime_ns) == proof[:3] and proof[3] == blob.sha256 \
+                    and st.st_size == blob.size:
+                return ObjectInfo(key=key, size=st.st_size, sha256=proof[3])
         info = self._hash(key)
         if info is None:
             raise ObjectMissingError(f"{key}: not in store")
@@ -130,6 +192,8 @@ class DirStore(Store):
             raise _classify(exc, f"open {key}") from exc
 
     def delete(self, key: str) -> None:
+        with self._lock:
+            self._proven.pop(key, None)
         try:
             self._path(key).unlink(missing_ok=True)
         except OSError as exc:
