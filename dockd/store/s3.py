@@ -70,14 +70,9 @@ from ..errors import (
 )
 from .base import Blob, Capabilities, Checkpoint, ObjectInfo, Store
 
-try:  # structlog is the house logger; the backend works without it
-    import structlog
+import structlog
 
-    log = structlog.get_logger("dockd.store.s3")
-except ImportError:  # pragma: no cover
-    import logging
-
-    log = logging.getLogger("dockd.store.s3")  # type: ignore[assignment]
+log = structlog.get_logger("dockd.store.s3")
 
 MiB = 1024 * 1024
 # S3 limits: parts are 5 MiB..5 GiB except the last, at most 10,000 of them.

@@ -81,14 +81,9 @@ from ..errors import (
 )
 from .base import Blob, Capabilities, Checkpoint, ObjectInfo, Store
 
-try:  # structlog is the house logger; the backend works without it
-    import structlog
+import structlog
 
-    log = structlog.get_logger("dockd.store.tus")
-except ImportError:  # pragma: no cover
-    import logging
-
-    log = logging.getLogger("dockd.store.tus")  # type: ignore[assignment]
+log = structlog.get_logger("dockd.store.tus")
 
 TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
