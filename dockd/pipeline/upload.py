@@ -62,6 +62,7 @@ class Uploader:
         self.log = logger or log.get()
         self._cv = threading.Condition()
         self._queues: dict[str, collections.deque[int]] = collections.OrderedDict()
+        self._flagged: collections.deque[int] = collections.deque()
         self._queued: set[int] = set()
         self._active: set[int] = set()
         self._delayed: dict[int, float] = {}
@@ -100,11 +101,10 @@ class Uploader:
             if rec.id in self._queued or rec.id in self._active:
                 return
             self._delayed.pop(rec.id, None)
-            q = self._queues.setdefault(rec.serial, collections.deque())
             if rec.flagged:
-                q.appendleft(rec.id)
+                self._flagged.append(rec.id)     # evidential footage jumps every camera's queue
             else:
-                q.append(rec.id)
+                self._queues.setdefault(rec.serial, collections.deque()).append(rec.id)
             self._queued.add(rec.id)
             self._cv.notify()
 
@@ -148,11 +148,17 @@ class Uploader:
     # -- machinery ------------------------------------------------------------
 
     def _next(self) -> int | None:
-        """Round-robin over cameras; within a camera, queue order (flagged first)."""
+        """Flagged recordings first (any camera, in order); then round-robin over
+        cameras, each camera's own queue oldest first (the spool order)."""
         with self._cv:
             while True:
                 if self._stopping:
                     return None
+                if self._flagged and not self._auth_paused:
+                    rec_id = self._flagged.popleft()
+                    self._queued.discard(rec_id)
+                    self._active.add(rec_id)
+                    return rec_id
                 if self._queues and not self._auth_paused:
                     serial, q = next(iter(self._queues.items()))
                     rec_id = q.popleft()
