@@ -126,6 +126,7 @@ def test_file_changed_after_spooling_is_not_wiped(make_cfg, camera, tmp_path):
     assert target.exists() and target.read_bytes().endswith(b"appended by the camera")
     assert out.phase == Phase.ATTENTION
     assert [n for n, _ in out.refused] == ["DCIM/100BWC/VID_20261120_0701.MP4"]
+    assert out.failed == []                           # reported once, as refused
     assert "wipe.refused" in [e["event"] for e in events]
     old = [r for r in recs if r.name.endswith("0701.MP4")]
     assert old[0].state == RecState.VERIFIED          # the old copy is safe, but not a licence to wipe
