@@ -744,7 +744,10 @@ class S3Store(Store):
                     if 1 <= n <= len(ranges) and size == ranges[n - 1][1] and etag == digest.md5s[n - 1].hex():
                         done[n] = {"n": n, "etag": etag, "size": size}
                 if state.get("checksum") and not self._use_checksum():
-                    state = None  # parts were sent with checksums we can no longer complete with
+                    # parts were sent with checksums we can no longer complete with: start over,
+                    # and abort the old upload so its parts are not left behind
+                    self._abort(full, state["upload_id"], checkpoint)
+                    state = None
                 log.info("store.resume", key=full, parts_held=len(done), parts_total=len(ranges))
         if state is None:
             done = {}

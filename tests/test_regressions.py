@@ -1,0 +1,36 @@
+"""Regressions found by the reliability campaigns (campaigns/), one test each."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from dockd.store.base import Blob, MemoryCheckpoint
+from dockd.store.s3 import S3Store, digest_file
+
+pytest_plugins = ["servers"]
+
+
+def test_resume_after_learning_checksums_are_refused_aborts_the_old_upload(moto_server, tmp_path):
+    """store-faults seed 0: a reset mid-part, while another upload learnt the server ignores
+    x-amz-checksum-sha256. The resume started a fresh multipart upload and left the first one
+    (and its parts) open in the bucket."""
+    bucket = moto_server.new_bucket()
+    store = S3Store(f"s3://{bucket}/site", **moto_server.store_kwargs(
+        checksum="auto", multipart_threshold=moto_server.min_part_size, part_size=moto_server.min_part_size))
+    data = os.urandom(moto_server.min_part_size * 3 + 17)
+    path = tmp_path / "1.age"
+    path.write_bytes(data)
+    blob = Blob(path, len(data), hashlib.sha256(data).hexdigest())
+    full = store._key("evidence/x/1.age")
+    store.probe()
+    # the first attempt: an upload created with checksums, then the connection died
+    state = store._create_upload(full, blob, digest_file(path, moto_server.min_part_size))
+    assert state.get("checksum")
+    cp = MemoryCheckpoint(state)
+    store._checksum_unsupported("another upload learnt it")
+    store.put("evidence/x/1.age", blob, cp)
+    client = moto_server.client()
+    assert client.head_object(Bucket=bucket, Key=full)["ContentLength"] == len(data)
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert cp.load() is None
