@@ -1,8 +1,198 @@
+"""Store faults: moto S3 behind the fault proxy (tests/faultproxy.py), ``dockd run`` on top.
+
+Each seed picks one or two faults and when to arm them: connection resets
+mid-body, 503/500 bursts, 429 bursts, a stall (requests read, never
+answered), an outage (the port refuses connections) lasting seconds (CI) or
+minutes (large), or credentials revoked (every request answered 403
+InvalidAccessKeyId) for a while. While credentials are revoked, nothing may be
+wiped; once restored, the queue must resume on its own (it probes) and
+finish. If a session ends in attention because retries ran out, dockd is
+restarted once the store is healthy, as an operator would.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import random
+import shutil
+import threading
+import time
+from typing import Any
+
+from . import harness as h
 from .base import Context, Result, timed
+from .invariants import S3View, snapshot
+
+SERIAL = "CAMS"
+
+
+def schedule(seed: int, large: bool) -> dict[str, Any]:
+    rng = random.Random(seed)
+    kinds = ["reset", "503", "429", "500", "stall", "outage", "revoked"]
+    faults = []
+    first = kinds[seed % len(kinds)]           # every kind in every block of seven seeds
+    faults.append(first)
+    if rng.random() < 0.4:
+        faults.append(rng.choice([k for k in kinds if k not in ("revoked", first)]))
+    out = []
+    for k in faults:
+        f: dict[str, Any] = {"kind": k, "at": round(rng.uniform(0, 0.6), 3)}
+        if k == "reset":
+            f["after"] = rng.randint(1, 300_000)
+            f["times"] = rng.randint(1, 4)
+        elif k in ("503", "429", "500"):
+            f["n"] = rng.randint(1, 12)
+        elif k == "stall":
+            f["for"] = round(rng.uniform(1, 7), 2)
+        elif k == "outage":
+            long = large and seed % 50 == 5
+            f["for"] = round(rng.uniform(120, 180) if long else rng.uniform(1, 5), 2)
+        elif k == "revoked":
+            f["at"] = 0
+            f["for"] = round(rng.uniform(2, 5), 2)
+        out.append(f)
+    return {"seed": seed, "faults": out, "camera_seed": rng.randrange(1 << 30)}
+
+
+def _arm(proxy: Any, f: dict[str, Any]) -> None:
+    k = f["kind"]
+    if k == "reset":
+        proxy.reset_after(f["after"], f["times"])
+    elif k in ("503", "429", "500"):
+        proxy.slowdown(f["n"], int(k))
+    elif k == "stall":
+        proxy.stall()
+    elif k == "outage":
+        proxy.outage()
+    elif k == "revoked":
+        proxy.slowdown(10**9, 403)
+
+
+_ports = iter(range(20000 + (time.monotonic_ns() // 1000) % 5000, 32000))
+_ports_lock = threading.Lock()
+
+
+def _proxy(upstream: int) -> Any:
+    """A FaultProxy on a port below the ephemeral range: during an outage a client's own
+    connect to a free ephemeral port can self-connect and steal it, and the proxy could
+    not listen again."""
+    import socket
+
+    from faultproxy import FaultProxy
+
+    class LowPortProxy(FaultProxy):
+        def _listen(self) -> None:
+            if self.port == 0:
+                with _ports_lock:
+                    for port in _ports:
+                        with socket.socket() as s:
+                            try:
+                                s.bind(("127.0.0.1", port))
+                            except OSError:
+                                continue
+                        self.port = port
+                        break
+            super()._listen()
+
+    return LowPortProxy(upstream)
+
+
+def run_one(ctx: Context, seed: int) -> tuple[dict[str, int], list[str], str | None]:
+    sch = schedule(seed, ctx.large)
+    root = ctx.scratch(f"store-{seed}")
+    ep = ctx.moto()
+    proxy = _proxy(ep.port)
+    violations: list[str] = []
+    faults: dict[str, int] = {}
+    try:
+        bucket = ep.new_bucket()
+        st = h.StationDirs(root, ctx.pub)
+        st.store_url, st.store_extra = ctx.s3_station_extra(ep, bucket, root, endpoint_url=proxy.url)
+        st.extra = "[spool]\nmin_free = 0\n"
+        st.store_extra = st.store_extra.replace("timeout = 5", "")
+        st.write()
+        stage = root / "stage" / SERIAL
+        h.small_camera(stage, random.Random(sch["camera_seed"]))
+        before = snapshot(stage)
+        cam = st.inbox / SERIAL
+        cam.parent.mkdir(parents=True, exist_ok=True)
+        revoked = [f for f in sch["faults"] if f["kind"] == "revoked"]
+        for f in sch["faults"]:
+            label = {"reset": "connection reset", "503": "503 burst", "500": "500 burst", "429": "429 burst",
+                     "stall": "stall", "outage": "outage", "revoked": "credentials revoked"}[f["kind"]]
+            faults[label] = faults.get(label, 0) + 1
+        if revoked:
+            _arm(proxy, revoked[0])
+        shutil.move(str(stage), str(cam))
+        timers = []
+        t0 = time.monotonic()
+        revoked_until = t0 + revoked[0]["for"] if revoked else 0.0
+        for f in sch["faults"]:
+            if f["kind"] == "revoked":
+                continue
+            timers.append(threading.Timer(f["at"], _arm, (proxy, f)))
+            if "for" in f:
+                timers.append(threading.Timer(f["at"] + f["for"], proxy.clear))
+        if revoked:
+            timers.append(threading.Timer(revoked[0]["for"], proxy.clear))
+        for t in timers:
+            t.start()
+        p = h.daemon(st, root / "run1.log", s3_min_part=h.TEST_MIN_PART)
+        n0 = 0
+        phase = None
+        deadline = t0 + max([f.get("at", 0) + f.get("for", 0) for f in sch["faults"]] + [0]) + 90
+        while time.monotonic() < deadline and p.is_alive():
+            if revoked and time.monotonic() < revoked_until - 0.2 and snapshot(cam) != before:
+                violations.append("a file was wiped while the store refused our credentials")
+                break
+            n, ph = h.last_phase(st.ledger, SERIAL)
+            if n > n0 and ph in ("done", "attention"):
+                phase = ph
+                break
+            time.sleep(0.05)
+        p.signal(15)
+        if p.wait(30) is None:
+            p.kill9()
+            p.wait(5)
+        for t in timers:
+            t.cancel()
+        proxy.clear()
+        unfinished = None
+        if phase != "done":
+            # retries ran out (or the wait did): restart on a healthy store, as an operator would
+            faults["restart after the fault"] = faults.get("restart after the fault", 0) + 1
+            p, phase = h.run_daemon_until_final(st, SERIAL, root / "run2.log", timeout=90,
+                                                s3_min_part=h.TEST_MIN_PART)
+            if phase != "done":
+                unfinished = f"phase {phase} after a restart on a healthy store ({root})"
+        events = [e["event"] for e in p.events()]
+        if revoked and "store.auth_failed" not in [e["event"] for e in h.Proc(0, 0, root / "run1.log").events()]:
+            violations.append("credentials were revoked but no store.auth_failed was logged")
+        del events
+        violations += ctx.invariants.check(before=before, camera_after=snapshot(cam),
+                                           store=S3View(ep.client(), bucket, "site"), spool=st.spool,
+                                           ledger=st.ledger, serial=SERIAL)
+        return faults, violations, unfinished
+    finally:
+        proxy.close()
+        if not ctx.keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @timed
 def campaign(ctx: Context, seed: int | None = None) -> Result:
-    r = Result("store_faults")
-    r.skipped = "not yet"
-    return r
+    res = Result("store-faults")
+    seeds = [seed] if seed is not None else list(range(140 if ctx.large else 14))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futs = {pool.submit(run_one, ctx, s): s for s in seeds}
+        for f in concurrent.futures.as_completed(futs):
+            s = futs[f]
+            try:
+                faults, violations, unfinished = f.result()
+            except Exception as exc:  # noqa: BLE001
+                faults, violations, unfinished = {}, [], f"harness error: {exc!r}"
+            res.add(s, faults, violations, unfinished)
+    longest = max(f.get("for", 0) for s in seeds for f in schedule(s, ctx.large)["faults"])
+    res.notes.append(f"{len(seeds)} schedules against moto through the fault proxy, under `dockd run`; "
+                     f"longest outage/stall/revocation {longest:.0f} s")
+    return res
