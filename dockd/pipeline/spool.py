@@ -167,16 +167,36 @@ class _Reader:
         self.size = size
         self.cancel = cancel
         self.sha = hashlib.sha256()
+        self._done = 0
+        # Buffers no larger than the file (one byte at least, to see it grow): a 64 KiB photo
+        # must not pay for 4 MiB of freshly zeroed, page-faulted memory. A file that fits in
+        # one buffer is read inline: a thread would only add its start-up to a single read.
+        inline = size <= BLOCK
         self._free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(self.POOL):
-            self._free.put(bytearray(BLOCK))
+        for _ in range(2 if inline else self.POOL):
+            self._free.put(bytearray(max(1, min(BLOCK, size))))
         self._full: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="spool-reader", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if not inline:
+            self._thread = threading.Thread(target=self._run, name="spool-reader", daemon=True)
+            self._thread.start()
+
+    def _read_into(self, buf: bytearray) -> tuple[bytearray, int] | None:
+        """One read into ``buf``, hashed: ``(buf, n)``, or None at the end of the file."""
+        try:
+            n = os.readv(self.fd, [buf])
+        except OSError as exc:
+            raise _read_error(exc, self.source) from exc
+        if n == 0:
+            return None
+        self._done += n
+        if self._done > self.size:
+            raise FileChangedError(f"{self.source}: grew while being read")
+        self.sha.update(memoryview(buf)[:n])
+        return buf, n
 
     def _run(self) -> None:
-        done = 0
         try:
             while not self._stop.is_set():
                 if self.cancel is not None and self.cancel.is_set():
@@ -185,18 +205,10 @@ class _Reader:
                     buf = self._free.get(timeout=0.2)
                 except queue.Empty:
                     continue
-                try:
-                    n = os.readv(self.fd, [buf])
-                except OSError as exc:
-                    raise _read_error(exc, self.source) from exc
-                if n == 0:
-                    self._full.put(None)
+                item = self._read_into(buf)
+                self._full.put(item)
+                if item is None:
                     return
-                done += n
-                if done > self.size:
-                    raise FileChangedError(f"{self.source}: grew while being read")
-                self.sha.update(memoryview(buf)[:n])
-                self._full.put((buf, n))
         except BaseException as exc:  # handed to the consumer, raised there
             self._full.put(exc)
 
@@ -204,6 +216,13 @@ class _Reader:
         return self
 
     def __next__(self) -> tuple[bytearray, int]:
+        if self._thread is None:
+            if self.cancel is not None and self.cancel.is_set():
+                raise DeviceGoneError(f"{self.source}: camera undocked during copy")
+            item = self._read_into(self._free.get_nowait())
+            if item is None:
+                raise StopIteration
+            return item
         item = self._full.get()
         if item is None:
             raise StopIteration
@@ -216,7 +235,8 @@ class _Reader:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(10)   # a hung device must not hang the session forever
+        if self._thread is not None:
+            self._thread.join(10)   # a hung device must not hang the session forever
 
 
 def _read_error(exc: OSError, source: Path) -> SourceError:
