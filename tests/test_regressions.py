@@ -34,3 +34,29 @@ def test_resume_after_learning_checksums_are_refused_aborts_the_old_upload(moto_
     assert client.head_object(Bucket=bucket, Key=full)["ContentLength"] == len(data)
     assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
     assert cp.load() is None
+
+
+def test_a_file_dated_past_2262_is_skipped_not_a_crashed_session(make_cfg, tmp_path):
+    """hostile campaign, mtimes layout: one file dated 9999 overflowed the ledger's 64-bit
+    mtime_ns, and the OverflowError ended the whole session (nothing else was copied)."""
+    from dockd.device.events import CameraDocked
+    from dockd.engine import Station
+    from dockd.model import Phase
+    from dockd.store.retry import RetryPolicy
+
+    cam = tmp_path / "cam"
+    (cam / "DCIM").mkdir(parents=True)
+    (cam / "DCIM/FAR.MP4").write_bytes(b"far future")
+    os.utime(cam / "DCIM/FAR.MP4", (253_402_300_000, 253_402_300_000))
+    (cam / "DCIM/NOW.MP4").write_bytes(b"today")
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(2), patient=False)
+    try:
+        st.start()
+        out = st.run_session(CameraDocked("CAMT", "generic", cam))
+        events = [e["event"] for e in st.ledger.events(limit=1000)]
+    finally:
+        st.close()
+    assert out.phase == Phase.DONE and out.wiped == 1
+    assert (cam / "DCIM/FAR.MP4").read_bytes() == b"far future"      # never deleted
+    assert not (cam / "DCIM/NOW.MP4").exists()
+    assert "wipe.done" in events

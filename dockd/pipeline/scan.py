@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 MAX_DEPTH = 64
+# A file identity's mtime is kept in nanoseconds in a SQLite INTEGER (64-bit): about the
+# years 1678 to 2262. A camera claiming a time outside that is skipped (never deleted),
+# rather than ending the whole session.
+MAX_MTIME_NS = 2**63 - 1
+MIN_MTIME_NS = -(2**63)
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,10 @@ def scan(root: Path, profile: Any, on_skip: Callable[[bytes, str], None] | None 
                     seen_dirs.add(key)
                     stack.append((rel, depth + 1))
             elif stat.S_ISREG(mode):
-                files[de.name] = st
+                if not MIN_MTIME_NS <= st.st_mtime_ns <= MAX_MTIME_NS:
+                    skip(rel, "modification time out of range (the ledger keeps 64-bit nanoseconds)")
+                else:
+                    files[de.name] = st
             else:
                 skip(rel, "not a regular file")
         _classify(rel_dir, files, profile, result)
