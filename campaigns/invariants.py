@@ -78,21 +78,29 @@ class S3View:
 
 
 def snapshot(root: Path) -> dict[bytes, bytes]:
-    """Every regular file under ``root`` (bytes paths, symlinks not followed) → its bytes."""
+    """Every regular file under ``root`` (bytes paths, symlinks not followed) → its bytes.
+    Iterative, so a 1,000-level tree is fine."""
+    import stat as _st
+
     out: dict[bytes, bytes] = {}
     root_b = os.fsencode(root)
-    for dirpath, dirnames, filenames in os.walk(root_b, followlinks=False):
-        for n in filenames:
-            p = os.path.join(dirpath, n)
-            if os.path.islink(p):
-                continue
+    stack = [b""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            with os.scandir(os.path.join(root_b, rel_dir) if rel_dir else root_b) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for de in entries:
+            rel = os.path.join(rel_dir, de.name) if rel_dir else de.name
             try:
-                import stat as _st
-
-                if not _st.S_ISREG(os.lstat(p).st_mode):
-                    continue
-                with open(p, "rb") as f:
-                    out[os.path.relpath(p, root_b)] = f.read()
+                mode = de.stat(follow_symlinks=False).st_mode
+                if _st.S_ISDIR(mode):
+                    stack.append(rel)
+                elif _st.S_ISREG(mode):
+                    with open(de.path, "rb") as f:
+                        out[rel] = f.read()
             except OSError:
                 continue
     return out
