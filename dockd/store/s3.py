@@ -81,6 +81,7 @@ S3_MAX_PART_SIZE = 5 * 1024 * MiB
 S3_MAX_PARTS = 10_000
 MAX_KEY_BYTES = 1024
 READ_BLOCK = 1 * MiB
+MAX_DIGESTS_KEPT = 256                 # put → verify digests kept (a few hundred bytes each)
 
 # Metadata we add next to the caller's (x-amz-meta-dockd-*).
 META_PART_SIZE = "dockd-part-size"     # how the ETag was formed; verify recomputes it
@@ -426,6 +427,10 @@ class S3Store(Store):
         self.max_parts = max_parts
         self._lock = threading.Lock()
         self._probed = False
+        # Digests ``put`` just computed, by the (SHA-256, size) the spooled file was checked
+        # against: ``verify`` reuses them rather than reading and hashing the file once more.
+        # Content-addressed, so always true of those bytes; dropped once verified, and bounded.
+        self._digests: dict[tuple[str, int], Digest] = {}
         # None: not yet known (auto); True/False once decided
         self._checksum_ok: bool | None = {"auto": None, "sha256": True, "off": False}[checksum]
         self._tagging_ok = True          # until the server says it has no tagging
@@ -634,6 +639,10 @@ class S3Store(Store):
                 f"put {key}: spooled file has {digest.size} bytes sha256 {digest.sha256[:16]}, "
                 f"expected {blob.size} bytes sha256 {blob.sha256[:16]}; nothing uploaded"
             )
+
+        self._digests[(digest.sha256, digest.size)] = digest
+        while len(self._digests) > MAX_DIGESTS_KEPT:
+            self._digests.pop(next(iter(self._digests)), None)
 
         existing = self._head(full, "put")
         if existing is not None and self._proof(full, existing, blob, digest) is True:
@@ -920,9 +929,10 @@ class S3Store(Store):
         head = self._head(full, "verify")
         if head is None:
             raise ObjectMissingError(f"{key}: not in store")
-        proof = self._proof(full, head, blob)
+        proof = self._proof(full, head, blob, self._digests.get((blob.sha256, blob.size)))
         if proof is not True:
             raise IntegrityError(f"{key}: {proof}")
+        self._digests.pop((blob.sha256, blob.size), None)
         return self._info(key, head, sha256=blob.sha256)
 
     def _info(self, key: str, head: Mapping[str, Any], sha256: str | None = None) -> ObjectInfo:
