@@ -84,13 +84,13 @@ def dockd_env() -> dict[str, str]:
 @dataclass
 class Sizes:
     recordings: int = 8
-    recording_size: int = 256 * MiB
+    recording_size: int = 128 * MiB
     sidecars: bool = True
     small_extra: int = 300                # a few hundred small files on the main camera
     small_extra_size: int = 48 * 1024
     scale_cameras: tuple[int, ...] = (1, 4, 8)
     scale_recordings: int = 2
-    scale_recording_size: int = 128 * MiB
+    scale_recording_size: int = 64 * MiB
     small_files: int = 10_000
     small_file_size: int = 64 * 1024
     rss_sizes: tuple[int, ...] = (256 * MiB, 4 * GiB)
@@ -372,7 +372,8 @@ class Env:
                      f"region = us-east-1\nforce_path_style = true\n\n")
         self.rclone_conf.write_text(conf)
         self.rclone_conf.chmod(0o600)
-        self._n = 0
+        # the control socket lives here: AF_UNIX paths are limited to 107 bytes, scratch paths are not
+        self.rundir = Path(tempfile.mkdtemp(prefix="dkb-", dir="/tmp"))
 
     def rclone(self, *args: str) -> list[str]:
         return ["rclone", "--config", str(self.rclone_conf), *args]
@@ -408,7 +409,7 @@ id = "bench"
 [paths]
 state_dir = "{d}/state"
 spool_dir = "{d}/state/spool"
-runtime_dir = "{d}/run"
+runtime_dir = "{self.rundir}/{tag}"
 [encryption]
 recipients = ["{self.recipient}"]
 [store]
@@ -430,6 +431,7 @@ format = "json"
 
         for p in reversed(self.procs):
             stop(p)
+        shutil.rmtree(self.rundir, ignore_errors=True)
         if self.ep:
             shutil.rmtree(self.swift_dir, ignore_errors=True)
 
@@ -587,7 +589,7 @@ def scale_dockd(env: Env, cams: list[Camera], r: int) -> Sample:
         deadline = time.monotonic() + 60
         while not events(log, "daemon.started"):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"dockd run did not start; {log}")
+                raise BenchError(f"dockd run did not start; {log}:\n{log.read_text()[-2000:]}")
             time.sleep(0.05)
         with contextlib.ExitStack() as stack:
             for i, cam in enumerate(cams):
@@ -942,9 +944,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     ap.add_argument("--rev", default="HEAD", help="measure dockd as committed at this revision (default HEAD)")
     ap.add_argument("--work-tree", action="store_true", help="measure the work tree's dockd, edits and all")
+    ap.add_argument("--recordings", type=int, help="recordings on the main camera (default 8)")
+    ap.add_argument("--recording-mib", type=int, help="MiB per recording on the main camera (default 128)")
+    ap.add_argument("--small-files", type=int, help="files in the small-files run (default 10,000)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite RESULTS.md and the plot from --out/results.json (after editing FINDINGS.md)")
     args = ap.parse_args(argv)
+    if args.report_only:
+        saved = json.loads((args.out / "results.json").read_text())
+        report(Results([Sample(**d) for d in saved["samples"]]), saved["info"], args.out)
+        print((args.out / "RESULTS.md").read_text())
+        return 0
     preset = "quick" if args.quick else "tiny" if args.tiny else "default"
     s = Sizes.preset(preset)
+    if args.recordings:
+        s.recordings = args.recordings
+    if args.recording_mib:
+        s.recording_size = args.recording_mib * MiB
+    if args.small_files:
+        s.small_files = args.small_files
     if args.no_s3:
         s.s3 = False
     parts = set(args.only.split(","))
