@@ -3,7 +3,7 @@
 Crash-safe saves the restic way: temp file in the same directory, fsync,
 read back and hashed (size and SHA-256 must match the blob), rename, fsync the
 directory. A crash leaves either the whole object or a ``.tmp-*`` file, which
-a later put of that key removes once it is an hour old.
+the next put of that key removes.
 """
 
 from __future__ import annotations
@@ -32,9 +32,6 @@ BLOCK = 1 << 20
 TMP_PREFIX = ".tmp-"
 
 
-STALE_TEMP_SECONDS = 3600
-
-
 def _copy(src: int, dst: int) -> None:
     """Kernel-side copy where possible (no user-space buffers), else a plain loop."""
     try:
@@ -51,19 +48,6 @@ def _copy(src: int, dst: int) -> None:
         view = memoryview(chunk)
         while view:
             view = view[os.write(dst, view):]
-
-
-def _remove_stale_temps(dest: Path) -> None:
-    """Temp files a crash left for this key (older than an hour: not a live put)."""
-    import time
-
-    now = time.time()
-    for p in dest.parent.glob(f"{TMP_PREFIX}{dest.name}.*"):
-        try:
-            if now - p.stat().st_mtime > STALE_TEMP_SECONDS:
-                p.unlink()
-        except OSError:
-            pass
 
 
 def _classify(exc: OSError, what: str) -> Exception:
@@ -83,6 +67,7 @@ class DirStore(Store):
         self.root = Path(root)
         self.url = url or f"file://{self.root}"
         self._lock = threading.Lock()
+        self._writing: set[Path] = set()          # temp files our puts are writing now
         # key -> (inode, size, mtime_ns, sha256) of objects this process put and read back
         self._proven: dict[str, tuple[int, int, int, str]] = {}
 
@@ -107,7 +92,9 @@ class DirStore(Store):
         tmp = dest.with_name(f"{TMP_PREFIX}{dest.name}.{uuid.uuid4().hex[:12]}")
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale_temps(dest)
+            with self._lock:
+                self._writing.add(tmp)
+                self._remove_dead_temps(dest)
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
                 with blob.open() as src:
@@ -132,6 +119,16 @@ class DirStore(Store):
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _classify(exc, f"put {key}") from exc
+        finally:
+            with self._lock:
+                self._writing.discard(tmp)
+
+    def _remove_dead_temps(self, dest: Path) -> None:
+        """Temp files of this key that no put of ours is writing: a crash left them.
+        (One dockd writes a station's keys; the station id is part of every key.)"""
+        for p in dest.parent.glob(f"{TMP_PREFIX}{dest.name}.*"):
+            if p not in self._writing:
+                p.unlink(missing_ok=True)
 
     def verify(self, key: str, blob: Blob) -> ObjectInfo:
         """Size and SHA-256 of the object. An object this store put and read back,

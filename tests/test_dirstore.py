@@ -1,0 +1,48 @@
+"""file:// specifics beyond the conformance suite."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from dockd.store.base import Blob, MemoryCheckpoint
+from dockd.store.dirstore import TMP_PREFIX, DirStore
+
+
+def blob(tmp_path, data: bytes) -> Blob:
+    p = tmp_path / "spooled.age"
+    p.write_bytes(data)
+    return Blob(p, len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_put_removes_temp_files_a_crash_left_for_that_key(tmp_path):
+    store = DirStore(tmp_path / "store")
+    key = "ev/dock/CAM/2026-11-21/A.MP4.0123456789abcdef.age"
+    leftover = tmp_path / "store" / "ev/dock/CAM/2026-11-21" / f"{TMP_PREFIX}A.MP4.0123456789abcdef.age.deadbeef0000"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half an object from a killed dockd")
+    other = leftover.with_name(f"{TMP_PREFIX}B.MP4.fedcba9876543210.age.deadbeef0000")
+    other.write_bytes(b"another key's: not ours to touch now")
+    b = blob(tmp_path, os.urandom(70_000))
+    store.put(key, b, MemoryCheckpoint())
+    store.verify(key, b)
+    assert not leftover.exists()
+    assert other.exists()
+    assert [o.key for o in store.list()] == [key]
+
+
+def test_verify_rehashes_an_object_changed_after_put(tmp_path):
+    store = DirStore(tmp_path / "store")
+    key = "k/A.age"
+    b = blob(tmp_path, b"x" * 100_000)
+    store.put(key, b, MemoryCheckpoint())
+    obj = tmp_path / "store" / key
+    data = bytearray(obj.read_bytes())
+    data[10] ^= 1
+    obj.write_bytes(bytes(data))
+    import pytest
+
+    from dockd.errors import IntegrityError
+
+    with pytest.raises(IntegrityError):
+        store.verify(key, b)
