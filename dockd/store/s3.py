@@ -630,6 +630,7 @@ class S3Store(Store):
                 state = None
         else:
             state = None
+        self._reap_orphans(full, keep=state.get("upload_id") if state else None)
 
         digest = digest_file(blob.path, ps)
         if digest.size != blob.size or digest.sha256 != blob.sha256:
@@ -710,6 +711,22 @@ class S3Store(Store):
             self._checksum_supported()
         else:
             self._checksum_unsupported("server ignored it")
+
+    def _reap_orphans(self, full: str, keep: str | None) -> None:
+        """Abort multipart uploads of this key that no checkpoint knows: a crash
+        between CreateMultipartUpload and the checkpoint's first save leaves one.
+        Keys are deterministic and one station writes its own, so any other
+        upload of this key is ours and abandoned."""
+        try:
+            r = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=full)
+        except Exception as exc:  # noqa: BLE001 - classified
+            err = classify(exc, f"list uploads {full}")
+            if isinstance(err, StoreAuthError) or err.retryable:
+                raise err from exc
+            return   # a server without ListMultipartUploads: nothing we can reap
+        for u in r.get("Uploads") or []:
+            if u.get("Key") == full and u.get("UploadId") != keep:
+                self._abort(full, u["UploadId"], _NoCheckpoint())
 
     def _abort(self, full: str, upload_id: str, checkpoint: Checkpoint) -> None:
         try:
