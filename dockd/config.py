@@ -142,7 +142,7 @@ class UploadConfig(_Section):
     attempts: int = Field(default=5, ge=1)
     backoff_initial: float = Field(default=0.5, ge=0)
     backoff_max: float = Field(default=60.0, ge=0)
-    max_attempts_total: int = Field(default=50, ge=1)
+    max_integrity_retries: int = Field(default=5, ge=1)     # store copy differs this often → attention
     rate_limit: Size = 0                                     # bytes/s, 0 = unlimited
     timetable: list[TimetableEntry] = Field(default_factory=list)
 

@@ -122,7 +122,7 @@ class Station:
         self.uploader = Uploader(
             self.ledger, self.store, self.spool, self.policy,
             concurrency=cfg.upload.concurrency,
-            max_attempts=cfg.upload.max_attempts_total,
+            max_integrity_retries=cfg.upload.max_integrity_retries,
             metadata=self._metadata,
             is_docked=self.is_docked,
             logger=self.log,
@@ -366,16 +366,17 @@ class Station:
         res = scan(ev.mount, profile, on_skip)
         found_markers = flags.markers(ev.mount, res.entries, profile.flag_from, on_marker_error)
         recs.clear()
-        for e in res.entries:
-            marker = found_markers.get(e.rel_path)
-            rec = self.ledger.upsert_found(ev.serial, sid, profile.name, e.rel_path, e.size, e.mtime_ns,
-                                           e.role, flagged=flags.is_event(marker))
-            if marker is not None:
-                self._note_marker(rec, marker, lg)
-            if rec.state == RecState.ATTENTION and not rec.spool_path:
-                rec = self.ledger.transition(rec.id, RecState.FOUND, error=None)
-            self.ledger.supersede(ev.serial, e.rel_path, rec.id)
-            recs[rec.id] = rec
+        with self.ledger.tx():      # one commit for the whole listing, not one per file
+            for e in res.entries:
+                marker = found_markers.get(e.rel_path)
+                rec = self.ledger.upsert_found(ev.serial, sid, profile.name, e.rel_path, e.size, e.mtime_ns,
+                                               e.role, flagged=flags.is_event(marker))
+                if marker is not None:
+                    self._note_marker(rec, marker, lg)
+                if rec.state == RecState.ATTENTION and not rec.spool_path:
+                    rec = self.ledger.transition(rec.id, RecState.FOUND, error=None)
+                self.ledger.supersede(ev.serial, e.rel_path, rec.id)
+                recs[rec.id] = rec
         log.emit(lg, "scan.done", recordings=sum(1 for e in res.entries if e.role == "recording"),
                  sidecars=sum(1 for e in res.entries if e.role == "sidecar"), bytes=res.bytes,
                  ignored=res.ignored, skipped=len(res.skipped))
@@ -472,23 +473,34 @@ class Station:
     def _wait_uploads(self, sid: int, recs: dict[int, Recording], lg: Any, live: LiveSession,
                       cancel: threading.Event) -> bool:
         """Wait until every recording of this dock is settled. True if some must be copied again
-        (their spool copy was lost or corrupt while the camera is still here)."""
+        (their spool copy was lost or corrupt while the camera is still here).
+
+        A recording the upload pool holds (queued or uploading) is never settled,
+        whatever its ledger state says: after a restart, recordings that had given
+        up are queued again while still ``failed``."""
         self._set_phase(sid, live, Phase.UPLOADING, lg)
         after_spooled = self.cfg.wipe.after == "spooled"
+        settled = (RecState.VERIFIED, RecState.WIPED, RecState.ATTENTION, RecState.SUPERSEDED)
         while True:
-            cur = [self.ledger.get(i) for i in recs]
+            busy = self.uploader.busy_ids()
+            delayed = self.uploader.delayed_ids()
             pending = []
-            for r in cur:
-                if r.state in (RecState.VERIFIED, RecState.WIPED, RecState.ATTENTION):
+            for r in self.ledger.recordings(session_id=sid):   # one query, not one per file
+                if r.id not in recs or r.state in settled:
+                    continue
+                if after_spooled and r.is_durable:
+                    continue
+                if r.id in busy:
+                    pending.append(r.id)
                     continue
                 if r.state == RecState.FAILED and not r.spool_path:
                     continue          # could not be read this time: left on the camera
-                if after_spooled and r.is_durable:
-                    continue
                 if r.state == RecState.FAILED and (r.next_attempt_at is None or not self.patient):
                     continue          # gave up (permanent) or a one-shot run: reported
                 if r.state == RecState.FOUND and r.spool_path is None:
                     return True       # back to found: copy again
+                if r.spool_path and r.id not in delayed:
+                    self.uploader.submit(r)   # spooled but held by nobody: never strand it
                 pending.append(r.id)
             if not pending:
                 return False

@@ -36,6 +36,7 @@ from ..store.retry import RetryPolicy
 from .spool import Spool
 
 AUTH_PROBE_SECONDS = 15.0
+BUG_RETRY_SECONDS = 30.0
 
 
 class Uploader:
@@ -47,7 +48,7 @@ class Uploader:
         policy: RetryPolicy,
         *,
         concurrency: int = 4,
-        max_attempts: int = 50,
+        max_integrity_retries: int = 5,
         metadata: Callable[[Recording], dict[str, str]] = lambda r: {},
         is_docked: Callable[[str], bool] = lambda serial: False,
         logger: Any = None,
@@ -56,7 +57,7 @@ class Uploader:
         self.store = store
         self.spool = spool
         self.policy = policy
-        self.max_attempts = max_attempts
+        self.max_integrity_retries = max_integrity_retries
         self.metadata = metadata
         self.is_docked = is_docked
         self.log = logger or log.get()
@@ -127,6 +128,16 @@ class Uploader:
                 "last_store_error": self.last_store_error,
                 "last_success": self.last_success,
             }
+
+    def busy_ids(self) -> set[int]:
+        """Recordings queued or uploading right now."""
+        with self._cv:
+            return self._queued | self._active
+
+    def delayed_ids(self) -> set[int]:
+        """Recordings waiting for their next attempt."""
+        with self._cv:
+            return set(self._delayed)
 
     def is_idle_for(self, rec_ids: Iterable[int]) -> bool:
         ids = set(rec_ids)
@@ -215,6 +226,7 @@ class Uploader:
                 self.upload_one(rec_id)
             except Exception as exc:  # a bug must not kill the pool; it is logged loudly
                 self.log.exception("upload.bug", recording_id=rec_id, error=str(exc))
+                self.submit_later(rec_id, time.time() + BUG_RETRY_SECONDS)   # never strand it
             finally:
                 self._done(rec_id)
 
@@ -288,9 +300,12 @@ class Uploader:
         log.emit(lg, "upload.verified", key=rec.object_key, size=blob.size)
         return RecState.VERIFIED
 
-    def _failed(self, rec: Recording, lg: Any, exc: DockdError) -> RecState:
+    def _failed(self, rec: Recording, lg: Any, exc: DockdError, limit: int | None = None) -> RecState:
+        """Record a failed round. Transient errors are retried for as long as it
+        takes (an outage may last hours; the backoff is capped by the policy);
+        permanent ones, or more than ``limit`` rounds, wait for a human."""
         attempts = rec.attempts + 1
-        if not exc.retryable or attempts >= self.max_attempts:
+        if not exc.retryable or (limit is not None and attempts >= limit):
             self.ledger.transition(rec.id, RecState.FAILED, event="upload.failed", error=str(exc),
                                    count_attempt=True, next_attempt_at=None)
             log.emit(lg, "upload.failed", attempts=attempts, next_attempt_in=None, error=str(exc))
@@ -320,7 +335,7 @@ class Uploader:
         except DockdError:
             pass
         self.ledger.checkpoint_clear(rec.id)
-        return self._failed(rec, lg, _Retry(str(exc)))
+        return self._failed(rec, lg, _Retry(str(exc)), limit=self.max_integrity_retries)
 
     def _back_to_found(self, rec: Recording, lg: Any, why: str) -> RecState:
         """The spool copy is lost or bad: copy again from the camera if it is here."""

@@ -133,11 +133,14 @@ class DirStore(Store):
         dead = self._dead.get(dest.parent)
         if dead is None:
             dead = self._dead[dest.parent] = {}
-            with os.scandir(dest.parent) as it:
-                for e in it:
-                    if e.name.startswith(TMP_PREFIX):
-                        name = e.name[len(TMP_PREFIX):].rsplit(".", 1)[0]
-                        dead.setdefault(name, []).append(dest.parent / e.name)
+            try:
+                with os.scandir(dest.parent) as it:
+                    for e in it:
+                        if e.name.startswith(TMP_PREFIX):
+                            name = e.name[len(TMP_PREFIX):].rsplit(".", 1)[0]
+                            dead.setdefault(name, []).append(dest.parent / e.name)
+            except FileNotFoundError:
+                pass                        # a new day's directory: nothing was left in it
         for p in dead.pop(dest.name, ()):
             if p not in self._writing:
                 p.unlink(missing_ok=True)
@@ -148,6 +151,7 @@ class DirStore(Store):
         path = self._path(key)
         with self._lock:
             proof = self._proven.get(key)
+            self._remove_dead_temps(path)   # a crash mid-put, then "already there": no put follows
         if proof is not None:
             try:
                 st = os.stat(path)

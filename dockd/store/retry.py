@@ -44,7 +44,8 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (attempt counts from 1)."""
-        cap = min(self.maximum, self.initial * self.multiplier ** max(0, attempt - 1))
+        exponent = min(max(0, attempt - 1), 64)    # recordings retry for as long as an outage lasts
+        cap = min(self.maximum, self.initial * self.multiplier ** exponent)
         return (rng or random).uniform(cap / 2, cap) if cap > 0 else 0.0
 
     def call(
