@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -136,6 +137,9 @@ class BenchError(RuntimeError):
 TIME = shutil.which("time", path="/usr/bin:/bin")
 
 
+TIMEOUT = 1800.0    # seconds any one measured command may take (a hung tool must not hang the bench)
+
+
 def timed(argvs: list[list[str]], log: Path, env: dict[str, str] | None = None,
           cwd: Path | None = None) -> tuple[float, float, int]:
     """Start every argv at once; wait for all. (wall seconds, user+sys, max RSS kB).
@@ -151,11 +155,23 @@ def timed(argvs: list[list[str]], log: Path, env: dict[str, str] | None = None,
     with open(log, "ab") as out:
         t0 = time.monotonic()
         procs = [subprocess.Popen(a, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  env=env, cwd=cwd) for a in argvs]
+                                  env=env, cwd=cwd, start_new_session=True) for a in argvs]
+        expired = threading.Event()
+
+        def kill_all() -> None:
+            expired.set()
+            for p in procs:
+                with contextlib.suppress(OSError):
+                    os.killpg(p.pid, signal.SIGKILL)
+
+        timer = threading.Timer(TIMEOUT, kill_all)
+        timer.start()
         cpu, rss, bad = 0.0, 0, []
         for p, st in zip(procs, stats):
             _, status, ru = os.wait4(p.pid, 0)
             p.returncode = os.waitstatus_to_exitcode(status)
+            if expired.is_set():
+                continue
             if TIME:
                 u, s_, m = st.read_text().strip().splitlines()[-1].split()
                 cpu += float(u) + float(s_)
@@ -167,6 +183,9 @@ def timed(argvs: list[list[str]], log: Path, env: dict[str, str] | None = None,
             if p.returncode != 0:
                 bad.append((p.args, p.returncode))
         wall = time.monotonic() - t0
+        timer.cancel()
+    if expired.is_set():
+        raise BenchError(f"{argvs[0][:8]}… took over {TIMEOUT:.0f} s, killed; log {log}:\n{log.read_text()[-2000:]}")
     if bad:
         raise BenchError(f"{bad[0][0][:8]}… exited {bad[0][1]}; log {log}:\n{log.read_text()[-2000:]}")
     return wall, cpu, rss
@@ -604,7 +623,7 @@ def scale_dockd(env: Env, cams: list[Camera], r: int) -> Sample:
             while len(events(log, "session.done")) < n:
                 if events(log, "session.attention") or proc.poll() is not None:
                     raise BenchError(f"dockd run: a session needs attention; {log}")
-                if time.monotonic() - t0 > 1800:
+                if time.monotonic() - t0 > TIMEOUT:
                     raise BenchError(f"dockd run: timed out; {log}")
                 time.sleep(0.02)
             wall = time.monotonic() - t0
@@ -935,7 +954,8 @@ def main(argv: list[str] | None = None) -> int:
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="a smoke run of about two minutes (small data)")
     g.add_argument("--tiny", action="store_true", help="a few seconds of data: for the test suite")
-    ap.add_argument("--runs", type=int, default=3, help="rounds per measurement (default 3)")
+    ap.add_argument("--runs", type=int, default=None,
+                    help="rounds per measurement (default 3; 2 with --quick, 1 with --tiny)")
     ap.add_argument("--out", type=Path, default=REPO / "bench", help="where RESULTS.md etc. go")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: under /var/tmp)")
     ap.add_argument("--plain-dir", action="store_true", help="plain-directory cameras even if loop devices work")
@@ -956,6 +976,11 @@ def main(argv: list[str] | None = None) -> int:
         print((args.out / "RESULTS.md").read_text())
         return 0
     preset = "quick" if args.quick else "tiny" if args.tiny else "default"
+    if args.runs is None:
+        args.runs = 2 if args.quick else 1 if args.tiny else 3
+    global TIMEOUT
+    if args.tiny:
+        TIMEOUT = 40.0
     s = Sizes.preset(preset)
     if args.recordings:
         s.recordings = args.recordings

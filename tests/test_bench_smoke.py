@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +25,20 @@ def test_bench_tiny_run(tmp_path: Path) -> None:
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed")
     out = tmp_path / "out"
-    r = subprocess.run(
+    # the bench kills any one command after 40 s in --tiny mode and cleans up its mounts;
+    # its own session, so that nothing it started can outlive the test
+    proc = subprocess.Popen(
         [sys.executable, "-m", "bench.run", "--tiny", "--runs", "1", "--no-s3", "--work-tree",
          "--out", str(out), "--work", str(tmp_path / "work")],
-        cwd=REPO, capture_output=True, text=True, timeout=110,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)), start_new_session=True,
     )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    try:
+        stdout, _ = proc.communicate(timeout=110)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, _ = proc.communicate()
+    assert proc.returncode == 0, stdout[-4000:]
     text = (out / "RESULTS.md").read_text()
     for row in ("| cat |", "| cp + sync |", "| sha256sum + age |", "rclone move crypt → local",
                 "dockd ingest → file://", "dockd spool stage", "## Several cameras at once",
