@@ -127,12 +127,15 @@ def run_one(ctx: Context, seed: int) -> tuple[dict[str, int], list[str], str | N
         timers = []
         t0 = time.monotonic()
         revoked_until = t0 + revoked[0]["for"] if revoked else 0.0
+        # The proxy holds one fault at a time: arming or clearing another would end the
+        # revocation early, so the other faults come after it.
+        after = revoked[0]["for"] if revoked else 0.0
         for f in sch["faults"]:
             if f["kind"] == "revoked":
                 continue
-            timers.append(threading.Timer(f["at"], _arm, (proxy, f)))
+            timers.append(threading.Timer(after + f["at"], _arm, (proxy, f)))
             if "for" in f:
-                timers.append(threading.Timer(f["at"] + f["for"], proxy.clear))
+                timers.append(threading.Timer(after + f["at"] + f["for"], proxy.clear))
         if revoked:
             timers.append(threading.Timer(revoked[0]["for"], proxy.clear))
         for t in timers:
@@ -140,7 +143,8 @@ def run_one(ctx: Context, seed: int) -> tuple[dict[str, int], list[str], str | N
         p = h.daemon(st, root / "run1.log", s3_min_part=h.TEST_MIN_PART)
         n0 = 0
         phase = None
-        deadline = t0 + max([f.get("at", 0) + f.get("for", 0) for f in sch["faults"]] + [0]) + 90
+        deadline = t0 + (revoked[0]["for"] if revoked else 0.0) + max(
+            [f.get("at", 0) + f.get("for", 0) for f in sch["faults"]] + [0]) + 90
         while time.monotonic() < deadline and p.is_alive():
             if revoked and time.monotonic() < revoked_until - 0.2 and snapshot(cam) != before:
                 violations.append("a file was wiped while the store refused our credentials")

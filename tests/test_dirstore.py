@@ -15,19 +15,19 @@ def blob(tmp_path, data: bytes) -> Blob:
     return Blob(p, len(data), hashlib.sha256(data).hexdigest())
 
 
-def test_put_removes_temp_files_a_crash_left_for_that_key(tmp_path):
+def test_first_put_in_a_directory_removes_temp_files_a_crash_left(tmp_path):
     store = DirStore(tmp_path / "store")
     key = "ev/dock/CAM/2026-11-21/A.MP4.0123456789abcdef.age"
     leftover = tmp_path / "store" / "ev/dock/CAM/2026-11-21" / f"{TMP_PREFIX}A.MP4.0123456789abcdef.age.deadbeef0000"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"half an object from a killed dockd")
-    other = leftover.with_name(f"{TMP_PREFIX}B.MP4.fedcba9876543210.age.deadbeef0000")
-    other.write_bytes(b"another key's: not ours to touch now")
+    other = leftover.with_name(f"{TMP_PREFIX}session-1.manifest.json.sig.deadbeef0000")
+    other.write_bytes(b"a killed put of a key that is never put again")
     b = blob(tmp_path, os.urandom(70_000))
     store.put(key, b, MemoryCheckpoint())
     store.verify(key, b)
     assert not leftover.exists()
-    assert other.exists()
+    assert not other.exists()
     assert [o.key for o in store.list()] == [key]
 
 

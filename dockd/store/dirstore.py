@@ -68,7 +68,7 @@ class DirStore(Store):
         self.url = url or f"file://{self.root}"
         self._lock = threading.Lock()
         self._writing: set[Path] = set()          # temp files our puts are writing now
-        self._dead: dict[Path, dict[str, list[Path]]] = {}   # dir -> key name -> temps found
+        self._listed: set[Path] = set()        # directories already swept for dead temp files
         # key -> (inode, size, mtime_ns, sha256) of objects this process put and read back
         self._proven: dict[str, tuple[int, int, int, str]] = {}
 
@@ -125,23 +125,21 @@ class DirStore(Store):
                 self._writing.discard(tmp)
 
     def _remove_dead_temps(self, dest: Path) -> None:
-        """Temp files of this key that no put of ours is writing: a crash left them.
-        (One dockd writes a station's keys; the station id is part of every key.)
-        A directory is listed once per process, at its first put: temp files a crash
-        left are there by then, and listing it at every put would make a camera of n
-        files cost n² directory entries."""
-        dead = self._dead.get(dest.parent)
-        if dead is None:
-            dead = self._dead[dest.parent] = {}
-            try:
-                with os.scandir(dest.parent) as it:
-                    for e in it:
-                        if e.name.startswith(TMP_PREFIX):
-                            name = e.name[len(TMP_PREFIX):].rsplit(".", 1)[0]
-                            dead.setdefault(name, []).append(dest.parent / e.name)
-            except FileNotFoundError:
-                pass                        # a new day's directory: nothing was left in it
-        for p in dead.pop(dest.name, ()):
+        """Temp files a crash left in ``dest``'s directory. One dockd writes a station's
+        keys (the station id is part of every key), so at this process's first look at
+        a directory every temp file there that none of our puts is writing is dead,
+        whichever key it was for (a session's manifest is never put again). A
+        directory is listed once per process: listing it at every put would make a
+        camera of n files cost n² directory entries."""
+        if dest.parent in self._listed:
+            return
+        self._listed.add(dest.parent)
+        try:
+            with os.scandir(dest.parent) as it:
+                dead = [dest.parent / e.name for e in it if e.name.startswith(TMP_PREFIX)]
+        except FileNotFoundError:
+            return                          # a new day's directory: nothing was left in it
+        for p in dead:
             if p not in self._writing:
                 p.unlink(missing_ok=True)
 
