@@ -275,6 +275,10 @@ class Station:
         recs: dict[int, Recording] = {}
         phase = Phase.DONE
         try:
+            try:
+                root_dev: int | None = os.stat(ev.mount).st_dev
+            except OSError as exc:
+                raise DeviceGoneError(f"camera root unreadable: {exc.strerror}") from exc
             for _pass in range(MAX_SCAN_PASSES):
                 with reader:
                     changed = self._scan_and_spool(ev, profile, sid, lg, live, cancel, recs, failed,
@@ -284,7 +288,7 @@ class Station:
                     break
                 failed.clear()
             self._set_phase(sid, live, Phase.WIPING, lg)
-            result = wipe(ev.mount, [self.ledger.get(i) for i in recs], self.ledger, lg)
+            result = wipe(ev.mount, [self.ledger.get(i) for i in recs], self.ledger, lg, root_dev)
             refused += [(r.name, why) for r, why in result.refused]
             failed += [(r.name, why) for r, why in result.failed]
             if cancel.is_set():
@@ -526,8 +530,10 @@ class Station:
         key = naming.manifest_key(self.cfg.store.prefix, self.cfg.station.id, session["serial"], sid,
                                   session["docked_at"])
         sig_key = key + custody.SIG_SUFFIX
-        path = self.spool.root / f"manifest-{sid}.json"
-        sig_path = self.spool.root / f"manifest-{sid}.json.sig"
+        # unique names: nothing else may write these between write_bytes and put's read
+        tag = f"{sid}-{os.getpid()}-{threading.get_ident()}"
+        path = self.spool.root / f"manifest-{tag}.json"
+        sig_path = self.spool.root / f"manifest-{tag}.json.sig"
         meta = {"camera": session["serial"], "station": self.cfg.station.id}
         try:
             # the manifest first: a signature is never in the store without what it signs

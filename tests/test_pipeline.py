@@ -280,3 +280,28 @@ def test_growing_file_is_never_spooled_as_whole(make_cfg, tmp_path):
     assert len(good) == 1 and good[0].size == (4 << 20) + 100
     assert any(r.state == RecState.SUPERSEDED for r in recs)
     assert out.ok
+
+
+def test_wipe_never_trusts_absence_on_a_mount_point_that_lost_its_camera(make_cfg, tmp_path):
+    """After a pull-out, a lazily unmounted mount point shows the empty directory
+    beneath it: every file looks 'already absent'. That must not count as wiped."""
+    from dockd.errors import DeviceGoneError
+    from dockd.ledger import Ledger
+    from dockd.pipeline.wipe import wipe
+    from dockd import log as dlog
+
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    sid = ledger.open_session("CAMX", "generic", str(tmp_path), None, None, {})
+    rec = ledger.upsert_found("CAMX", sid, "generic", b"DCIM/A.MP4", 10, 1, "recording")
+    rec = ledger.transition(rec.id, RecState.SPOOLED, plain_sha256="a" * 64, cipher_sha256="b" * 64,
+                            cipher_size=50, object_key="k", spool_path="p")
+    rec = ledger.transition(rec.id, RecState.VERIFIED)
+    empty_mount_point = tmp_path / "mnt"
+    empty_mount_point.mkdir()
+    scanned_dev = os.stat(empty_mount_point).st_dev + 1          # the camera's filesystem, now gone
+    with pytest.raises(DeviceGoneError):
+        wipe(empty_mount_point, [rec], ledger, dlog.get(), root_dev=scanned_dev)
+    assert ledger.get(rec.id).state == RecState.VERIFIED
+    # on the camera itself, an absent verified file is wiped (idempotent after a crash)
+    res = wipe(empty_mount_point, [rec], ledger, dlog.get(), root_dev=os.stat(empty_mount_point).st_dev)
+    assert [r.id for r in res.wiped] == [rec.id] and ledger.get(rec.id).state == RecState.WIPED

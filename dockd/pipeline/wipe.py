@@ -32,9 +32,26 @@ class WipeResult:
     failed: list[tuple[Recording, str]] = field(default_factory=list)
 
 
-def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any) -> WipeResult:
+def _same_camera(root_b: bytes, root_dev: int | None) -> None:
+    """Raise unless ``root`` is still the filesystem the session scanned. After a
+    pull-out a lazily unmounted mount point shows the empty directory beneath it,
+    where every file looks "already absent"; absence proves nothing there."""
+    if root_dev is None:
+        return
+    try:
+        dev = os.stat(root_b).st_dev
+    except OSError as exc:
+        raise DeviceGoneError(f"camera gone during wipe: {exc.strerror}") from exc
+    if dev != root_dev:
+        raise DeviceGoneError("camera gone during wipe: its mount point no longer holds it")
+
+
+def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
+         root_dev: int | None = None) -> WipeResult:
+    """``root_dev``: the camera root's st_dev when the session scanned it."""
     result = WipeResult()
     root_b = os.fsencode(root)
+    _same_camera(root_b, root_dev)
     dirs: set[bytes] = set()
     unlinked: list[tuple[Recording, bytes]] = []
     for rec in recs:
@@ -45,6 +62,7 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any) -> Wipe
         try:
             st = os.lstat(path)
         except FileNotFoundError:
+            _same_camera(root_b, root_dev)
             ledger.transition(rec.id, RecState.WIPED, event="wipe.done", error="already absent")
             log.emit(lg, "wipe.done", note="already absent")
             result.wiped.append(rec)
@@ -70,7 +88,7 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any) -> Wipe
         try:
             os.unlink(path)
         except FileNotFoundError:
-            pass
+            _same_camera(root_b, root_dev)
         except OSError as exc:
             if exc.errno in GONE_ERRNOS:
                 raise DeviceGoneError(f"camera gone during wipe: {exc.strerror}") from exc
@@ -81,6 +99,7 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any) -> Wipe
         unlinked.append((rec, path))
     for d in dirs:
         _fsync_dir(d)
+    _same_camera(root_b, root_dev)      # a deletion is only confirmed on the camera itself
     for rec, path in unlinked:
         lg = logger.bind(camera=rec.serial, recording=rec.name, sha256=rec.plain_sha256)
         if os.path.lexists(path):   # list again: the deletion must be visible
