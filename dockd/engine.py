@@ -64,6 +64,7 @@ class LiveSession:
     current: str | None = None
     bay: str | None = None
     safe_to_undock: bool = False
+    primary_of: dict[bytes, bytes] = field(default_factory=dict)   # sidecar -> its recording
     docked_at: float = field(default_factory=time.time)
 
 
@@ -288,7 +289,8 @@ class Station:
                     break
                 failed.clear()
             self._set_phase(sid, live, Phase.WIPING, lg)
-            result = wipe(ev.mount, [self.ledger.get(i) for i in recs], self.ledger, lg, root_dev)
+            result = wipe(ev.mount, _complete_groups([self.ledger.get(i) for i in recs], live.primary_of),
+                          self.ledger, lg, root_dev)
             refused += [(r.name, why) for r, why in result.refused]
             failed += [(r.name, why) for r, why in result.failed]
             if cancel.is_set():
@@ -368,6 +370,7 @@ class Station:
                      reason=reason)
 
         res = scan(ev.mount, profile, on_skip)
+        live.primary_of = {e.rel_path: e.primary for e in res.entries if e.primary is not None}
         found_markers = flags.markers(ev.mount, res.entries, profile.flag_from, on_marker_error)
         recs.clear()
         with self.ledger.tx():      # one commit for the whole listing, not one per file
@@ -552,6 +555,15 @@ class Station:
         finally:
             path.unlink(missing_ok=True)
             sig_path.unlink(missing_ok=True)
+
+
+def _complete_groups(recs: list[Recording], primary_of: dict[bytes, bytes]) -> list[Recording]:
+    """The recordings the wipe may touch: a recording goes only together with all of
+    its sidecars (each verified), so no sidecar is ever left on the camera without the
+    recording that makes the next scan see it as ours."""
+    blocked = {primary_of[r.rel_path] for r in recs
+               if r.rel_path in primary_of and r.state != RecState.VERIFIED}
+    return [r for r in recs if r.rel_path not in blocked]
 
 
 def _is_mounted(path: Path) -> bool:

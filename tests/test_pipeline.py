@@ -305,3 +305,22 @@ def test_wipe_never_trusts_absence_on_a_mount_point_that_lost_its_camera(make_cf
     # on the camera itself, an absent verified file is wiped (idempotent after a crash)
     res = wipe(empty_mount_point, [rec], ledger, dlog.get(), root_dev=os.stat(empty_mount_point).st_dev)
     assert [r.id for r in res.wiped] == [rec.id] and ledger.get(rec.id).state == RecState.WIPED
+
+
+def test_a_recording_stays_until_all_its_sidecars_are_verified(make_cfg, camera, tmp_path):
+    """Never leave a sidecar orphaned: the next scan would not see it as ours."""
+    from dockd.errors import PermanentStoreError
+
+    class FailXml(ScriptedStore):
+        def put(self, key, blob, checkpoint):
+            if "VID_20261120_0701.XML" in key:
+                raise PermanentStoreError("refused")
+            super().put(key, blob, checkpoint)
+
+    out, recs, _e, _c = ingest(make_cfg(), camera, backend=FailXml(tmp_path / "store"))
+    assert not out.ok
+    left = set(files(camera))
+    assert {"DCIM/100BWC/VID_20261120_0701.MP4", "DCIM/100BWC/VID_20261120_0701.XML"} <= left
+    state = {r.name: r.state for r in recs}
+    assert state["DCIM/100BWC/VID_20261120_0701.MP4"] == RecState.VERIFIED   # safe, but kept with its sidecar
+    assert state["DCIM/100BWC/VID_20261120_1133.MP4"] == RecState.WIPED

@@ -52,6 +52,9 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
     result = WipeResult()
     root_b = os.fsencode(root)
     _same_camera(root_b, root_dev)
+    # Sidecars before their recordings: a crash between the two must never leave a
+    # sidecar without its recording, which the next scan would no longer see as ours.
+    recs = sorted(recs, key=lambda r: r.role != "sidecar")
     dirs: set[bytes] = set()
     unlinked: list[tuple[Recording, bytes]] = []
     for rec in recs:
