@@ -97,6 +97,13 @@ class FaultProxy:
         with self.lock:
             listener, self._listener = self._listener, None
         if listener is not None:
+            # close() alone leaves the socket listening while a thread is blocked in
+            # accept() on it: the next connection still gets in, and the port cannot be
+            # bound again. shutdown() wakes the accept and frees the port.
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             listener.close()
 
     def clear(self) -> None:
