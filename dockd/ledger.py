@@ -1,7 +1,17 @@
 """The ledger: SQLite in WAL mode, the durable truth.
 
-Every state change is committed (``synchronous=FULL``) before the action that
-depends on it, so after a crash the ledger never claims more than happened.
+Every state change is committed before the action that depends on it, so
+after a crash the ledger never claims more than happened.
+
+Durability is paid for where something is destroyed. Commits are atomic
+(WAL) and survive a crash of dockd; most are not fsynced on their own
+(``synchronous=NORMAL``), because every state that guards nothing
+destructive is re-derived idempotently at the next start if a power cut
+loses it (a spooled file is copied again, an uploaded object is proven
+again, a deleted file is recognised as already deleted). The one state the
+wipe depends on, ``verified``, is committed with ``synchronous=FULL``, which
+also makes every earlier commit durable: no file leaves a camera while the
+ledger could still forget that it was verified.
 The event table is append-only and hash-chained: each row carries the
 SHA-256 of the previous row, so an edit anywhere breaks the chain.
 """
@@ -133,27 +143,41 @@ class Ledger:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL")   # FULL per durable commit, see above
+        self._late_durable = False
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
 
     # -- plumbing -----------------------------------------------------------
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One committed transaction. Nested calls join the outer one."""
+    def tx(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One committed transaction. Nested calls join the outer one. ``durable``:
+        fsynced on commit (SQLite takes the safety level only outside a transaction,
+        so a durable call nested in a lighter one is made durable by a checkpoint,
+        which fsyncs the WAL first, right after the outer commit)."""
         with self._lock:
             if self._db.in_transaction:
+                self._late_durable = self._late_durable or durable
                 yield self._db
                 return
-            self._db.execute("BEGIN IMMEDIATE")
+            self._late_durable = False
+            if durable:
+                self._db.execute("PRAGMA synchronous=FULL")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
                 self._db.execute("COMMIT")
+            finally:
+                if durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+            if self._late_durable:
+                self._late_durable = False
+                self._db.execute("PRAGMA wal_checkpoint(FULL)")
 
     def _migrate(self) -> None:
         with self.tx() as db:
@@ -387,7 +411,7 @@ class Ledger:
         bad = set(fields) - allowed
         if bad:
             raise LedgerError(f"unknown recording fields {sorted(bad)}")
-        with self.tx() as db:
+        with self.tx(durable=new == RecState.VERIFIED) as db:
             cur = self.get(rec_id)
             if new != cur.state and new not in TRANSITIONS[cur.state]:
                 raise LedgerError(f"recording {rec_id}: illegal transition {cur.state.value} -> {new.value}")

@@ -59,9 +59,10 @@ def _wait_mid_copy(cfg, serial: str, timeout: float = 30.0) -> dict:
 
 
 def test_ready_watchdog_sigterm_mid_file_and_resume(tmp_path, identity, notify_sock):
+    staged = tmp_path / "staging" / "CAM1"
+    _big_file(staged / "DCIM" / "BIG.MP4", BIG)
+    (staged / "DCIM" / "SMALL.MP4").write_bytes(b"small" * 1000)
     cam = tmp_path / "inbox" / "CAM1"
-    _big_file(cam / "DCIM" / "BIG.MP4", BIG)
-    (cam / "DCIM" / "SMALL.MP4").write_bytes(b"small" * 1000)
     cfg_path = write_config(tmp_path, str(identity.public()), "[spool]\nmin_free = 0\n")
     cfg = config_mod.load(cfg_path)
 
@@ -71,13 +72,16 @@ def test_ready_watchdog_sigterm_mid_file_and_resume(tmp_path, identity, notify_s
         # READY comes once the source listens: the control socket already answers
         assert "docked" in ready.get("STATUS", "")
         assert d.events("daemon.started")
-        bay = _wait_mid_copy(cfg, "CAM1")
-        assert bay["safe_to_undock"] is False and bay["phase"] == "spooling"
-        # keepalives at half of WATCHDOG_USEC (0.2 s) while it works
+        # keepalives at half of WATCHDOG_USEC (0.2 s) from the main loop
         t_ready = notify_sock.times("READY")[0]
         time.sleep(0.6)
         pings = [t for t in notify_sock.times("WATCHDOG") if t > t_ready]
         assert len(pings) >= 2, notify_sock.all()
+        # dock (an atomic rename into the inbox), and stop it in the middle of the big file
+        cam.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staged, cam)
+        bay = _wait_mid_copy(cfg, "CAM1")
+        assert bay["safe_to_undock"] is False and bay["phase"] == "spooling"
         rc, took = d.terminate(timeout=30)
     finally:
         d.kill()

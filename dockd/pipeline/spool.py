@@ -72,10 +72,9 @@ class Spool:
         return n
 
     def remove(self, rec_id: int) -> None:
-        p = self.path_for(rec_id)
-        if p.exists():
-            p.unlink()
-            fsync_dir(self.root)
+        """Drop a verified recording's spool copy. Not fsynced: if a power cut brings
+        it back, the next start finds it verified and removes it again."""
+        self.path_for(rec_id).unlink(missing_ok=True)
 
     def spool(
         self,

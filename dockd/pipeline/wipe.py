@@ -103,15 +103,16 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
     for d in dirs:
         _fsync_dir(d)
     _same_camera(root_b, root_dev)      # a deletion is only confirmed on the camera itself
-    for rec, path in unlinked:
-        lg = logger.bind(camera=rec.serial, recording=rec.name, sha256=rec.plain_sha256)
-        if os.path.lexists(path):   # list again: the deletion must be visible
-            result.failed.append((rec, "still present after unlink"))
-            log.emit(lg, "wipe.failed", error="still present after unlink")
-            continue
-        ledger.transition(rec.id, RecState.WIPED, event="wipe.done")
-        log.emit(lg, "wipe.done")
-        result.wiped.append(rec)
+    with ledger.tx():               # one commit for the batch, after the deletions are durable
+        for rec, path in unlinked:
+            lg = logger.bind(camera=rec.serial, recording=rec.name, sha256=rec.plain_sha256)
+            if os.path.lexists(path):   # list again: the deletion must be visible
+                result.failed.append((rec, "still present after unlink"))
+                log.emit(lg, "wipe.failed", error="still present after unlink")
+                continue
+            ledger.transition(rec.id, RecState.WIPED, event="wipe.done")
+            log.emit(lg, "wipe.done")
+            result.wiped.append(rec)
     try:
         os.sync()
     except OSError:
