@@ -28,6 +28,8 @@ from .config import Config
 from .errors import DockdError
 from .model import Phase
 
+MAX_SOCKET_PATH = 107          # sockaddr_un.sun_path, less the terminating NUL
+
 SOCKET_NAME = "control.sock"
 GROUP = "dockd"
 MODE = 0o660
@@ -114,10 +116,16 @@ class ControlServer:
             self.path.unlink()                 # a stale socket from an unclean stop
         except FileNotFoundError:
             pass
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            raise ControlSocketError(f"{self.path}: a control socket path may have at most "
+                                     f"{MAX_SOCKET_PATH} bytes; choose a shorter paths.runtime_dir")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old = os.umask(0o117)                  # never world-connectable, even for an instant
         try:
             sock.bind(str(self.path))
+        except OSError as exc:
+            sock.close()
+            raise ControlSocketError(f"{self.path}: cannot create the control socket: {exc.strerror}") from None
         finally:
             os.umask(old)
         os.chmod(self.path, MODE)

@@ -130,3 +130,15 @@ def test_demo_runs_on_a_fresh_home(tmp_path):
                        timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "round trip" in r.stdout and "matches" in r.stdout and r.stdout.strip().endswith("demo: OK")
+
+
+def test_run_with_a_too_long_socket_path_is_one_clear_line(keypair, tmp_path):
+    _ident, pub = keypair
+    cfg = write_config(tmp_path, pub)
+    long_run = tmp_path / ("r" * 110)
+    text = cfg.read_text().replace(f'runtime_dir = "{tmp_path}/run"', f'runtime_dir = "{long_run}"')
+    cfg.write_text(text + f'\n[devices]\nsource = "inbox"\ninbox_dir = "{tmp_path}/inbox"\n')
+    r = dockd("--config", str(cfg), "run")
+    err = r.stderr.decode()
+    assert r.returncode != 0 and "Traceback" not in err
+    assert "control socket path may have at most 107 bytes" in err and len(err.strip().splitlines()) == 1, err
