@@ -126,6 +126,7 @@ class StoreConfig(_Section):
 
 class DevicesConfig(_Section):
     source: Literal["inbox", "udev", "kernel"] = "inbox"
+    udev_tag: str = Field(default="dockd", pattern=r"^[A-Za-z0-9_-]{1,64}$")   # TAG the rules set
     inbox_dir: Path = Path("/var/lib/dockd/inbox")
     profiles_dir: Path | None = None
     mount_dir: Path = Path("/run/dockd/mnt")

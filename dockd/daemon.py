@@ -47,7 +47,7 @@ def make_source(cfg: Config, profiles: dict[str, Any]) -> DeviceSource:
     if cfg.devices.source == "udev":
         from .device.udev import UdevSource
 
-        return UdevSource(cfg.devices, profiles)
+        return UdevSource(cfg.devices, profiles, tag=cfg.devices.udev_tag)
     from .device.kernel import KernelSource
 
     return KernelSource(cfg.devices, profiles)
