@@ -146,7 +146,9 @@ def test_rerun_after_success_is_a_noop(make_cfg, camera, tmp_path):
 
 def test_redock_of_verified_files_goes_straight_to_wipe(make_cfg, camera, tmp_path):
     cfg = make_cfg(wipe=WipeConfig(after="spooled"))
-    store = ScriptedStore(tmp_path / "store", put_errors=transient(100))
+    from dockd.errors import TransientStoreError
+
+    store = ScriptedStore(tmp_path / "store", always=lambda: TransientStoreError("store down"))
     out, recs, _e, _c = ingest(cfg, camera, backend=store)
     assert out.ok                                  # released: every recording durable in the spool
     assert all(r.state == RecState.FAILED and r.spool_path for r in recs)
