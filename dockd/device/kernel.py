@@ -29,7 +29,7 @@ from ..config import DevicesConfig
 from .events import CameraDocked, Emit
 from .mount import Mounter
 from .profiles import Profile, has_label_only_matches, profile_for_label, profile_for_usb
-from .udev import BlockInfo, Docker, _safe, usb_info_from_props
+from .udev import BlockInfo, Docker, ObservedSource, _safe, usb_info_from_props
 from .usb import usb_port_for
 
 log = structlog.get_logger("dockd.device")
@@ -111,7 +111,7 @@ def kernel_camera_profile(info: BlockInfo, profiles: Mapping[str, Profile],
     return info, profile_for_label(profiles, info.fs_label)
 
 
-class KernelSource:
+class KernelSource(ObservedSource):
     """``DeviceSource`` on raw kernel uevents; same events and contract as ``UdevSource``."""
 
     source = "kernel"
@@ -168,17 +168,5 @@ class KernelSource:
         monitor = pyudev.Monitor.from_netlink(context, source="kernel")
         monitor.start()
         self.coldplug()
-        self._observer = pyudev.MonitorObserver(monitor, callback=_safe(self._on_device),
-                                                name="dockd-kernel")
-        self._observer.daemon = True
-        self._observer.start()
+        self._observe(monitor, _safe(self._on_device), "dockd-kernel")
 
-    def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.send_stop()
-            self._observer.join(timeout=10)
-            self._observer = None
-        self.docker.release_all()
-
-    def release(self, event: CameraDocked) -> None:
-        self.docker.release(event)

@@ -305,7 +305,32 @@ def _safe(fn: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-class UdevSource:
+class ObservedSource:
+    """What the udev and kernel sources share: a pyudev observer thread feeding a
+    ``Docker``, and the same stop/release behaviour."""
+
+    docker: "Docker"
+    _observer: Any = None
+
+    def _observe(self, monitor: Any, callback: Any, name: str) -> None:
+        import pyudev
+
+        self._observer = pyudev.MonitorObserver(monitor, callback=callback, name=name)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.send_stop()
+            self._observer.join(timeout=10)
+            self._observer = None
+        self.docker.release_all()
+
+    def release(self, event: CameraDocked) -> None:
+        self.docker.release(event)
+
+
+class UdevSource(ObservedSource):
     """``DeviceSource`` on udevd: block devices the rule tagged ``dockd``.
 
     ``start`` binds the monitor first, then enumerates what is already
@@ -360,16 +385,5 @@ class UdevSource:
             on_device(device, "coldplug")
         for device in context.list_devices(subsystem="block"):
             on_device(device, "coldplug")
-        self._observer = pyudev.MonitorObserver(monitor, callback=on_device, name="dockd-udev")
-        self._observer.daemon = True
-        self._observer.start()
+        self._observe(monitor, on_device, "dockd-udev")
 
-    def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.send_stop()
-            self._observer.join(timeout=10)
-            self._observer = None
-        self.docker.release_all()
-
-    def release(self, event: CameraDocked) -> None:
-        self.docker.release(event)

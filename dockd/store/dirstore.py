@@ -9,6 +9,7 @@ the next put of that key removes.
 from __future__ import annotations
 
 import errno
+import io
 import hashlib
 import os
 import threading
@@ -99,7 +100,17 @@ class DirStore(Store):
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
                 with blob.open() as src:
-                    _copy(src.fileno(), fd)
+                    try:
+                        src_fd = src.fileno()
+                    except (AttributeError, OSError, io.UnsupportedOperation):
+                        src_fd = None      # a wrapped stream (rate limit): copy through it
+                    if src_fd is not None:
+                        _copy(src_fd, fd)
+                    else:
+                        while chunk := src.read(BLOCK):
+                            view = memoryview(chunk)
+                            while view:
+                                view = view[os.write(fd, view):]
                 os.fsync(fd)
                 st = os.fstat(fd)
                 os.lseek(fd, 0, os.SEEK_SET)
