@@ -7,8 +7,8 @@ the image's original bytes, the image lost exactly its recordings and sidecars,
 ``fsck.exfat -n`` is clean, nothing stays mounted, ``dockd status --json`` agrees.
 
 Images carry a per-test fs label, and the test udev rule tags only that label,
-with a per-test tag: the daemon is the real ``dockd`` CLI with its udev source's
-tag set to that one (``DOCKD_ARGV``), so test runs sharing a machine never dock
+with a per-test tag: the daemon is the real ``dockd`` CLI with ``devices.udev_tag``
+set to that one in its config, so test runs sharing a machine never dock
 each other's cameras, and other loop devices are never touched. The
 kernel-source test runs the daemon in its own network namespace: kernel
 uevents reach it, udevd's messages cannot, so it really works without udevd.
@@ -38,10 +38,8 @@ REASON = loopcam.skip_reason()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 REPO = Path(__file__).resolve().parents[1]
-# `python -m dockd ...`, with the udev source listening for this run's tag instead of "dockd"
-DOCKD_ARGV = [sys.executable, "-c", "import functools, sys; from dockd.device import udev; "
-              "udev.UdevSource.__init__ = functools.partialmethod(udev.UdevSource.__init__, tag=sys.argv.pop(1)); "
-              "from dockd.cli import main; main()"]
+# the real CLI; each run's udev tag comes from its config (devices.udev_tag)
+DOCKD_ARGV = [sys.executable, "-m", "dockd"]
 MiB = loopcam.MiB
 
 RECORDINGS = {"DCIM/100BWC/CLIP0001.MP4": 3 * MiB + 17, "DCIM/100BWC/CLIP0002.MP4": 700_001,
@@ -98,7 +96,7 @@ class Daemon:
         self.rig = rig
         self.log_path = rig.tmp / f"dockd-{source}-{len(rig.daemons)}.log"
         self.cfg = rig.write_config(source)
-        argv = [*DOCKD_ARGV, rig.tag, "--config", str(self.cfg), "run"]
+        argv = [*DOCKD_ARGV, "--config", str(self.cfg), "run"]
         if netns:
             argv = ["unshare", "--net", "--", *argv]
         self.out = open(self.log_path, "wb")
@@ -187,6 +185,7 @@ recipients = ["{self.identity.public()}"]
 url = "file://{self.store}"
 [devices]
 source = "{source}"
+udev_tag = "{self.tag}"
 mount_dir = "{self.mount_dir}"
 {profiles}[spool]
 min_free = 0
