@@ -29,7 +29,7 @@ from ..config import DevicesConfig
 from .events import CameraDocked, Emit
 from .mount import Mounter
 from .profiles import Profile, has_label_only_matches, profile_for_label, profile_for_usb
-from .udev import BlockInfo, Docker, ObservedSource, _safe, usb_info_from_props
+from .udev import BlockInfo, ObservedSource, _safe, usb_info_from_props
 from .usb import usb_port_for
 
 log = structlog.get_logger("dockd.device")
@@ -124,9 +124,7 @@ class KernelSource(ObservedSource):
         self._context = context
         self._probe = probe
         self._sys = sys_root
-        self.docker = Docker(profiles=profiles,
-                             mounter=mounter or Mounter(config.mount_dir, config.fuse_helpers),
-                             usb_backend=usb_backend)
+        self.docker = self._docker(config, profiles, mounter, usb_backend)
         self._observer: Any = None
 
     def _on_uevent(self, props: Mapping[str, str], action: str) -> None:

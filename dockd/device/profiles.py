@@ -107,6 +107,16 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.IGNORECASE | re.DOTALL)
 
 
+def _valid_regex(v: str | None) -> str | None:
+    """A validator's check: the pattern compiles (None allowed)."""
+    if v is not None:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"bad regex: {exc}") from None
+    return v
+
+
 def _clean_relpath(relpath: str | PurePath) -> str | None:
     """The POSIX relative path, or None if it is hostile (absolute, '', '.', '..')."""
     s = relpath.as_posix() if isinstance(relpath, PurePath) else str(relpath)
@@ -214,12 +224,7 @@ class FlagFrom(_Model):
     @field_validator("regex")
     @classmethod
     def _regex(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"bad regex: {exc}") from None
-        return v
+        return _valid_regex(v)
 
     @model_validator(mode="after")
     def _one(self) -> "FlagFrom":
@@ -269,12 +274,7 @@ class Profile(_Model):
     @field_validator("serial_regex")
     @classmethod
     def _regex(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"bad regex: {exc}") from None
-        return v
+        return _valid_regex(v)
 
     # compiled forms (cached_property works on frozen pydantic models: __dict__ is writable)
     @cached_property

@@ -312,6 +312,11 @@ class ObservedSource:
     docker: "Docker"
     _observer: Any = None
 
+    def _docker(self, config: DevicesConfig, profiles: Mapping[str, Profile], mounter: "Mounter | None",
+                usb_backend: Any) -> "Docker":
+        return Docker(profiles=profiles, mounter=mounter or Mounter(config.mount_dir, config.fuse_helpers),
+                      usb_backend=usb_backend)
+
     def _observe(self, monitor: Any, callback: Any, name: str) -> None:
         import pyudev
 
@@ -351,9 +356,7 @@ class UdevSource(ObservedSource):
         self.tag = tag
         self.profiles = profiles
         self._context = context
-        self.docker = Docker(profiles=profiles,
-                             mounter=mounter or Mounter(config.mount_dir, config.fuse_helpers),
-                             usb_backend=usb_backend)
+        self.docker = self._docker(config, profiles, mounter, usb_backend)
         self._observer: Any = None
 
     def _on_device(self, device: Any, action: str | None = None) -> None:

@@ -139,11 +139,6 @@ class Uploader:
         with self._cv:
             return set(self._delayed)
 
-    def is_idle_for(self, rec_ids: Iterable[int]) -> bool:
-        ids = set(rec_ids)
-        with self._cv:
-            return not (ids & (self._queued | self._active))
-
     def wait_idle(self, rec_ids: Iterable[int], timeout: float | None = None) -> bool:
         """Block until none of ``rec_ids`` is queued or uploading (delayed ones count as idle)."""
         ids = set(rec_ids)
