@@ -199,6 +199,7 @@ class Daemon:
                 self._docked(item)
             elif isinstance(item, CameraUndocked):
                 self._undocked(item)
+            self.source.poll()
             if wd:
                 self.notify.watchdog()
             line = self.status_line()

@@ -27,6 +27,8 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "device.undocked": ("info", "a camera went away", "camera, device"),
     "device.detected": ("debug", "the device source mounted a camera (the session logs device.docked)", "camera, profile, device, bay, mount"),
     "device.gone": ("debug", "the device source saw a camera leave (the daemon logs device.undocked)", "camera, device"),
+    "device.vanished": ("warning", "a camera's device is gone though no event said so; undocked", "camera, device"),
+    "device.source_restarted": ("error", "the device listener died (a socket error) and was started again", "source"),
     "device.ignored": ("info", "a device matched no profile and was not touched", "device, reason"),
     "device.mount_failed": ("error", "a camera could not be mounted", "camera, device, error"),
     "device.released": ("info", "synced and unmounted; safe to undock", "camera"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from dockd.device.profiles import load_profiles
 from dockd.device.udev import (
     BlockInfo,
     Docker,
+    ObservedSource,
     block_info_from_udev,
     camera_profile,
     derive_serial,
@@ -252,6 +254,66 @@ def test_serial_file_is_read_through_a_read_only_probe(profiles, tmp_path):
     assert events[0].serial == "NW2-000042"
 
 
+# -- lost events: the sweep and the listener restart ----------------------------------------
+
+def test_sweep_undocks_what_the_kernel_says_is_gone(docker, profiles, tmp_path):
+    for name, size in (("sdb1", 2048), ("sdc1", 2048), ("sdd1", 2048)):
+        node = tmp_path / "devices/x" / name
+        node.mkdir(parents=True)
+        (node / "size").write_text(f"{size}\n")
+        docker.handle(info(devpath=f"/devices/x/{name}", devnode=f"/dev/{name}",
+                           serial_short=name.upper()), profiles["generic"])
+    docker.sweep(tmp_path)
+    assert len(docker.events) == 3                          # all still there: nothing happens
+    (tmp_path / "devices/x/sdc1/size").write_text("0\n")   # medium gone (a detached loop device)
+    (tmp_path / "devices/x/sdd1/size").unlink()             # node gone (a pulled USB disk)
+    (tmp_path / "devices/x/sdd1").rmdir()
+    docker.sweep(tmp_path)
+    gone = [e for e in docker.events if isinstance(e, CameraUndocked)]
+    assert sorted(e.serial for e in gone) == ["SDC1", "SDD1"]
+    assert [e.serial for e in docker.docked()] == ["SDB1"]
+    docker.sweep(tmp_path)                                  # reported once
+    assert len(docker.events) == 5
+
+
+def test_sweep_never_waits_for_an_event_being_handled(docker, profiles, tmp_path):
+    docker.handle(info(), profiles["generic"])              # its sysfs node does not exist
+    with docker._lock:
+        t = threading.Thread(target=docker.sweep, args=(tmp_path,))
+        t.start()
+        t.join(5)
+        assert not t.is_alive() and len(docker.events) == 1
+    docker.sweep(tmp_path)
+    assert isinstance(docker.events[-1], CameraUndocked)
+
+
+class _DeadThread:
+    def is_alive(self):
+        return False
+
+
+def test_a_dead_listener_is_started_again(profiles, tmp_path):
+    class Source(ObservedSource):
+        source = "test"
+
+        def __init__(self):
+            self.docker = Docker(profiles=profiles, mounter=FakeMounter())
+            self._sys = tmp_path
+            self.listens = 0
+
+        def _listen(self):
+            self.listens += 1
+            self._observer = _DeadThread() if self.listens == 1 else threading.current_thread()
+
+    src = Source()
+    src.start(lambda ev: None)
+    assert src.listens == 1
+    src.poll()                       # the first listener died (pyudev ends it on ENOBUFS)
+    assert src.listens == 2
+    src.poll()                       # the new one lives
+    assert src.listens == 2
+
+
 # -- the kernel source's decision, on a fake sysfs -----------------------------------------------
 
 def fake_sysfs(root: Path, *, usb: tuple[str, str] | None, size: int = 2048) -> dict:
@@ -326,3 +388,21 @@ def test_kernel_block_info_ignores_other_subsystems(tmp_path):
     bi = kernel_block_info({"SUBSYSTEM": "block", "DEVPATH": "/devices/virtual/block/loop0",
                             "DEVNAME": "loop0"}, "change", tmp_path)
     assert bi.devnode == "/dev/loop0" and not bi.is_tagged and bi.fs_type is None
+
+
+def test_inbox_poll_undocks_a_directory_removed_without_an_event(tmp_path):
+    from dockd.device.inbox import InboxSource
+
+    events = []
+    (tmp_path / "CAM1").mkdir()
+    src = InboxSource(tmp_path)
+    src.start(events.append)
+    try:
+        src.stop()                     # no more inotify events: only poll can notice now
+        (tmp_path / "CAM1").rmdir()
+        src.poll()
+        assert [type(e).__name__ for e in events] == ["CameraDocked", "CameraUndocked"]
+        src.poll()
+        assert len(events) == 2
+    finally:
+        src.stop()

@@ -76,6 +76,14 @@ class InboxSource:
         for p in sorted(self.inbox.iterdir()):   # coldplug, after listening: nothing slips between
             self._appeared(p)
 
+    def poll(self) -> None:
+        """A camera directory removed without an inotify event (a full inotify
+        queue) is undocked all the same."""
+        with self._lock:
+            gone = [n for n in self._present if not (self.inbox / n).is_dir()]
+        for name in gone:
+            self._vanished(self.inbox / name)
+
     def stop(self) -> None:
         if self._observer is not None:
             self._observer.stop()

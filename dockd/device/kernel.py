@@ -29,12 +29,11 @@ from ..config import DevicesConfig
 from .events import CameraDocked, Emit
 from .mount import Mounter
 from .profiles import Profile, has_label_only_matches, profile_for_label, profile_for_usb
-from .udev import BlockInfo, ObservedSource, _safe, usb_info_from_props
+from .udev import SYS, BlockInfo, ObservedSource, _safe, medium_size, usb_info_from_props
 from .usb import usb_port_for
 
 log = structlog.get_logger("dockd.device")
 
-SYS = Path("/sys")
 BLKID_TIMEOUT = 20.0
 
 Probe = Callable[[str], dict[str, str]]
@@ -65,13 +64,6 @@ def read_uevent(sys_path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def _size(sys_path: Path) -> int:
-    try:
-        return int((sys_path / "size").read_text().strip())
-    except (OSError, ValueError):
-        return 0
-
-
 def kernel_block_info(props: Mapping[str, str], action: str, sys_root: Path = SYS) -> BlockInfo | None:
     """A block device from its uevent keys (``DEVPATH``, ``DEVNAME``, ``SUBSYSTEM``), no probe yet."""
     if props.get("SUBSYSTEM") != "block" or not props.get("DEVPATH"):
@@ -90,7 +82,7 @@ def kernel_camera_profile(info: BlockInfo, profiles: Mapping[str, Profile],
     if info.is_removed or not info.devnode or not info.sys_path:
         return info, None
     sys_path = Path(info.sys_path)
-    if _size(sys_path) == 0:
+    if medium_size(sys_path) == 0:
         return info, None                                  # no medium, or a detached loop device
     port = usb_port_for(sys_path)
     if port is not None:
@@ -158,12 +150,11 @@ class KernelSource(ObservedSource):
             props.setdefault("DEVPATH", "/" + str(real.relative_to(self._sys)))
             on_uevent(props, "coldplug")
 
-    def start(self, emit: Emit) -> None:
+    def _listen(self) -> None:
         import pyudev
 
-        self.docker.emit = emit
         context = self._context or pyudev.Context()
-        monitor = pyudev.Monitor.from_netlink(context, source="kernel")
+        monitor = self._monitor(context, "kernel")
         monitor.start()
         self.coldplug()
         self._observe(monitor, _safe(self._on_device), "dockd-kernel")

@@ -37,6 +37,18 @@ log = structlog.get_logger("dockd.device")
 
 TAG = "dockd"
 SERIAL_FILE_LIMIT = 4096
+SYS = Path("/sys")
+# what udevd's own listeners ask for: a burst of uevents (a hub of cameras, a
+# trigger) must not overflow the socket and lose an undock
+MONITOR_BUFFER = 128 * 1024 * 1024
+
+
+def medium_size(sys_path: Path) -> int:
+    """Sectors of medium behind a block device's sysfs node; 0 if none or gone."""
+    try:
+        return int((sys_path / "size").read_text().strip())
+    except (OSError, ValueError):
+        return 0
 
 
 @dataclass(frozen=True)
@@ -294,6 +306,27 @@ class Docker:
         with self._lock:
             return [t.event for t in self._state.values() if not t.released]
 
+    def sweep(self, sys_root: Path = SYS) -> None:
+        """Undock every tracked device the kernel says is gone (its sysfs node is
+        missing, or it has no medium: size 0), whether or not an event said so.
+
+        Uevents can be lost (a full netlink buffer, a udevd restart, a stuck
+        worker); without this, a pulled camera would show as docked until the
+        next restart. Never waits: when an event is being handled, the next
+        sweep looks again.
+        """
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            for devpath, tracked in list(self._state.items()):
+                if medium_size(sys_root / devpath.lstrip("/")) > 0:
+                    continue
+                log.warning("device.vanished", camera=tracked.event.serial,
+                            device=tracked.event.device)
+                self._undock(devpath)
+        finally:
+            self._lock.release()
+
 
 def _safe(fn: Callable[..., None]) -> Callable[..., None]:
     """Observer callbacks must never raise: an exception would end the listening thread."""
@@ -307,10 +340,41 @@ def _safe(fn: Callable[..., None]) -> Callable[..., None]:
 
 class ObservedSource:
     """What the udev and kernel sources share: a pyudev observer thread feeding a
-    ``Docker``, and the same stop/release behaviour."""
+    ``Docker``, the same stop/release behaviour, and ``poll``: the daemon calls
+    it every tick to catch what events missed (see ``Docker.sweep``), and to
+    listen again if the listening thread died (pyudev ends it on a socket error
+    such as ENOBUFS)."""
 
     docker: "Docker"
     _observer: Any = None
+    _sys: Path = SYS
+    _emit: Emit | None = None
+
+    def _listen(self) -> None:
+        raise NotImplementedError
+
+    def start(self, emit: Emit) -> None:
+        self._emit = emit
+        self.docker.emit = emit
+        self._listen()
+
+    def poll(self) -> None:
+        if self._observer is not None and not self._observer.is_alive() and self._emit is not None:
+            log.error("device.source_restarted", source=getattr(self, "source", "?"))
+            self._observer = None
+            self._listen()                 # a fresh monitor; coldplug re-announces, de-duplicated
+        self.docker.sweep(self._sys)
+
+    @staticmethod
+    def _monitor(context: Any, source: str) -> Any:
+        import pyudev
+
+        monitor = pyudev.Monitor.from_netlink(context, source=source)
+        try:
+            monitor.set_receive_buffer_size(MONITOR_BUFFER)
+        except OSError:
+            pass                           # without CAP_NET_ADMIN the default stays; sweeps still run
+        return monitor
 
     def _docker(self, config: DevicesConfig, profiles: Mapping[str, Profile], mounter: "Mounter | None",
                 usb_backend: Any) -> "Docker":
@@ -374,12 +438,11 @@ class UdevSource(ObservedSource):
                         reason=f"unknown profile {info.profile!r}")
         self.docker.handle(info, profile)
 
-    def start(self, emit: Emit) -> None:
+    def _listen(self) -> None:
         import pyudev
 
-        self.docker.emit = emit
         context = self._context or pyudev.Context()
-        monitor = pyudev.Monitor.from_netlink(context, source="udev")
+        monitor = self._monitor(context, "udev")
         monitor.filter_by("block")
         monitor.filter_by("usb", "usb_device")
         monitor.start()
