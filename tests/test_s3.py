@@ -352,6 +352,40 @@ def test_existing_object_is_not_uploaded_again(moto_proxied: Proxied, tmp_path: 
 
 # -- integrity details ------------------------------------------------------------------
 
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v or "")
+
+
+@pytest.mark.parametrize("server", ["moto_server", "swift_server"])
+def test_bytes_are_bound_by_signed_content_md5_not_a_payload_hash(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Over plain http botocore would SHA-256 every body to sign it; the signed
+    Content-MD5 binds the bytes instead, and both servers take UNSIGNED-PAYLOAD."""
+    ep = request.getfixturevalue(server)
+    part = ep.min_part_size
+    store = S3Store(f"s3://{ep.new_bucket()}/e", **ep.store_kwargs(multipart_threshold=4 * part, part_size=part))
+    store.put("warm.age", make_blob(tmp_path, 10, "warm"), MemoryCheckpoint())   # learns checksum support
+    seen: list[tuple[str, str, str, str]] = []
+
+    def record(request: Any, event_name: str, **kw: Any) -> None:
+        h = request.headers
+        seen.append((event_name.rsplit(".", 1)[-1], _text(h.get("X-Amz-Content-SHA256")),
+                     _text(h.get("Content-MD5")), _text(h.get("Authorization"))))
+
+    store.client.meta.events.register("before-send.s3", record)
+    small, big = make_blob(tmp_path, 1000, "small"), make_blob(tmp_path, 6 * part + 1234, "big")
+    store.put("a/small.age", small, MemoryCheckpoint())
+    store.put("a/big.age", big, MemoryCheckpoint())
+    store.verify("a/small.age", small)
+    store.verify("a/big.age", big)
+    sent = [s for s in seen if s[0] in ("PutObject", "UploadPart")]
+    assert [s[0] for s in sent] == ["PutObject"] + ["UploadPart"] * 7
+    for _, payload, md5, auth in sent:
+        assert payload == "UNSIGNED-PAYLOAD" and md5
+        assert "content-md5" in auth.split("SignedHeaders=", 1)[1].split(",", 1)[0].split(";")
+
+
 def test_etag_and_checksum_proofs_on_moto(moto_proxied: Proxied, tmp_path: Path) -> None:
     p = moto_proxied
     blob = make_blob(tmp_path, 6 * p.part + 1234)

@@ -441,7 +441,16 @@ class S3Store(Store):
         cfg = BotoConfig(
             region_name=region or "us-east-1",
             signature_version="s3v4",
-            s3={"addressing_style": addressing_style},
+            # Sign "UNSIGNED-PAYLOAD" rather than the body's SHA-256, which botocore
+            # would otherwise compute over every byte sent to a plain-http endpoint
+            # (and the server again to check it). The body stays bound to the
+            # signature: every request that carries object bytes sends Content-MD5
+            # (and x-amz-checksum-sha256 where used), and those headers are signed,
+            # so a body altered in transit fails the server's check. Of the other
+            # bodies, an altered CompleteMultipartUpload parts list gives an object
+            # whose ETag is not the one computed locally, which verify refuses; the
+            # lock requests are small and carry botocore's signed checksum header.
+            s3={"addressing_style": addressing_style, "payload_signing_enabled": False},
             # RetryingStore is the only retry policy
             retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=timeout,
