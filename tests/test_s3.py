@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from dockd.config import StoreConfig
 from dockd.errors import (
     ConfigError,
+    IntegrityError,
     PermanentStoreError,
     StoreAuthError,
     TransientStoreError,
@@ -339,6 +341,115 @@ def test_permanent_failure_aborts_the_upload(moto_proxied: Proxied, tmp_path: Pa
     with pytest.raises(PermanentStoreError):
         p.make_store().put(KEY, blob, cp)
     assert cp.load() is None and p.uploads() == [] and p.objects() == []
+
+
+class MutatingCheckpoint(MemoryCheckpoint):
+    """Saves like the ledger; once ``after`` parts are up, changes the spooled file
+    (a stray writer, a failing disk) while the upload goes on."""
+
+    def __init__(self, path: Path, change: str, after: int = 1) -> None:
+        super().__init__()
+        self.path, self.change, self.after, self.changed = path, change, after, False
+
+    def save(self, state: dict[str, Any]) -> None:
+        super().save(state)
+        if self.changed or len(state.get("parts", [])) < self.after:
+            return
+        self.changed = True
+        if self.change == "flip":              # same size, a byte in a part not yet sent
+            data = bytearray(self.path.read_bytes())
+            data[-100] ^= 0xFF
+            self.path.write_bytes(bytes(data))
+        elif self.change == "truncate":
+            os.truncate(self.path, self.path.stat().st_size - 1000)
+        else:
+            with open(self.path, "ab") as f:
+                f.write(b"trailing bytes")
+
+
+@pytest.mark.parametrize("change", ["flip", "truncate", "grow"])
+@pytest.mark.parametrize("server", ["moto_server", "swift_server"])
+def test_spool_file_changed_mid_upload_is_aborted_not_completed(
+    server: str, change: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    ep = request.getfixturevalue(server)
+    part = ep.min_part_size
+    bucket = ep.new_bucket()
+    store, rec = retrying(S3Store(f"s3://{bucket}/e", **ep.store_kwargs(multipart_threshold=4 * part,
+                                                                         part_size=part)))
+    blob = make_blob(tmp_path, 6 * part + 1234)
+    cp = MutatingCheckpoint(blob.path, change)
+    with pytest.raises(IntegrityError, match="upload aborted|early") as ei:
+        store.put(KEY, blob, cp)
+    assert cp.changed and not ei.value.retryable and rec.calls == []
+    c = ep.client()
+    assert not c.list_objects_v2(Bucket=bucket).get("Contents")          # never completed
+    assert not c.list_multipart_uploads(Bucket=bucket).get("Uploads")     # and its parts are gone
+    assert cp.load() is None
+
+
+class CountingReader:
+    """A spool file opened through the blob, counting the bytes read from it."""
+
+    def __init__(self, path: Path, counts: list[int]) -> None:
+        self._f, self._counts = open(path, "rb"), counts
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self._counts.append(len(data))
+        return data
+
+    def readinto(self, b: Any) -> int:
+        n = self._f.readinto(b)
+        self._counts.append(n)
+        return n
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "CountingReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class CountingBlob(Blob):
+    counts: list[int] = dataclasses.field(default_factory=list)
+
+    def open(self) -> CountingReader:  # type: ignore[override]
+        return CountingReader(self.path, self.counts)
+
+
+@pytest.mark.parametrize("server", ["moto_server", "swift_server"])
+def test_a_fresh_put_reads_the_spool_once_and_verify_reads_it_not_at_all(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dockd.store.s3 as s3mod
+
+    def no_pass_of_its_own(*a: Any, **kw: Any) -> None:
+        raise AssertionError("the spooled file was hashed in a pass of its own")
+
+    ep = request.getfixturevalue(server)
+    part = ep.min_part_size
+    store = S3Store(f"s3://{ep.new_bucket()}/e", **ep.store_kwargs(multipart_threshold=4 * part, part_size=part))
+    monkeypatch.setattr(s3mod, "digest_file", no_pass_of_its_own)
+    for name, size in (("small", part - 10), ("big", 6 * part + 1234)):
+        b = make_blob(tmp_path, size, name)
+        blob = CountingBlob(b.path, b.size, b.sha256, b.metadata)
+        store.put(f"a/{name}.age", blob, MemoryCheckpoint())
+        assert sum(blob.counts) == size, f"{name}: read {sum(blob.counts)} bytes of {size}"
+        # verify proves it from the digest built while sending (with the per-part
+        # SHA-256s where the server keeps checksums), not from the file
+        blob.path.unlink()
+        store.verify(f"a/{name}.age", blob)
 
 
 def test_existing_object_is_not_uploaded_again(moto_proxied: Proxied, tmp_path: Path) -> None:

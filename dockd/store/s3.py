@@ -8,9 +8,12 @@ What this backend promises, beyond the seam:
   is reconciled with the checkpoint and only the missing parts are sent.
   An upload that fails for good is aborted and its checkpoint cleared.
 * **Proven.** Content-MD5 on every request that carries bytes; the SHA-256
-  checksum (``x-amz-checksum-sha256``) where the server supports it. Before
-  any byte leaves, the spooled file is hashed and checked against the blob,
-  so a short or altered spool file never reaches the store. ``verify`` HEADs
+  checksum (``x-amz-checksum-sha256``) where the server supports it. A part
+  is read into memory once, hashed there and sent from there; the upload is
+  completed only if the parts sent hash, together, to the blob's size and
+  SHA-256, and is aborted otherwise, so a short, altered or changing spool
+  file never becomes an object. A single PUT is hashed and checked before it
+  is sent (in memory when it fits in a part). ``verify`` HEADs
   the object and checks the size plus the ETag computed locally (MD5, or
   MD5-of-MD5s with the part size recorded in the object's metadata) and the
   SHA-256 checksum when the server returns one. When the server gives
@@ -224,11 +227,16 @@ class Digest:
     sha256: str                      # hex, whole file
     part_size: int                   # 0 for a single PUT
     md5s: tuple[bytes, ...]          # raw MD5 of each part
-    sha256s: tuple[bytes, ...]       # raw SHA-256 of each part
+    sha256s: tuple[bytes, ...]       # raw SHA-256 of each part; () when not computed
 
     @property
     def is_multipart(self) -> bool:
         return self.part_size > 0
+
+    @property
+    def has_part_sums(self) -> bool:
+        """Whether ``sha256s`` were computed (an upload without checksums skips them)."""
+        return len(self.sha256s) == len(self.md5s)
 
     @property
     def etag(self) -> str:
@@ -239,6 +247,8 @@ class Digest:
     @property
     def checksum_sha256(self) -> str:
         """The base64 x-amz-checksum-sha256 S3 reports for this object."""
+        if not self.has_part_sums:
+            raise ValueError("per-part SHA-256s were not computed")
         if not self.is_multipart:
             return base64.b64encode(bytes.fromhex(self.sha256)).decode()
         whole = hashlib.sha256(b"".join(self.sha256s)).digest()
@@ -255,28 +265,54 @@ def digest_file(path: Path, part_size: int = 0) -> Digest:
     md5s: list[bytes] = []
     sha256s: list[bytes] = []
     n = 0
+    block = memoryview(bytearray(READ_BLOCK))
     try:
         with open(path, "rb") as f:
             while True:
                 want = part_size or (1 << 62)
-                pm, ps, got = hashlib.md5(), hashlib.sha256(), 0
+                pm = hashlib.md5()
+                # one part: its SHA-256 is the whole file's, so do not compute it twice
+                hashers = (pm, whole, hashlib.sha256()) if part_size else (pm, whole)
+                got = 0
                 while got < want:
-                    chunk = f.read(min(READ_BLOCK, want - got))
-                    if not chunk:
+                    k = f.readinto(block[:min(READ_BLOCK, want - got)])
+                    if not k:
                         break
-                    pm.update(chunk)
-                    ps.update(chunk)
-                    whole.update(chunk)
-                    got += len(chunk)
+                    for h in hashers:
+                        h.update(block[:k])
+                    got += k
                 if got or not md5s:
                     md5s.append(pm.digest())
-                    sha256s.append(ps.digest())
+                    if part_size:
+                        sha256s.append(hashers[2].digest())
                 n += got
                 if got < want:
                     break
     except OSError as exc:
         raise SpoolError(f"cannot read spooled file {path}: {exc.strerror}") from exc
+    if not part_size:
+        sha256s = [whole.digest()]
     return Digest(n, whole.hexdigest(), part_size, tuple(md5s), tuple(sha256s))
+
+
+def read_hashing(f: BinaryIO, into: memoryview, hashers: tuple[Any, ...], what: str) -> int:
+    """Fill ``into`` from ``f``; returns the bytes read, fewer only at end of file.
+
+    Each block is hashed right after it is read, while it is still in the CPU
+    cache, by every one of ``hashers``.
+    """
+    got = 0
+    try:
+        while got < len(into):
+            k = f.readinto(into[got:got + READ_BLOCK])
+            if not k:
+                break
+            for h in hashers:
+                h.update(into[got:got + k])
+            got += k
+    except OSError as exc:
+        raise SpoolError(f"{what}: cannot read the spooled file: {exc.strerror}") from exc
+    return got
 
 
 def _b64(raw: bytes) -> str:
@@ -331,7 +367,7 @@ class _SourceChanged(Exception):
 class _ExactReader:
     """Gives exactly ``length`` bytes from ``f`` starting at ``offset``; short reads raise.
 
-    botocore may rewind it (to sign the payload over plain HTTP).
+    botocore may rewind it (to resend after a redirect).
     """
 
     def __init__(self, f: BinaryIO, offset: int, length: int) -> None:
@@ -366,6 +402,36 @@ class _ExactReader:
 
     def __len__(self) -> int:
         return self._len
+
+
+class _BufferBody:
+    """A request body over bytes already in memory, read without copying them.
+
+    Its reads return slices of the one buffer (``memoryview``), which the
+    socket sends as they are. Rewindable, as botocore wants a body to be.
+    """
+
+    def __init__(self, view: memoryview) -> None:
+        self._view, self._pos = view, 0
+
+    def read(self, size: int = -1) -> memoryview:
+        left = len(self._view) - self._pos
+        if size is None or size < 0 or size > left:
+            size = left
+        out = self._view[self._pos:self._pos + size]
+        self._pos += size
+        return out
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: len(self._view)}[whence]
+        self._pos = max(0, min(base + offset, len(self._view)))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return len(self._view)
 
 
 # -- the store --------------------------------------------------------------------
@@ -431,6 +497,8 @@ class S3Store(Store):
         # against: ``verify`` reuses them rather than reading and hashing the file once more.
         # Content-addressed, so always true of those bytes; dropped once verified, and bounded.
         self._digests: dict[tuple[str, int], Digest] = {}
+        # Each upload thread's part buffer, reused part after part (see _buffer).
+        self._buffers = threading.local()
         # None: not yet known (auto); True/False once decided
         self._checksum_ok: bool | None = {"auto": None, "sha256": True, "off": False}[checksum]
         self._tagging_ok = True          # until the server says it has no tagging
@@ -598,14 +666,15 @@ class S3Store(Store):
 
     # -- object attributes ---------------------------------------------------------
 
-    def _object_args(self, blob: Blob, digest: Digest) -> dict[str, Any]:
+    def _object_args(self, blob: Blob, part_size: int) -> dict[str, Any]:
         meta = {}
         for k, v in blob.metadata.items():
             name = "".join(c if c.isascii() and (c.isalnum() or c == "-") else "-" for c in k.lower())
             meta[name] = quote(str(v), safe=" !#$&'()*+,-./:;=?@[]^_`{|}~")
-        meta[META_SHA256] = digest.sha256
-        if digest.is_multipart:
-            meta[META_PART_SIZE] = str(digest.part_size)
+        # a claim: the object is completed (or sent) only once its bytes hash to it
+        meta[META_SHA256] = blob.sha256
+        if part_size:
+            meta[META_PART_SIZE] = str(part_size)
         args: dict[str, Any] = {"Metadata": meta, "ContentType": "application/octet-stream"}
         if self.tag_retention and self.retention_class and self._tagging_ok:
             args["Tagging"] = urlencode({"retention-class": self.retention_class})
@@ -641,29 +710,30 @@ class S3Store(Store):
             state = None
         self._reap_orphans(full, keep=state.get("upload_id") if state else None)
 
-        digest = digest_file(blob.path, ps)
-        if digest.size != blob.size or digest.sha256 != blob.sha256:
-            if state:
-                self._abort(full, state["upload_id"], checkpoint)
-            raise IntegrityError(
-                f"put {key}: spooled file has {digest.size} bytes sha256 {digest.sha256[:16]}, "
-                f"expected {blob.size} bytes sha256 {blob.sha256[:16]}; nothing uploaded"
-            )
-
-        self._digests[(digest.sha256, digest.size)] = digest
-        while len(self._digests) > MAX_DIGESTS_KEPT:
-            self._digests.pop(next(iter(self._digests)), None)
-
+        # Usually the file is hashed as it is sent. Two rarer paths must know its
+        # digest before sending anything: proving an object already under the key,
+        # and matching the parts a resumed upload holds. They hash it first.
+        digest: Digest | None = None
         existing = self._head(full, "put")
-        if existing is not None and self._proof(full, existing, blob, digest) is True:
-            log.info("store.already_present", key=full)
-            if state:
-                self._abort(full, state["upload_id"], checkpoint)
-            checkpoint.clear()
-            return
+        if existing is not None or state is not None:
+            digest = digest_file(blob.path, ps)
+            if digest.size != blob.size or digest.sha256 != blob.sha256:
+                if state:
+                    self._abort(full, state["upload_id"], checkpoint)
+                raise IntegrityError(
+                    f"put {key}: spooled file has {digest.size} bytes sha256 {digest.sha256[:16]}, "
+                    f"expected {blob.size} bytes sha256 {blob.sha256[:16]}; nothing uploaded"
+                )
+            self._remember(digest)
+            if existing is not None and self._proof(full, existing, blob, digest) is True:
+                log.info("store.already_present", key=full)
+                if state:
+                    self._abort(full, state["upload_id"], checkpoint)
+                checkpoint.clear()
+                return
 
         if multipart:
-            self._put_multipart(full, blob, digest, checkpoint, state)
+            self._put_multipart(full, blob, ps, checkpoint, state, digest)
         else:
             self._put_single(full, blob, digest)
         checkpoint.clear()
@@ -689,17 +759,66 @@ class S3Store(Store):
         except Exception as exc:  # noqa: BLE001 - classified
             raise classify(exc, f"lock {full}") from exc
 
-    def _put_single(self, full: str, blob: Blob, digest: Digest) -> None:
+    def _remember(self, digest: Digest) -> None:
+        """Keep ``digest`` for ``verify``; only ever called with one proven to be the blob's."""
+        with self._lock:
+            self._digests[(digest.sha256, digest.size)] = digest
+            while len(self._digests) > MAX_DIGESTS_KEPT:
+                self._digests.pop(next(iter(self._digests)), None)
+
+    def _buffer(self, size: int) -> memoryview:
+        """``size`` bytes of this thread's part buffer.
+
+        Parts are read into it, hashed there and sent from it, so an upload
+        thread holds one part in memory, and the same one from part to part.
+        """
+        buf = getattr(self._buffers, "buf", None)
+        if buf is None or len(buf) < size:
+            buf = self._buffers.buf = bytearray(size)
+        return memoryview(buf)[:size]
+
+    def _put_single(self, full: str, blob: Blob, digest: Digest | None) -> None:
         what = f"put {full}"
+        size = blob.size
+        view: memoryview | None = None
+        if size <= self.part_size:
+            # Content-MD5 goes before the body: hash it in memory, then send those bytes.
+            view = self._buffer(size)
+            md5, sha = hashlib.md5(), hashlib.sha256()
+            with blob.open() as f:
+                got = read_hashing(f, view, (md5, sha), what)
+                longer = got == size and f.read(1) != b""
+            if got != size or longer or sha.hexdigest() != blob.sha256:
+                found = (f"{got} bytes" if got != size else "more bytes" if longer
+                         else f"sha256 {sha.hexdigest()[:16]}")
+                raise IntegrityError(
+                    f"{what}: spooled file has {found}, expected {size} bytes sha256 {blob.sha256[:16]}; "
+                    "nothing uploaded"
+                )
+            digest = Digest(size, blob.sha256, 0, (md5.digest(),), (sha.digest(),))
+        elif digest is None or digest.is_multipart:
+            # Larger than a part (up to multipart_threshold): hash the file, then stream
+            # it, so that memory stays at one part per upload thread. Content-MD5 makes
+            # the server refuse bytes that changed in between.
+            digest = digest_file(blob.path, 0)
+            if digest.size != size or digest.sha256 != blob.sha256:
+                raise IntegrityError(
+                    f"{what}: spooled file has {digest.size} bytes sha256 {digest.sha256[:16]}, "
+                    f"expected {size} bytes sha256 {blob.sha256[:16]}; nothing uploaded"
+                )
+        self._remember(digest)
         while True:
             use_sum = self._use_checksum()
-            args = self._object_args(blob, digest)
-            args.update(ContentLength=digest.size, ContentMD5=_b64(digest.md5s[0]))
+            args = self._object_args(blob, 0)
+            args.update(ContentLength=size, ContentMD5=_b64(digest.md5s[0]))
             if use_sum:
                 args["ChecksumSHA256"] = digest.checksum_full
             try:
-                with blob.open() as f:
-                    self.client.put_object(Bucket=self.bucket, Key=full, Body=_ExactReader(f, 0, digest.size), **args)
+                if view is not None:
+                    self.client.put_object(Bucket=self.bucket, Key=full, Body=_BufferBody(view), **args)
+                else:
+                    with blob.open() as f:
+                        self.client.put_object(Bucket=self.bucket, Key=full, Body=_ExactReader(f, 0, size), **args)
             except _SourceChanged as exc:
                 raise IntegrityError(f"{what}: {exc}") from exc
             except Exception as exc:  # noqa: BLE001 - classified
@@ -764,11 +883,20 @@ class S3Store(Store):
             marker = int(r["NextPartNumberMarker"])
 
     def _put_multipart(
-        self, full: str, blob: Blob, digest: Digest, checkpoint: Checkpoint, state: dict[str, Any] | None
+        self, full: str, blob: Blob, part_size: int, checkpoint: Checkpoint, state: dict[str, Any] | None,
+        digest: Digest | None,
     ) -> None:
-        ranges = part_ranges(digest.size, digest.part_size)
+        """Send the parts the server lacks, then complete.
+
+        With ``digest`` None (a fresh upload), each part is hashed as it is
+        sent and the digest is built from those hashes: the upload is completed
+        only if it is the blob's. With a ``digest`` (a resume: it proved the file
+        before any part was matched), each part sent must hash as it says.
+        """
+        ranges = part_ranges(blob.size, part_size)
         done: dict[int, dict[str, Any]] = {}
         if state is not None:
+            assert digest is not None and digest.part_size == part_size
             held = self._list_parts(full, state["upload_id"])
             if held is None:  # completed or aborted meanwhile; the HEAD said no object
                 checkpoint.clear()
@@ -786,31 +914,76 @@ class S3Store(Store):
                 log.info("store.resume", key=full, parts_held=len(done), parts_total=len(ranges))
         if state is None:
             done = {}
-            state = self._create_upload(full, blob, digest)
+            state = self._create_upload(full, blob, part_size)
             checkpoint.save(state)
         upload_id = state["upload_id"]
         use_sum = bool(state.get("checksum"))
+        what = f"put {full}"
         try:
+            whole = hashlib.sha256()
+            md5s: list[bytes] = []
+            sums: list[bytes] = []
+            buf = self._buffer(max(length for _, length in ranges))
             with blob.open() as f:
                 for n, (off, length) in enumerate(ranges, start=1):
                     if n in done:
                         continue
-                    etag = self._upload_part(full, upload_id, n, f, off, length, digest, use_sum)
+                    view = buf[:length]
+                    part_md5 = hashlib.md5()
+                    part_sha = hashlib.sha256() if use_sum and digest is None else None
+                    if digest is None:
+                        hashers = (part_md5, whole) if part_sha is None else (part_md5, whole, part_sha)
+                    else:
+                        hashers = (part_md5,)
+                    f.seek(off)
+                    got = read_hashing(f, view, hashers, what)
+                    if got != length:
+                        raise IntegrityError(f"{what}: spooled file ended {length - got} bytes early in part {n}")
+                    md5 = part_md5.digest()
+                    part_sum: bytes | None = None
+                    if digest is None:
+                        md5s.append(md5)
+                        if part_sha is not None:
+                            part_sum = part_sha.digest()
+                            sums.append(part_sum)
+                    elif md5 != digest.md5s[n - 1]:
+                        raise IntegrityError(f"{what}: spooled file changed while uploading (part {n})")
+                    elif use_sum:
+                        part_sum = digest.sha256s[n - 1]
+                    etag = self._upload_part(full, upload_id, n, view, md5, part_sum)
                     done[n] = {"n": n, "etag": etag, "size": length}
                     state["parts"] = [done[k] for k in sorted(done)]
                     checkpoint.save(state)
+                longer = digest is None and f.read(1) != b""
+            if digest is None:
+                # What was sent is what was hashed; complete only if that is the blob.
+                # Otherwise the except below aborts the upload.
+                if longer or whole.hexdigest() != blob.sha256:
+                    raise IntegrityError(
+                        f"{what}: the spooled file is not the blob (it "
+                        + ("is longer" if longer else f"hashed to sha256 {whole.hexdigest()[:16]}")
+                        + f", expected {blob.size} bytes sha256 {blob.sha256[:16]}); it changed or was "
+                        "damaged while uploading; upload aborted"
+                    )
+                digest = Digest(blob.size, blob.sha256, part_size, tuple(md5s), tuple(sums))
+                self._remember(digest)
             self._complete(full, upload_id, digest, done, use_sum)
         except Exception as exc:  # noqa: BLE001 - classified below
-            err = classify(exc, f"put {full}")
+            if isinstance(exc, SpoolError):
+                self._abort(full, upload_id, checkpoint)
+                raise
+            err = classify(exc, what)
             if not err.retryable and not isinstance(err, StoreAuthError):
                 # failed for good: do not leave parts behind that nobody will complete
                 self._abort(full, upload_id, checkpoint)
             raise err from exc
 
-    def _create_upload(self, full: str, blob: Blob, digest: Digest) -> dict[str, Any]:
+    def _create_upload(self, full: str, blob: Blob, part_size: int | Digest) -> dict[str, Any]:
+        if isinstance(part_size, Digest):  # callers that hold one may pass it
+            part_size = part_size.part_size
         while True:
             use_sum = self._use_checksum()
-            args = self._object_args(blob, digest)
+            args = self._object_args(blob, part_size)
             if use_sum:
                 args["ChecksumAlgorithm"] = "SHA256"
             try:
@@ -826,26 +999,22 @@ class S3Store(Store):
                 continue
             return {
                 "backend": "s3", "bucket": self.bucket, "key": full, "upload_id": r["UploadId"],
-                "part_size": digest.part_size, "size": digest.size, "sha256": digest.sha256,
+                "part_size": part_size, "size": blob.size, "sha256": blob.sha256,
                 "checksum": use_sum, "parts": [],
             }
 
     def _upload_part(
-        self, full: str, upload_id: str, n: int, f: BinaryIO, off: int, length: int,
-        digest: Digest, use_sum: bool,
+        self, full: str, upload_id: str, n: int, data: memoryview, md5: bytes, part_sum: bytes | None,
     ) -> str:
-        f.seek(off)
-        data = f.read(length)
-        if len(data) != length or hashlib.md5(data).digest() != digest.md5s[n - 1]:
-            raise IntegrityError(f"put {full}: spooled file changed while uploading (part {n})")
-        args: dict[str, Any] = {"ContentMD5": _b64(digest.md5s[n - 1]), "ContentLength": length}
-        if use_sum:
-            args["ChecksumSHA256"] = _b64(digest.sha256s[n - 1])
+        """Send part ``n`` from memory; ``md5`` (and ``part_sum``) were computed from ``data``."""
+        args: dict[str, Any] = {"ContentMD5": _b64(md5), "ContentLength": len(data)}
+        if part_sum is not None:
+            args["ChecksumSHA256"] = _b64(part_sum)
         r = self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=n,
-                                    Body=data, **args)
+                                    Body=_BufferBody(data), **args)
         etag = str(r["ETag"]).strip('"')
-        if etag != digest.md5s[n - 1].hex():
-            raise TransientStoreError(f"put {full}: part {n} stored with ETag {etag}, sent {digest.md5s[n - 1].hex()}")
+        if etag != md5.hex():
+            raise TransientStoreError(f"put {full}: part {n} stored with ETag {etag}, sent {md5.hex()}")
         return etag
 
     def _complete(self, full: str, upload_id: str, digest: Digest, done: dict[int, dict[str, Any]],
@@ -930,7 +1099,8 @@ class S3Store(Store):
             candidates = {local.checksum_full}
             ps = int(meta.get(META_PART_SIZE) or 0)
             if ps:
-                local = local if local.part_size == ps else digest_file(blob.path, ps)
+                if local.part_size != ps or not local.has_part_sums:
+                    local = digest_file(blob.path, ps)
                 candidates.add(local.checksum_sha256.split("-", 1)[0])
             ok = value in candidates
             if not ok:
