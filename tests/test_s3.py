@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -607,6 +609,59 @@ def test_swift_capabilities_detected_absent_and_paths_adapt(swift_proxied: Proxi
     p.store.put("a/other.age", make_blob(tmp_path, 700, "other"), MemoryCheckpoint())
     assert all(r.answered_by_proxy is None for r in p.proxy.requests)
     assert [r.method for r in p.proxy.requests].count("PUT") == 1
+
+
+@pytest.mark.parametrize("checksum", ["auto", "off"])
+def test_concurrent_first_uploads_to_swift_all_learn_what_it_lacks(swift_server: S3Endpoint, tmp_path: Path,
+                                                                    checksum: str) -> None:
+    """Four first uploads are all sent with tagging (and a checksum) before any answer
+    comes back; the ones refused after another taught the store are tried again too."""
+    ep = swift_server
+    part = ep.min_part_size
+    store = S3Store(f"s3://{ep.new_bucket()}/e", **ep.store_kwargs(multipart_threshold=part, part_size=part,
+                                                                   checksum=checksum))
+    store.probe()
+    together = threading.Barrier(4, timeout=10)
+    held = []
+
+    def hold(**kw: Any) -> None:
+        if len(held) < 8:            # the first two rounds of CreateMultipartUpload go out together
+            held.append(1)
+            together.wait()
+
+    new_client = store._new_client
+
+    def hooked() -> Any:
+        c = new_client()
+        c.meta.events.register("before-send.s3.CreateMultipartUpload", hold)
+        return c
+
+    store._new_client = hooked
+    store.client = hooked()
+    blobs = [make_blob(tmp_path, 3 * part + 5, f"b{i}") for i in range(4)]
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(lambda ib: store.put(f"a/{ib[0]}.age", ib[1], MemoryCheckpoint()), enumerate(blobs)))
+    for i, b in enumerate(blobs):
+        store.verify(f"a/{i}.age", b)
+    assert store.capabilities.server_checksum is False
+    assert not ep.client().list_multipart_uploads(Bucket=store.bucket).get("Uploads")
+
+
+def test_a_refusal_after_another_upload_learnt_is_still_retried() -> None:
+    from botocore.exceptions import ClientError
+
+    store = S3Store("s3://b/p", endpoint_url="http://127.0.0.1:1", region="us-east-1")
+    tagging = ClientError({"Error": {"Code": "NotImplemented", "Message": "Object tagging is not supported."}},
+                          "CreateMultipartUpload")
+    assert store._may_retry_without(tagging, used_checksum=False, used_tagging=True)
+    assert store._may_retry_without(tagging, used_checksum=False, used_tagging=True)   # was in flight
+    assert not store._may_retry_without(tagging, used_checksum=False, used_tagging=False)
+    checksum = ClientError({"Error": {"Code": "InvalidArgument", "Message": "x-amz-checksum-sha256"}}, "PutObject")
+    assert store._may_retry_without(checksum, used_checksum=True, used_tagging=False)
+    assert store._may_retry_without(checksum, used_checksum=True, used_tagging=False)  # was in flight
+    assert not store._may_retry_without(checksum, used_checksum=False, used_tagging=False)
+    forced = S3Store("s3://b/p", endpoint_url="http://127.0.0.1:1", region="us-east-1", checksum="sha256")
+    assert not forced._may_retry_without(checksum, used_checksum=True, used_tagging=False)
 
 
 def test_swift_reset_mid_part_is_retried(swift_proxied: Proxied, tmp_path: Path) -> None:

@@ -639,22 +639,26 @@ class S3Store(Store):
                 self._checksum_ok = True
                 self.capabilities = dataclasses.replace(self.capabilities, server_checksum=True)
 
-    def _may_retry_without(self, exc: BaseException, used_checksum: bool) -> bool:
+    def _may_retry_without(self, exc: BaseException, used_checksum: bool, used_tagging: bool) -> bool:
         """Drop an optional feature the server just refused; True if worth trying again.
 
         Tagging is optional (a retention hint for lifecycle rules): a server
         without it gets untagged objects. A checksum refused in auto mode
-        means the server does not do them.
+        means the server does not do them. Concurrent first uploads all send
+        both; whichever answer comes first teaches the store, and the others,
+        refused for the same reason, are tried again without.
         """
         if not isinstance(exc, bce.ClientError):
             return False
         code = _code(exc)
         message = str((exc.response.get("Error") or {}).get("Message", "")).lower()
-        if code in CHECKSUM_REJECTED_CODES and "tagging" in message and self._tagging_ok:
+        if used_tagging and code in CHECKSUM_REJECTED_CODES and "tagging" in message:
             with self._lock:
-                self._tagging_ok = False
-            log.warning("store.tagging_unsupported", url=self.url, code=code)
-        elif used_checksum and self.checksum == "auto" and self._checksum_ok is None and code in CHECKSUM_REJECTED_CODES:
+                first, self._tagging_ok = self._tagging_ok, False
+            if first:
+                log.warning("store.tagging_unsupported", url=self.url, code=code)
+        elif (used_checksum and self.checksum == "auto" and self._checksum_ok is not True
+              and code in CHECKSUM_REJECTED_CODES):
             self._checksum_unsupported(f"server rejected it ({code})")
         else:
             return False
@@ -822,7 +826,7 @@ class S3Store(Store):
             except _SourceChanged as exc:
                 raise IntegrityError(f"{what}: {exc}") from exc
             except Exception as exc:  # noqa: BLE001 - classified
-                if self._may_retry_without(exc, use_sum):
+                if self._may_retry_without(exc, use_sum, "Tagging" in args):
                     continue
                 raise classify(exc, what) from exc
             break
@@ -989,11 +993,12 @@ class S3Store(Store):
             try:
                 r = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **args)
             except Exception as exc:  # noqa: BLE001 - classified
-                if self._may_retry_without(exc, use_sum):
+                if self._may_retry_without(exc, use_sum, "Tagging" in args):
                     continue
                 raise classify(exc, f"create upload {full}") from exc
-            if use_sum and self._checksum_ok is None and r.get("ChecksumAlgorithm") is None:
-                # a server that understands checksums echoes the algorithm
+            if use_sum and self._checksum_ok is not True and r.get("ChecksumAlgorithm") is None:
+                # a server that understands checksums echoes the algorithm (in auto mode,
+                # another upload may have learnt meanwhile that this one does not)
                 self._abort(full, r["UploadId"], _NoCheckpoint())
                 self._checksum_unsupported("server ignored it")
                 continue
