@@ -966,8 +966,8 @@ class S3Store(Store):
                     raise IntegrityError(
                         f"{what}: the spooled file is not the blob (it "
                         + ("is longer" if longer else f"hashed to sha256 {whole.hexdigest()[:16]}")
-                        + f", expected {blob.size} bytes sha256 {blob.sha256[:16]}); it changed or was "
-                        "damaged while uploading; upload aborted"
+                        + f", expected {blob.size} bytes sha256 {blob.sha256[:16]}): damaged, or changed "
+                        "while uploading; upload aborted"
                     )
                 digest = Digest(blob.size, blob.sha256, part_size, tuple(md5s), tuple(sums))
                 self._remember(digest)
