@@ -1,7 +1,8 @@
 """The spool stage alone over many files: each → SHA-256 + age → fsynced spool file.
 
-The same ``Spool.spool`` call as bench/spool_stage.py, for a whole camera in
-one process, so interpreter start-up is paid once, as in ``dockd ingest``.
+The same spooling as a dock session (``GroupCommit`` over ``Spool``: small files
+share one flush), for a whole camera in one process, so interpreter start-up
+is paid once, as in ``dockd ingest``.
 
 usage: python -m bench.stage SPOOL_DIR FILE...
 """
@@ -13,17 +14,19 @@ import sys
 from pathlib import Path
 
 from dockd.age import generate_identity
-from dockd.pipeline.spool import Spool
+from dockd.pipeline.spool import GroupCommit, Spool
 
 
 def main(argv: list[str]) -> int:
     spool_dir, files = Path(argv[0]), [Path(f) for f in argv[1:]]
     spool = Spool(spool_dir, [generate_identity().public()])
+    group = GroupCommit(spool, lambda done: None)
     total = 0
     for i, src in enumerate(files, 1):
         st = os.stat(src)
-        spool.spool(src, i, st.st_size, st.st_mtime_ns)
+        group.spool(src, i, st.st_size, st.st_mtime_ns)
         total += st.st_size
+    group.flush()
     print(f"{len(files)} files, {total} bytes")
     return 0
 

@@ -35,7 +35,7 @@ from .ledger import Ledger
 from .model import Phase, RecState, Recording
 from .pipeline import naming
 from .pipeline.scan import scan
-from .pipeline.spool import Spool
+from .pipeline.spool import GroupCommit, Spool, Spooled
 from .pipeline.upload import Uploader
 from .pipeline.wipe import wipe
 from .store.base import Blob, MemoryCheckpoint, Store
@@ -227,12 +227,18 @@ class Station:
         floor, cap = self.cfg.spool.min_free, self.cfg.spool.max_size
         return bool((floor and self.spool.free_bytes() < floor) or (cap and self.spool.used_bytes() >= cap))
 
-    def _wait_for_spool_space(self, cancel: threading.Event, lg: Any, live: LiveSession) -> None:
+    def _wait_for_spool_space(self, cancel: threading.Event, lg: Any, live: LiveSession,
+                              group: GroupCommit | None = None) -> None:
+        """Wait while the spool is full. A group of spooled files not yet committed is
+        committed first: its uploads are what will free the space."""
         floor = self.cfg.spool.min_free
         if not floor and not self.cfg.spool.max_size:
             return
         warned = False
         while self.is_spool_full():
+            if group is not None and group.pending:
+                group.flush()
+                continue
             if not warned:
                 log.emit(lg, "spool.pressure", free=self.spool.free_bytes(), min_free=floor)
                 live.last_error = "spool full: waiting for uploads"
@@ -392,24 +398,50 @@ class Station:
         live.spooled_bytes = sum(r.size for r in recs.values() if r.state.is_safe)
         self._set_phase(sid, live, Phase.SPOOLING, lg)
         changed = False
-        for rec in list(recs.values()):
-            rec = self.ledger.get(rec.id)
-            if rec.state in (RecState.SPOOLED, RecState.UPLOADED) or (
-                    rec.state == RecState.FAILED and rec.spool_path):
-                self.uploader.submit(rec)
-                continue
-            if rec.state not in (RecState.FOUND, RecState.FAILED):
-                continue
-            outcome = self._spool_one(ev, rec, lg, live, cancel, progress, failed)
-            changed = changed or outcome == "changed"
+        group = GroupCommit(self.spool, lambda done: self._commit_spooled(done, lg))
+        try:
+            for rec in list(recs.values()):
+                rec = self.ledger.get(rec.id)
+                if rec.state in (RecState.SPOOLED, RecState.UPLOADED) or (
+                        rec.state == RecState.FAILED and rec.spool_path):
+                    self.uploader.submit(rec)
+                    continue
+                if rec.state not in (RecState.FOUND, RecState.FAILED):
+                    continue
+                outcome = self._spool_one(ev, rec, lg, live, cancel, progress, failed, group)
+                changed = changed or outcome == "changed"
+            group.flush()
+        except DeviceGoneError:
+            group.flush()          # the group's files were read whole before the camera left
+            raise
+        finally:
+            group.discard()        # after any other error: copied again next pass
         live.current = None
         return changed
 
+    def _commit_spooled(self, group: list[Spooled], lg: Any) -> None:
+        """A durable group: ``spooled`` for all of it in one commit, then their uploads."""
+        done: list[tuple[Spooled, Recording]] = []
+        with self.ledger.tx():
+            for sp in group:
+                rec = self.ledger.get(sp.rec_id)
+                key = naming.object_key(self.cfg.store.prefix, self.cfg.station.id, rec.serial, rec.rel_path,
+                                        rec.mtime_ns, sp.plain_sha256)
+                done.append((sp, self.ledger.transition(
+                    rec.id, RecState.SPOOLED, event="recording.spooled", plain_sha256=sp.plain_sha256,
+                    cipher_sha256=sp.cipher_sha256, cipher_size=sp.cipher_size, object_key=key,
+                    spool_path=str(sp.path))))
+        for sp, rec in done:
+            log.emit(lg.bind(recording=rec.name, sha256=sp.plain_sha256), "recording.spooled", size=rec.size,
+                     cipher_sha256=sp.cipher_sha256, seconds=round(sp.seconds, 3))
+            self.uploader.submit(rec)
+
     def _spool_one(self, ev: CameraDocked, rec: Recording, lg: Any, live: LiveSession,
                    cancel: threading.Event, progress: Callable[[LiveSession, int], None] | None,
-                   failed: list[tuple[str, str]]) -> str:
-        """Spool one recording; commit ``spooled`` and queue its upload. Returns
-        "ok", "changed" or "failed". Raises DeviceGoneError when the camera left."""
+                   failed: list[tuple[str, str]], group: GroupCommit) -> str:
+        """Spool one recording into ``group`` (which commits ``spooled`` and queues the
+        upload once it is durable). Returns "ok", "changed" or "failed". Raises
+        DeviceGoneError when the camera left."""
         rlg = lg.bind(recording=rec.name)
         live.current = rec.name
         before = live.spooled_bytes
@@ -420,11 +452,11 @@ class Station:
                 progress(live, n)
 
         while True:
-            self._wait_for_spool_space(cancel, rlg, live)
+            self._wait_for_spool_space(cancel, rlg, live, group)
             try:
-                sp = self.spool.spool(ev.mount / os.fsdecode(rec.rel_path), rec.id, rec.size,
-                                      rec.mtime_ns, cancel, on_bytes)
-                break
+                group.spool(ev.mount / os.fsdecode(rec.rel_path), rec.id, rec.size, rec.mtime_ns,
+                            cancel, on_bytes)
+                return "ok"
             except SpoolFullError as exc:
                 live.spooled_bytes = before
                 if not self.cfg.spool.min_free:
@@ -432,6 +464,7 @@ class Station:
                     return "failed"
                 log.emit(rlg, "spool.pressure", free=self.spool.free_bytes(),
                          min_free=self.cfg.spool.min_free)
+                group.flush()              # its uploads free the space this file needs
                 if cancel.wait(SPOOL_WAIT_SECONDS):
                     raise DeviceGoneError("camera undocked while waiting for spool space") from exc
             except FileChangedError as exc:
@@ -448,15 +481,6 @@ class Station:
                     raise DeviceGoneError(f"camera gone: {exc}") from exc
                 self._fail_read(rec, rlg, exc, failed)
                 return "failed"
-        key = naming.object_key(self.cfg.store.prefix, self.cfg.station.id, rec.serial, rec.rel_path,
-                                rec.mtime_ns, sp.plain_sha256)
-        rec = self.ledger.transition(rec.id, RecState.SPOOLED, event="recording.spooled",
-                                     plain_sha256=sp.plain_sha256, cipher_sha256=sp.cipher_sha256,
-                                     cipher_size=sp.cipher_size, object_key=key, spool_path=str(sp.path))
-        log.emit(rlg.bind(sha256=sp.plain_sha256), "recording.spooled", size=rec.size,
-                 cipher_sha256=sp.cipher_sha256, seconds=round(sp.seconds, 3))
-        self.uploader.submit(rec)
-        return "ok"
 
     def _note_marker(self, rec: Recording, marker: str, lg: Any) -> None:
         """Remember the marker; a flagged recording gets one ``recording.flagged`` audit

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -13,6 +15,29 @@ def fsync_dir(path: Path | str | bytes) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def syncfs(path: Path | str) -> None:
+    """Flush every dirty page and inode of the filesystem holding ``path``, with one
+    journal commit: how a group of files is made durable together. Raises
+    ``OSError`` (writeback errors included, Linux ≥ 5.8); falls back to ``sync()``
+    where the C library has no ``syncfs``."""
+    global _libc
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(_libc, "syncfs", None)
+        if fn is None:
+            os.sync()
+        elif fn(fd) != 0:
+            err = ctypes.get_errno() or errno.EIO
+            raise OSError(err, os.strerror(err), str(path))
     finally:
         os.close(fd)
 

@@ -151,7 +151,9 @@ def test_redock_of_verified_files_goes_straight_to_wipe(make_cfg, camera, tmp_pa
     store = ScriptedStore(tmp_path / "store", always=lambda: TransientStoreError("store down"))
     out, recs, _e, _c = ingest(cfg, camera, backend=store)
     assert out.ok                                  # released: every recording durable in the spool
-    assert all(r.state == RecState.FAILED and r.spool_path for r in recs)
+    # durable in the spool, none proven at the store (how far the failing uploads got
+    # before the session released the camera is timing)
+    assert all(r.is_durable and r.spool_path and r.state != RecState.VERIFIED for r in recs)
     assert len(files(camera)) == 8                  # nothing wiped without proof
     # the store comes back; the next start uploads from the spool
     cfg2 = make_cfg()

@@ -17,7 +17,6 @@ camera happens before, in the sources: an untagged device never gets here.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import MountError
-from ..fsutil import close_quietly
+from ..fsutil import close_quietly, syncfs
 
 HARDENING = ("nosuid", "nodev", "noexec", "noatime")
 REQUIRED_FLAGS = frozenset({"nosuid", "nodev", "noexec"})
@@ -180,17 +179,9 @@ def read_camera_file(root: Path, relpath: str, limit: int = 4096) -> bytes | Non
 
 def _syncfs(path: Path) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        syncfs(path)
     except OSError:
-        return                      # a dead mount has nothing left to sync
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(fd) != 0:
-            os.sync()
-    except (OSError, AttributeError):
-        os.sync()
-    finally:
-        close_quietly(fd)
+        pass                        # a dead mount has nothing left to sync; umount reports the rest
 
 
 def _is_dead(target: Path) -> bool:

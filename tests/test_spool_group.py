@@ -1,0 +1,130 @@
+"""Group commit in the spool: small files share one flush, and nothing gets its
+final name (or ``spooled`` in the ledger) before its bytes are on disk."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from dockd.age import decrypt, generate_identity
+from dockd.device.events import CameraDocked
+from dockd.engine import Station
+from dockd.errors import SpoolError
+from dockd.model import Phase, RecState
+from dockd.pipeline import spool as spool_mod
+from dockd.pipeline.spool import GROUP_FILE_MAX, GROUP_FILES, GroupCommit, Spool
+from dockd.store.retry import RetryPolicy
+
+
+@pytest.fixture
+def ident():
+    return generate_identity()
+
+
+def _files(root: Path, sizes: list[int]) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, n in enumerate(sizes):
+        p = root / f"F{i:04d}.JPG"
+        p.write_bytes(os.urandom(n))
+        out.append(p)
+    return out
+
+
+def _spool_all(group: GroupCommit, files: list[Path]) -> None:
+    for i, f in enumerate(files, 1):
+        st = f.stat()
+        group.spool(f, i, st.st_size, st.st_mtime_ns)
+
+
+def test_small_files_are_committed_together_and_decrypt(tmp_path, ident, monkeypatch):
+    flushes = []
+    real = spool_mod.syncfs
+    monkeypatch.setattr(spool_mod, "syncfs", lambda p: (flushes.append(p), real(p)))
+    spool = Spool(tmp_path / "spool", [ident.public()])
+    files = _files(tmp_path / "cam", [65536] * (GROUP_FILES + 5))
+    groups: list[list] = []
+    group = GroupCommit(spool, groups.append)
+    _spool_all(group, files)
+    # one full group committed; the rest wait in partial/ under no final name
+    assert [len(g) for g in groups] == [GROUP_FILES]
+    assert len(list((spool.root / "partial").iterdir())) == 5
+    assert not spool.path_for(GROUP_FILES + 1).exists()
+    group.flush()
+    assert [len(g) for g in groups] == [GROUP_FILES, 5] and len(flushes) == 2
+    assert list((spool.root / "partial").iterdir()) == []
+    for g in groups:
+        for sp in g:
+            assert sp.durable and sp.path == spool.path_for(sp.rec_id)
+            out = io.BytesIO()
+            with open(sp.path, "rb") as f:
+                decrypt(f, out, [ident])
+            assert out.getvalue() == files[sp.rec_id - 1].read_bytes()
+
+
+def test_a_large_file_flushes_the_group_before_it_and_goes_alone(tmp_path, ident):
+    spool = Spool(tmp_path / "spool", [ident.public()])
+    files = _files(tmp_path / "cam", [1000, 2000, GROUP_FILE_MAX + 1, 3000])
+    groups: list[list] = []
+    group = GroupCommit(spool, groups.append)
+    _spool_all(group, files)
+    group.flush()
+    assert [[sp.rec_id for sp in g] for g in groups] == [[1, 2], [3], [4]]
+
+
+def test_a_failed_flush_leaves_no_final_name_and_says_so(tmp_path, ident, monkeypatch):
+    spool = Spool(tmp_path / "spool", [ident.public()])
+    files = _files(tmp_path / "cam", [1000, 2000])
+
+    def broken(path):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(spool_mod, "syncfs", broken)
+    groups: list[list] = []
+    group = GroupCommit(spool, groups.append)
+    _spool_all(group, files)
+    with pytest.raises(SpoolError, match="Input/output error"):
+        group.flush()
+    assert groups == []
+    assert list(spool.root.glob("*.age")) == [] and list((spool.root / "partial").iterdir()) == []
+
+
+def test_discard_drops_an_uncommitted_group(tmp_path, ident):
+    spool = Spool(tmp_path / "spool", [ident.public()])
+    group = GroupCommit(spool, lambda g: pytest.fail("nothing may be committed"))
+    _spool_all(group, _files(tmp_path / "cam", [1000, 2000]))
+    group.discard()
+    group.flush()
+    assert list(spool.root.glob("*.age")) == [] and list((spool.root / "partial").iterdir()) == []
+
+
+def test_undock_mid_group_keeps_what_was_read_whole(make_cfg, tmp_path):
+    """The camera leaves while the 4th photo is read: the three read whole are
+    committed (spooled, uploaded, verified), the 4th is not, nothing is wiped."""
+    cam = tmp_path / "cams" / "G1"
+    files = _files(cam / "DCIM", [40_000] * 6)
+    cfg = make_cfg()
+    st = Station(cfg, policy=RetryPolicy.immediate(3), patient=False)
+    st.start()
+    cancel = threading.Event()
+    seen = []
+
+    def progress(live, n):
+        seen.append(n)
+        if len(seen) == 4:
+            cancel.set()         # pulled out while the 4th file is being read
+
+    out = st.run_session(CameraDocked("G1", "generic", cam), cancel=cancel, progress=progress)
+    assert out.phase == Phase.INTERRUPTED
+    st.uploader.wait_idle([r.id for r in st.ledger.recordings(serial="G1")], timeout=30)
+    states = sorted((r.name, r.state) for r in st.ledger.recordings(serial="G1"))
+    st.close()
+    durable = [n for n, s in states if s in (RecState.SPOOLED, RecState.UPLOADED, RecState.VERIFIED)]
+    assert len(durable) == 3, states
+    assert [s for n, s in states if n not in durable] == [RecState.FOUND] * 3
+    assert all(f.exists() for f in files)                        # an interrupted dock wipes nothing
+    assert list((tmp_path / "state" / "spool" / "partial").iterdir()) == []
