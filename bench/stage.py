@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
         group.spool(src, i, st.st_size, st.st_mtime_ns)
         total += st.st_size
     group.flush()
+    group.close()
     print(f"{len(files)} files, {total} bytes")
     return 0
 

@@ -415,7 +415,7 @@ class Station:
             group.flush()          # the group's files were read whole before the camera left
             raise
         finally:
-            group.discard()        # after any other error: copied again next pass
+            group.close()          # after any other error, what was not handed over is copied again
         live.current = None
         return changed
 

@@ -42,20 +42,24 @@ def _spool_all(group: GroupCommit, files: list[Path]) -> None:
 
 
 def test_small_files_are_committed_together_and_decrypt(tmp_path, ident, monkeypatch):
+    spool = Spool(tmp_path / "spool", [ident.public()])
     flushes = []
     real = spool_mod.syncfs
-    monkeypatch.setattr(spool_mod, "syncfs", lambda p: (flushes.append(p), real(p)))
-    spool = Spool(tmp_path / "spool", [ident.public()])
+
+    def watched(path):
+        # at the flush, the files are whole in partial/ and none has its final name yet
+        flushes.append((len(list((spool.root / "partial").iterdir())), len(list(spool.root.glob("*.age")))))
+        real(path)
+
+    monkeypatch.setattr(spool_mod, "syncfs", watched)
     files = _files(tmp_path / "cam", [65536] * (GROUP_FILES + 5))
     groups: list[list] = []
     group = GroupCommit(spool, groups.append)
     _spool_all(group, files)
-    # one full group committed; the rest wait in partial/ under no final name
-    assert [len(g) for g in groups] == [GROUP_FILES]
-    assert len(list((spool.root / "partial").iterdir())) == 5
-    assert not spool.path_for(GROUP_FILES + 1).exists()
     group.flush()
-    assert [len(g) for g in groups] == [GROUP_FILES, 5] and len(flushes) == 2
+    group.close()
+    assert [len(g) for g in groups] == [GROUP_FILES, 5]
+    assert len(flushes) == 2 and flushes[0][1] == 0 and flushes[1][1] == GROUP_FILES
     assert list((spool.root / "partial").iterdir()) == []
     for g in groups:
         for sp in g:
@@ -73,12 +77,13 @@ def test_a_large_file_flushes_the_group_before_it_and_goes_alone(tmp_path, ident
     group = GroupCommit(spool, groups.append)
     _spool_all(group, files)
     group.flush()
+    group.close()
     assert [[sp.rec_id for sp in g] for g in groups] == [[1, 2], [3], [4]]
 
 
 def test_a_failed_flush_leaves_no_final_name_and_says_so(tmp_path, ident, monkeypatch):
     spool = Spool(tmp_path / "spool", [ident.public()])
-    files = _files(tmp_path / "cam", [1000, 2000])
+    files = _files(tmp_path / "cam", [1000, 2000, GROUP_FILE_MAX + 1, 3000])
 
     def broken(path):
         raise OSError(5, "Input/output error")
@@ -86,20 +91,43 @@ def test_a_failed_flush_leaves_no_final_name_and_says_so(tmp_path, ident, monkey
     monkeypatch.setattr(spool_mod, "syncfs", broken)
     groups: list[list] = []
     group = GroupCommit(spool, groups.append)
-    _spool_all(group, files)
     with pytest.raises(SpoolError, match="Input/output error"):
+        _spool_all(group, files)         # the first group fails behind the copy; said at the next file
         group.flush()
+    group.close()
     assert groups == []
     assert list(spool.root.glob("*.age")) == [] and list((spool.root / "partial").iterdir()) == []
 
 
-def test_discard_drops_an_uncommitted_group(tmp_path, ident):
+def test_close_drops_what_was_not_handed_over(tmp_path, ident):
     spool = Spool(tmp_path / "spool", [ident.public()])
     group = GroupCommit(spool, lambda g: pytest.fail("nothing may be committed"))
     _spool_all(group, _files(tmp_path / "cam", [1000, 2000]))
-    group.discard()
-    group.flush()
+    group.close()
     assert list(spool.root.glob("*.age")) == [] and list((spool.root / "partial").iterdir()) == []
+
+
+def test_the_commit_runs_behind_the_copy_and_keeps_spool_order(tmp_path, ident, monkeypatch):
+    """While a group is being flushed the next file is already being read; the
+    groups still reach on_commit in spool order."""
+    spool = Spool(tmp_path / "spool", [ident.public()])
+    release = threading.Event()
+    real = spool_mod._fsync_path
+
+    def slow(path):
+        release.wait(10)
+        real(path)
+
+    monkeypatch.setattr(spool_mod, "_fsync_path", slow)
+    files = _files(tmp_path / "cam", [GROUP_FILE_MAX + 1, 1000, 2000])
+    groups: list[list] = []
+    group = GroupCommit(spool, groups.append)
+    _spool_all(group, files)             # returns while the big file's flush is held
+    assert groups == [] and len(list((spool.root / "partial").iterdir())) == 3
+    release.set()
+    group.flush()
+    group.close()
+    assert [[sp.rec_id for sp in g] for g in groups] == [[1], [2, 3]]
 
 
 def test_undock_mid_group_keeps_what_was_read_whole(make_cfg, tmp_path):

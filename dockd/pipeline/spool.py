@@ -176,7 +176,10 @@ class Spool:
         if not todo:
             return done
         try:
-            syncfs(self.root)
+            if len(todo) == 1:
+                _fsync_path(todo[0].path)    # one file: flush just it, not the whole disk
+            else:
+                syncfs(self.root)
             for sp in todo:
                 os.replace(sp.path, self.path_for(sp.rec_id))
             fsync_dir(self.root)
@@ -189,15 +192,22 @@ class Spool:
 
 
 class GroupCommit:
-    """Spools files one after another, committing small ones in groups.
+    """Spools files one after another; makes them durable behind the copying.
 
-    ``spool`` takes the same arguments as ``Spool.spool``. A file larger than
-    ``GROUP_FILE_MAX`` is flushed on its own (after the group before it); a
-    small one joins the group, which is committed when full or on ``flush``.
-    ``on_commit`` receives each committed group, in spool order: the caller
-    records them as spooled then, never earlier. ``discard`` drops a group
-    that will not be committed (its files were complete, but the caller is
-    giving up: the next pass copies them again).
+    ``spool`` takes the same arguments as ``Spool.spool`` and leaves each file
+    complete but unflushed. Small files (up to ``GROUP_FILE_MAX``) are gathered
+    into groups; a larger file is a group of its own (after the group before
+    it). Each group is committed (``Spool.commit``) on a thread of its own, so
+    the disk flushes one group while the next file is read: the camera is read
+    continuously, as ``cp`` reads it. At most one group waits behind the one
+    being committed, which bounds the bytes not yet durable.
+
+    ``on_commit`` receives each committed group, in spool order, on the commit
+    thread: the caller records them as spooled then, never earlier. A commit
+    failure is raised by the next ``spool`` or by ``flush``, which also waits
+    until everything handed over is committed. ``close`` drops the files not
+    yet handed over (complete, but the caller is giving up: the next pass
+    copies them again), lets the handed-over ones finish, and ends the thread.
     """
 
     def __init__(self, spool: Spool, on_commit: Callable[[list[Spooled]], None]) -> None:
@@ -205,31 +215,87 @@ class GroupCommit:
         self.on_commit = on_commit
         self.pending: list[Spooled] = []
         self._bytes = 0
+        self._queue: queue.Queue[list[Spooled] | None] = queue.Queue(maxsize=1)
+        self._cv = threading.Condition()
+        self._inflight = 0
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
 
     def spool(self, source: Path, rec_id: int, size: int, mtime_ns: int,
               cancel: threading.Event | None = None,
               progress: Callable[[int], None] | None = None) -> Spooled:
-        if size > GROUP_FILE_MAX:
-            self.flush()
-            sp = self.spool_.spool(source, rec_id, size, mtime_ns, cancel, progress)
-            self.on_commit([sp])
-            return sp
+        self._raise_failure()
         sp = self.spool_.spool(source, rec_id, size, mtime_ns, cancel, progress, durable=False)
+        if size > GROUP_FILE_MAX:
+            self._hand_over()
+            self._submit([sp])
+            return sp
         self.pending.append(sp)
         self._bytes += sp.cipher_size
         if len(self.pending) >= GROUP_FILES or self._bytes >= GROUP_BYTES:
-            self.flush()
+            self._hand_over()
         return sp
 
     def flush(self) -> None:
-        group, self.pending, self._bytes = self.pending, [], 0
-        if group:
-            self.on_commit(self.spool_.commit(group))
+        """Commit everything spooled so far; return once it is durable and recorded."""
+        self._hand_over()
+        self._wait_idle()
+        self._raise_failure()
 
-    def discard(self) -> None:
+    def close(self) -> None:
         for sp in self.pending:
             sp.path.unlink(missing_ok=True)
         self.pending, self._bytes = [], 0
+        self._wait_idle()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    # -- the commit thread -------------------------------------------------------
+
+    def _hand_over(self) -> None:
+        group, self.pending, self._bytes = self.pending, [], 0
+        if group:
+            self._submit(group)
+
+    def _submit(self, group: list[Spooled]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="spool-commit", daemon=True)
+            self._thread.start()
+        with self._cv:
+            self._inflight += 1
+        self._queue.put(group)               # waits while a group is already queued
+
+    def _run(self) -> None:
+        while True:
+            group = self._queue.get()
+            if group is None:
+                return
+            try:
+                if self._error is None:
+                    self.on_commit(self.spool_.commit(group))
+                else:                        # after a failure nothing commits out of order
+                    for sp in group:
+                        sp.path.unlink(missing_ok=True)
+            except BaseException as exc:  # handed to the caller's thread
+                with self._cv:
+                    self._error = self._error or exc
+            finally:
+                with self._cv:
+                    self._inflight -= 1
+                    self._cv.notify_all()
+
+    def _wait_idle(self) -> None:
+        with self._cv:
+            while self._inflight:
+                self._cv.wait()
+
+    def _raise_failure(self) -> None:
+        with self._cv:
+            exc, self._error = self._error, None
+        if exc is not None:
+            raise exc
 
 
 class _Reader:
@@ -320,6 +386,14 @@ class _Reader:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)   # a hung device must not hang the session forever
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_error(exc: OSError, source: Path) -> SourceError:
