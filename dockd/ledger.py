@@ -145,6 +145,7 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")   # FULL per durable commit, see above
         self._late_durable = False
+        self._session_usb: dict[int, tuple[str, Any]] = {}
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
 
@@ -170,6 +171,7 @@ class Ledger:
                     yield self._db
                 except BaseException:
                     self._db.execute("ROLLBACK")
+                    self._session_usb.clear()      # it may hold a row that was rolled back
                     raise
                 self._db.execute("COMMIT")
             finally:
@@ -211,10 +213,15 @@ class Ledger:
         camera's USB descriptors, so each line of the audit log names its device."""
         with self.tx() as db:
             if session_id is not None and "usb" not in data:
-                srow = db.execute("SELECT serial, usb FROM sessions WHERE id=?", (session_id,)).fetchone()
-                if srow is not None:
-                    data["usb"] = json.loads(srow["usb"] or "{}")
-                    serial = serial or srow["serial"]
+                known = self._session_usb.get(session_id)
+                if known is None:
+                    srow = db.execute("SELECT serial, usb FROM sessions WHERE id=?", (session_id,)).fetchone()
+                    if srow is not None:
+                        # written once, when the session opens: safe to remember
+                        known = self._session_usb[session_id] = (srow["serial"], json.loads(srow["usb"] or "{}"))
+                if known is not None:
+                    data["usb"] = known[1]
+                    serial = serial or known[0]
             row = db.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
             prev = row[0] if row else GENESIS
             ts = time.time()
@@ -422,8 +429,8 @@ class Ledger:
             for k, v in fields.items():
                 sets.append(f"{k}=?")
                 args.append(v)
-            db.execute(f"UPDATE recordings SET {', '.join(sets)} WHERE id=?", (*args, rec_id))
-            rec = self.get(rec_id)
+            rec = _row_to_rec(db.execute(f"UPDATE recordings SET {', '.join(sets)} WHERE id=? RETURNING {_REC_COLS}",
+                                         (*args, rec_id)).fetchone())
             if event:
                 self.append_event(event, serial=rec.serial, session_id=rec.session_id,
                                   recording_id=rec_id, path=rec.name, size=rec.size,

@@ -9,6 +9,7 @@ whose name looks secret.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from typing import Any, TextIO
@@ -93,11 +94,17 @@ _SECRET_WORDS = ("secret", "password", "token", "credential", "identity", "priva
 _FIRST = ("ts", "level", "event", "msgid", "camera", "recording", "sha256")
 
 
+@functools.lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    low = key.lower()
+    return any(w in low for w in _SECRET_WORDS)
+
+
 def redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    for k in list(event):
-        if any(w in k.lower() for w in _SECRET_WORDS):
+    for k, v in event.items():
+        if _secret_key(k):
             event[k] = "[redacted]"
-        elif isinstance(event[k], str) and "AGE-SECRET-KEY-" in event[k].upper():
+        elif isinstance(v, str) and "AGE-SECRET-KEY-" in v.upper():
             event[k] = "[redacted]"
     return event
 

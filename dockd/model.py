@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import os
 from dataclasses import dataclass
 
@@ -54,9 +55,13 @@ TRANSITIONS: dict[RecState, frozenset[RecState]] = {
 }
 
 
+@functools.lru_cache(maxsize=1 << 15)
 def display_path(rel: bytes) -> str:
-    """A camera path for humans and logs: invalid UTF-8 and controls escaped."""
+    """A camera path for humans and logs: invalid UTF-8 and controls escaped.
+    Cached: every log line and ledger event names its recording."""
     text = os.fsdecode(rel)
+    if text.isprintable() and text.isascii():
+        return text                        # the common case: nothing to escape
     out = []
     for ch in text:
         o = ord(ch)
