@@ -28,9 +28,12 @@ class ScriptedStore(Store):
         self.after_put = after_put
         self.puts = 0
         self.attempts = 0
+        self.attempted: list[str] = []      # keys of every put, refused or not
+        self.verified: list[str] = []       # keys of every verify
 
     def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
         self.attempts += 1
+        self.attempted.append(key)
         if self.always:
             raise self.always()
         if self.put_errors:
@@ -45,6 +48,7 @@ class ScriptedStore(Store):
             raise self.always()   # refused credentials refuse every call, not only put
 
     def verify(self, key: str, blob: Blob) -> ObjectInfo:
+        self.verified.append(key)
         self._gate()
         return self.inner.verify(key, blob)
 

@@ -61,10 +61,18 @@ class Uploader:
         self.metadata = metadata
         self.is_docked = is_docked
         self.log = logger or log.get()
-        self._cv = threading.Condition()
+        # One lock, three conditions, so a wake-up reaches only who it concerns: workers
+        # wait for work (_cv), sessions for recordings to settle (_idle), the timer for
+        # its next round (_tick_cv). One shared condition woke every thread at every
+        # finished upload: on a camera of small files, most of the CPU went to futexes.
+        lock = threading.Lock()
+        self._cv = threading.Condition(lock)
+        self._idle = threading.Condition(lock)
+        self._tick_cv = threading.Condition(lock)
         self._queues: dict[str, collections.deque[int]] = collections.OrderedDict()
         self._flagged: collections.deque[int] = collections.deque()
         self._queued: set[int] = set()
+        self._fresh: set[int] = set()         # spooled just now: not at the store yet
         self._active: set[int] = set()
         self._delayed: dict[int, float] = {}
         self._stopping = False
@@ -92,13 +100,20 @@ class Uploader:
         with self._cv:
             self._stopping = True
             self._cv.notify_all()
+            self._idle.notify_all()
+            self._tick_cv.notify_all()
         deadline = time.monotonic() + timeout
         for w in self._workers:
             if w.is_alive():
                 w.join(max(0.0, deadline - time.monotonic()))
 
-    def submit(self, rec: Recording) -> None:
+    def submit(self, rec: Recording, fresh: bool = False) -> None:
+        """Queue ``rec``. ``fresh``: spooled just now, so the store cannot hold it yet;
+        its first attempt skips the "already there?" round trip (the put itself
+        still proves an object it finds under the key)."""
         with self._cv:
+            if fresh:
+                self._fresh.add(rec.id)
             if rec.id in self._queued or rec.id in self._active:
                 return
             self._delayed.pop(rec.id, None)
@@ -144,11 +159,13 @@ class Uploader:
         ids = set(rec_ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            while ids & (self._queued | self._active):
+            # isdisjoint walks the smaller set and stops at the first hit: this runs at
+            # every finished upload, and a camera of 10,000 photos must not make it O(n²)
+            while not (ids.isdisjoint(self._queued) and ids.isdisjoint(self._active)):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                self._cv.wait(0.5 if left is None else min(left, 0.5))
+                self._idle.wait(0.5 if left is None else min(left, 0.5))
         return True
 
     # -- machinery ------------------------------------------------------------
@@ -179,7 +196,7 @@ class Uploader:
     def _done(self, rec_id: int) -> None:
         with self._cv:
             self._active.discard(rec_id)
-            self._cv.notify_all()
+            self._idle.notify_all()
 
     def _tick(self) -> None:
         while True:
@@ -198,7 +215,7 @@ class Uploader:
             if self._auth_paused:
                 self._probe_auth()
             with self._cv:
-                self._cv.wait(AUTH_PROBE_SECONDS if self._auth_paused else 1.0)
+                self._tick_cv.wait(AUTH_PROBE_SECONDS if self._auth_paused else 1.0)
 
     def _probe_auth(self) -> None:
         try:
@@ -249,7 +266,10 @@ class Uploader:
         self._local.lg = lg
         try:
             log.emit(lg, "upload.started", key=key, size=blob.size)
-            if not self._already_there(key, blob):
+            with self._cv:
+                fresh = rec.id in self._fresh
+                self._fresh.discard(rec.id)
+            if fresh or not self._already_there(key, blob):
                 store.put(key, blob, LedgerCheckpoint(self.ledger, rec.id))
                 rec = self.ledger.transition(rec.id, RecState.UPLOADED, event="upload.uploaded")
                 log.emit(lg, "upload.uploaded", key=key)

@@ -712,7 +712,10 @@ class S3Store(Store):
                 state = None
         else:
             state = None
-        self._reap_orphans(full, keep=state.get("upload_id") if state else None)
+        if multipart:
+            # orphans are multipart uploads, and a blob this size is always sent in
+            # parts: a single PUT has none to look for (one request saved per photo)
+            self._reap_orphans(full, keep=state.get("upload_id") if state else None)
 
         # Usually the file is hashed as it is sent. Two rarer paths must know its
         # digest before sending anything: proving an object already under the key,
