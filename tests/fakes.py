@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Callable, Iterator, BinaryIO
 
@@ -69,3 +70,17 @@ class ScriptedStore(Store):
 
 def transient(n: int) -> list[DockdError]:
     return [TransientStoreError(f"scripted outage {i + 1}") for i in range(n)]
+
+
+def pull_out_when(station, docked, when: Callable[[list[int]], bool]):  # noqa: ANN001, ANN201
+    """Run ``station``'s session for ``docked``, pulling the camera out (setting the
+    session's cancel) as soon as ``when(chunks read so far)`` is true: a scripted undock."""
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def progress(_live, n: int) -> None:
+        seen.append(n)
+        if when(seen):
+            cancel.set()
+
+    return station.run_session(docked, cancel=cancel, progress=progress)

@@ -20,7 +20,7 @@ from dockd.model import Phase, RecState
 from dockd.store.retry import RetryPolicy
 
 
-from fakes import ScriptedStore, transient
+from fakes import ScriptedStore, pull_out_when, transient
 
 RECORDING_EXTS = (".MP4", ".XML", ".JPG", ".WAV")
 
@@ -247,15 +247,8 @@ def test_undock_mid_copy_interrupts_and_redock_completes(make_cfg, tmp_path):
     cfg = make_cfg()
     st = Station(cfg, policy=RetryPolicy.immediate(3), patient=False)
     st.start()
-    cancel = threading.Event()
-    seen = []
-
-    def progress(live, n):
-        seen.append(n)
-        if sum(seen) > (3 << 20):
-            cancel.set()     # the camera is pulled out halfway through A.MP4
-
-    out = st.run_session(CameraDocked("BIG1", "generic", cam), cancel=cancel, progress=progress)
+    # the camera is pulled out halfway through A.MP4
+    out = pull_out_when(st, CameraDocked("BIG1", "generic", cam), lambda seen: sum(seen) > (3 << 20))
     assert out.phase == Phase.INTERRUPTED
     assert list((tmp_path / "state" / "spool" / "partial").iterdir()) == []   # partial discarded
     assert (cam / "DCIM" / "A.MP4").exists()

@@ -18,6 +18,7 @@ from dockd.model import Phase, RecState
 from dockd.pipeline import spool as spool_mod
 from dockd.pipeline.spool import GROUP_FILE_MAX, GROUP_FILES, GroupCommit, Spool
 from dockd.store.retry import RetryPolicy
+from fakes import pull_out_when
 
 
 @pytest.fixture
@@ -138,15 +139,8 @@ def test_undock_mid_group_keeps_what_was_read_whole(make_cfg, tmp_path):
     cfg = make_cfg()
     st = Station(cfg, policy=RetryPolicy.immediate(3), patient=False)
     st.start()
-    cancel = threading.Event()
-    seen = []
-
-    def progress(live, n):
-        seen.append(n)
-        if len(seen) == 4:
-            cancel.set()         # pulled out while the 4th file is being read
-
-    out = st.run_session(CameraDocked("G1", "generic", cam), cancel=cancel, progress=progress)
+    # pulled out while the 4th file is being read
+    out = pull_out_when(st, CameraDocked("G1", "generic", cam), lambda seen: len(seen) == 4)
     assert out.phase == Phase.INTERRUPTED
     st.uploader.wait_idle([r.id for r in st.ledger.recordings(serial="G1")], timeout=30)
     states = sorted((r.name, r.state) for r in st.ledger.recordings(serial="G1"))
