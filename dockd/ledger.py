@@ -145,6 +145,7 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")   # FULL per durable commit, see above
         self._late_durable = False
+        self._tx_durable = False            # the open outer transaction commits FULL
         self._session_usb: dict[int, tuple[str, Any]] = {}
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
@@ -159,10 +160,12 @@ class Ledger:
         which fsyncs the WAL first, right after the outer commit)."""
         with self._lock:
             if self._db.in_transaction:
-                self._late_durable = self._late_durable or durable
+                # joined: durable already if the outer transaction is
+                self._late_durable = self._late_durable or (durable and not self._tx_durable)
                 yield self._db
                 return
             self._late_durable = False
+            self._tx_durable = durable
             if durable:
                 self._db.execute("PRAGMA synchronous=FULL")
             try:

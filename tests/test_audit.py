@@ -183,3 +183,32 @@ def test_station_key_prints_the_public_half(ledger_cfg, tmp_path):
     r = dockd("--config", str(conf), "station-key", "--allowed-signers")
     assert r.stdout.strip() == f'dockd@dock-01 namespaces="dockd-manifest" {line.rsplit(" ", 1)[0]}'
     assert "PRIVATE" not in r.stdout
+
+
+def test_verified_commits_fsynced_once_whatever_the_nesting(tmp_path):
+    """``verified`` guards the wipe: its commit runs with synchronous=FULL. Nested in a
+    durable transaction it costs no extra checkpoint; nested in a light one it gets one."""
+    from dockd.ledger import Ledger
+    from dockd.model import RecState
+
+    led = Ledger(tmp_path / "ledger.db")
+    sid = led.open_session("CAM1", "generic", "/mnt", None, None, {})
+    ids = [led.upsert_found("CAM1", sid, "generic", f"A{i}.MP4".encode(), 10, 1, "recording").id
+           for i in range(2)]
+    for rid in ids:
+        for st in (RecState.SPOOLED, RecState.UPLOADED):
+            led.transition(rid, st, plain_sha256="00" * 32, cipher_sha256="11" * 32, cipher_size=10,
+                           object_key=f"k{rid}", spool_path=f"/s/{rid}.age")
+    seen: list[str] = []
+    led._db.set_trace_callback(seen.append)
+    with led.tx(durable=True):
+        led.transition(ids[0], RecState.VERIFIED)
+        led.checkpoint_clear(ids[0])
+    assert "PRAGMA synchronous=FULL" in seen and not any("wal_checkpoint" in s for s in seen)
+    seen.clear()
+    with led.tx():
+        led.transition(ids[1], RecState.VERIFIED)
+    assert "PRAGMA synchronous=FULL" not in seen and "PRAGMA wal_checkpoint(FULL)" in seen
+    led._db.set_trace_callback(None)
+    assert [led.get(i).state for i in ids] == [RecState.VERIFIED, RecState.VERIFIED]
+    led.close()

@@ -307,8 +307,9 @@ class Uploader:
             return False
 
     def _verified(self, rec: Recording, lg: Any, blob: Blob) -> RecState:
-        rec = self.ledger.transition(rec.id, RecState.VERIFIED, event="upload.verified")
-        self.ledger.checkpoint_clear(rec.id)
+        with self.ledger.tx(durable=True):          # verified and its resume state gone: one commit
+            rec = self.ledger.transition(rec.id, RecState.VERIFIED, event="upload.verified")
+            self.ledger.checkpoint_clear(rec.id)
         self.spool.remove(rec.id)
         self.store_ok = True
         self.last_success = time.time()
