@@ -225,7 +225,7 @@ class Station:
     def is_spool_full(self) -> bool:
         """Below the free-space watermark, or at the size cap: spooling waits for uploads."""
         floor, cap = self.cfg.spool.min_free, self.cfg.spool.max_size
-        return bool((floor and self.spool.free_bytes() < floor) or (cap and self.spool.used_bytes() >= cap))
+        return bool((floor and self.spool.free_bytes() < floor) or (cap and self.spool.used_bytes(max_age=1.0) >= cap))
 
     def _wait_for_spool_space(self, cancel: threading.Event, lg: Any, live: LiveSession,
                               group: GroupCommit | None = None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,29 @@ def test_undock_mid_group_keeps_what_was_read_whole(make_cfg, tmp_path):
     assert [s for n, s in states if n not in durable] == [RecState.FOUND] * 3
     assert all(f.exists() for f in files)                        # an interrupted dock wipes nothing
     assert list((tmp_path / "state" / "spool" / "partial").iterdir()) == []
+
+
+def test_a_spool_cap_smaller_than_the_camera_still_finishes(make_cfg, tmp_path):
+    """spool.max_size below the camera's size: spooling waits for uploads to free the
+    spool, committing the group it holds first (its uploads are what frees the space;
+    waiting on it instead would wait forever)."""
+    from dockd.config import SpoolConfig
+
+    from fakes import ScriptedStore
+
+    cam = tmp_path / "cams" / "CAP1"
+    files = _files(cam / "DCIM", [300_000] * 8)
+    cfg = make_cfg(spool=SpoolConfig(min_free=0, max_size=1 << 20))
+    store = ScriptedStore(tmp_path / "store", after_put=lambda key: time.sleep(0.05))
+    st = Station(cfg, policy=RetryPolicy.immediate(3), backend=store, patient=False)
+    full = []
+    real_full = st.is_spool_full
+    st.is_spool_full = lambda: full.append(real_full()) or full[-1]
+    st.start()
+    out = st.run_session(CameraDocked("CAP1", "generic", cam))
+    st.close()
+    assert any(full)                                  # the cap was reached, and waited on
+    assert out.ok and out.wiped == 8
+    assert not any(f.exists() for f in files)
+    assert len([k for k in store.attempted if ".manifest.json" not in k]) == 8
+    assert st.spool.used_bytes() == 0

@@ -57,6 +57,8 @@ class Spool:
         self.root = Path(root)
         self.recipients = list(recipients)
         self.min_free = min_free
+        self._used, self._used_at, self._added = 0, float("-inf"), 0
+        self._used_lock = threading.Lock()
         (self.root / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
 
     def path_for(self, rec_id: int) -> Path:
@@ -66,14 +68,24 @@ class Spool:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
-    def used_bytes(self) -> int:
-        """Bytes of spooled files, committed or waiting in a group."""
+    def used_bytes(self, max_age: float = 0.0) -> int:
+        """Bytes of spooled files, committed or waiting in a group. ``max_age``: a figure
+        counted that many seconds ago will do (checked before every file, a full count
+        would make a camera of n photos cost n² stat calls)."""
+        now = time.monotonic()
+        with self._used_lock:
+            if max_age and now - self._used_at <= max_age:
+                return self._used + self._added      # never less than the truth: a cap holds
+            added_before = self._added
         total = 0
         for p in [*self.root.glob("*.age"), *(self.root / PARTIAL_DIR).glob("*.age")]:
             try:
                 total += p.stat().st_size
             except FileNotFoundError:
                 pass
+        with self._used_lock:
+            self._used, self._used_at = total, now
+            self._added -= added_before              # now in the count; later ones are not
         return total
 
     def discard_partials(self) -> int:
@@ -163,6 +175,8 @@ class Spool:
             raise
         finally:
             close_quietly(src)
+        with self._used_lock:
+            self._added += sink.size
         return Spooled(final if durable else partial, plain.hexdigest(), sink.sha.hexdigest(), sink.size,
                        time.monotonic() - t0, rec_id, durable)
 
