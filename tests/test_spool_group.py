@@ -177,3 +177,27 @@ def test_a_spool_cap_smaller_than_the_camera_still_finishes(make_cfg, tmp_path):
     assert not any(f.exists() for f in files)
     assert len([k for k in store.attempted if ".manifest.json" not in k]) == 8
     assert st.spool.used_bytes() == 0
+
+
+def test_after_a_failed_group_nothing_commits_even_once_it_was_reported(tmp_path, ident, monkeypatch):
+    spool = Spool(tmp_path / "spool", [ident.public()])
+    calls = []
+
+    def failing_commit(group):
+        calls.append([sp.rec_id for sp in group])
+        raise SpoolError("spool write failed: Input/output error")
+
+    monkeypatch.setattr(spool, "commit", failing_commit)
+    group = GroupCommit(spool, lambda g: pytest.fail("nothing may be committed"))
+    files = _files(tmp_path / "cam", [GROUP_FILE_MAX + 1] * 3)
+    st = files[0].stat()
+    group.spool(files[0], 1, st.st_size, st.st_mtime_ns)        # fails behind the copy
+    group._wait_idle()
+    for i in (2, 3):
+        st = files[i - 1].stat()
+        with pytest.raises(SpoolError):                         # reported, and again: sticky
+            group.spool(files[i - 1], i, st.st_size, st.st_mtime_ns)
+    with pytest.raises(SpoolError):
+        group.flush()
+    group.close()
+    assert calls == [[1]]

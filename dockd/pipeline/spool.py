@@ -218,7 +218,7 @@ class GroupCommit:
 
     ``on_commit`` receives each committed group, in spool order, on the commit
     thread: the caller records them as spooled then, never earlier. A commit
-    failure is raised by the next ``spool`` or by ``flush``, which also waits
+    failure is raised by every later ``spool`` and by ``flush``, which also waits
     until everything handed over is committed. ``close`` drops the files not
     yet handed over (complete, but the caller is giving up: the next pass
     copies them again), lets the handed-over ones finish, and ends the thread.
@@ -306,8 +306,10 @@ class GroupCommit:
                 self._cv.wait()
 
     def _raise_failure(self) -> None:
+        """Sticky: after a failed group every later call raises it, and nothing after it
+        commits (the commit thread drops what follows)."""
         with self._cv:
-            exc, self._error = self._error, None
+            exc = self._error
         if exc is not None:
             raise exc
 
