@@ -295,7 +295,7 @@ class Station:
                     break
                 failed.clear()
             self._set_phase(sid, live, Phase.WIPING, lg)
-            result = wipe(ev.mount, _complete_groups([self.ledger.get(i) for i in recs], live.primary_of),
+            result = wipe(ev.mount, _complete_groups(self.ledger.get_many(recs), live.primary_of),
                           self.ledger, lg, root_dev)
             refused += [(r.name, why) for r, why in result.refused]
             failed += [(r.name, why) for r, why in result.failed]
@@ -318,7 +318,7 @@ class Station:
         finally:
             with self._lock:
                 self._docked.pop(ev.serial, None)
-        final = [self.ledger.get(i) for i in recs]
+        final = self.ledger.get_many(recs)
         if phase != Phase.INTERRUPTED:
             self._store_manifest(sid, final, lg)
             want = RecState.WIPED if self.cfg.wipe.after == "verified" else None
@@ -400,8 +400,8 @@ class Station:
         changed = False
         group = GroupCommit(self.spool, lambda done: self._commit_spooled(done, lg))
         try:
-            for rec in list(recs.values()):
-                rec = self.ledger.get(rec.id)
+            # one read of every state; only this session spools this camera's recordings
+            for rec in self.ledger.get_many(recs):
                 if rec.state in (RecState.SPOOLED, RecState.UPLOADED) or (
                         rec.state == RecState.FAILED and rec.spool_path):
                     self.uploader.submit(rec)
@@ -423,8 +423,7 @@ class Station:
         """A durable group: ``spooled`` for all of it in one commit, then their uploads."""
         done: list[tuple[Spooled, Recording]] = []
         with self.ledger.tx():
-            for sp in group:
-                rec = self.ledger.get(sp.rec_id)
+            for sp, rec in zip(group, self.ledger.get_many(sp.rec_id for sp in group)):
                 key = naming.object_key(self.cfg.store.prefix, self.cfg.station.id, rec.serial, rec.rel_path,
                                         rec.mtime_ns, sp.plain_sha256)
                 done.append((sp, self.ledger.transition(

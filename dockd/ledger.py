@@ -129,6 +129,12 @@ def event_hash(prev: str, ts: float, event: str, serial: str | None,
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+# the states each state may be reached from (itself included: a repeat is allowed)
+_SOURCES: dict[RecState, tuple[str, ...]] = {
+    new: tuple(s.value for s in RecState if s == new or new in TRANSITIONS[s]) for new in RecState
+}
+
+
 class Ledger:
     """Thread-safe: one connection guarded by a lock; every method is one transaction."""
 
@@ -395,6 +401,22 @@ class Ledger:
             raise LedgerError(f"no recording {rec_id}")
         return _row_to_rec(row)
 
+    def get_many(self, rec_ids: Iterable[int]) -> list[Recording]:
+        """``get`` for many ids in a few queries, in the order given (unknown ids raise)."""
+        ids = list(rec_ids)
+        found: dict[int, Recording] = {}
+        with self._lock:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                q = f"SELECT {_REC_COLS} FROM recordings WHERE id IN ({','.join('?' * len(chunk))})"
+                for row in self._db.execute(q, chunk).fetchall():
+                    rec = _row_to_rec(row)
+                    found[rec.id] = rec
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise LedgerError(f"no recording {missing[0]}")
+        return [found[i] for i in ids]
+
     def recordings(self, *, serial: str | None = None, states: Iterable[RecState] | None = None,
                    session_id: int | None = None) -> list[Recording]:
         q = f"SELECT {_REC_COLS} FROM recordings WHERE 1=1"
@@ -421,10 +443,8 @@ class Ledger:
         bad = set(fields) - allowed
         if bad:
             raise LedgerError(f"unknown recording fields {sorted(bad)}")
+        sources = _SOURCES[new]
         with self.tx(durable=new == RecState.VERIFIED) as db:
-            cur = self.get(rec_id)
-            if new != cur.state and new not in TRANSITIONS[cur.state]:
-                raise LedgerError(f"recording {rec_id}: illegal transition {cur.state.value} -> {new.value}")
             sets = ["state=?", "updated_at=?", "last_error=?", "next_attempt_at=?"]
             args: list[Any] = [new.value, time.time(), error, next_attempt_at]
             if count_attempt:
@@ -432,8 +452,15 @@ class Ledger:
             for k, v in fields.items():
                 sets.append(f"{k}=?")
                 args.append(v)
-            rec = _row_to_rec(db.execute(f"UPDATE recordings SET {', '.join(sets)} WHERE id=? RETURNING {_REC_COLS}",
-                                         (*args, rec_id)).fetchone())
+            # the legality check and the update in one statement: only a row in a state
+            # that may move to ``new`` is updated
+            row = db.execute(f"UPDATE recordings SET {', '.join(sets)} WHERE id=? AND state IN"
+                             f" ({','.join('?' * len(sources))}) RETURNING {_REC_COLS}",
+                             (*args, rec_id, *sources)).fetchone()
+            if row is None:
+                cur = self.get(rec_id)              # raises for an unknown id
+                raise LedgerError(f"recording {rec_id}: illegal transition {cur.state.value} -> {new.value}")
+            rec = _row_to_rec(row)
             if event:
                 self.append_event(event, serial=rec.serial, session_id=rec.session_id,
                                   recording_id=rec_id, path=rec.name, size=rec.size,

@@ -212,3 +212,21 @@ def test_verified_commits_fsynced_once_whatever_the_nesting(tmp_path):
     led._db.set_trace_callback(None)
     assert [led.get(i).state for i in ids] == [RecState.VERIFIED, RecState.VERIFIED]
     led.close()
+
+
+def test_get_many_reads_in_the_order_given_across_chunks(tmp_path):
+    from dockd.errors import LedgerError
+    from dockd.ledger import Ledger
+
+    led = Ledger(tmp_path / "ledger.db")
+    sid = led.open_session("CAM1", "generic", "/mnt", None, None, {})
+    with led.tx():
+        ids = [led.upsert_found("CAM1", sid, "generic", f"F{i:04d}.JPG".encode(), i, 1, "recording").id
+               for i in range(1203)]
+    order = ids[::-1][:700] + ids[:3]
+    got = led.get_many(order)
+    assert [r.id for r in got] == order and [r.size for r in got[:2]] == [1202, 1201]
+    assert led.get_many([]) == []
+    with pytest.raises(LedgerError, match="no recording"):
+        led.get_many([ids[0], 10**9])
+    led.close()
