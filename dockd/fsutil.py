@@ -11,12 +11,17 @@ from pathlib import Path
 WRITEBACK_WINDOW = 32 << 20           # start writeback every 32 MiB, not all at fsync
 
 
-def fsync_dir(path: Path | str | bytes) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path: Path | str | bytes, flags: int = 0) -> None:
+    """fsync a file (or, with ``os.O_DIRECTORY``, a directory) by its path."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path | str | bytes) -> None:
+    fsync_path(path, os.O_DIRECTORY)
 
 
 _libc: ctypes.CDLL | None = None

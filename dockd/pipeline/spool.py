@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 from ..age import Encryptor
 from ..errors import DeviceGoneError, FileChangedError, SourceError, SpoolError, SpoolFullError
-from ..fsutil import HashingWriter, close_quietly, fsync_dir, syncfs
+from ..fsutil import HashingWriter, close_quietly, fsync_dir, fsync_path, syncfs
 
 BLOCK = 1 << 20                      # 16 age chunks per read: few syscalls, small memory
 GONE_ERRNOS = {errno.EIO, errno.ENODEV, errno.ENXIO, errno.ENOTCONN, errno.ESHUTDOWN, errno.ESTALE}
@@ -191,7 +191,7 @@ class Spool:
             return done
         try:
             if len(todo) == 1:
-                _fsync_path(todo[0].path)    # one file: flush just it, not the whole disk
+                fsync_path(todo[0].path)    # one file: flush just it, not the whole disk
             else:
                 syncfs(self.root)
             for sp in todo:
@@ -402,14 +402,6 @@ class _Reader:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)   # a hung device must not hang the session forever
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_error(exc: OSError, source: Path) -> SourceError:
