@@ -123,7 +123,6 @@ class Spool:
         """
         t0 = time.monotonic()
         partial = self.root / PARTIAL_DIR / f"{rec_id}.age"
-        final = self.path_for(rec_id)
         try:
             src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
@@ -160,16 +159,11 @@ class Spool:
                 end = os.fstat(src)
                 if done != size or end.st_size != size or end.st_mtime_ns != mtime_ns:
                     raise FileChangedError(f"{source}: changed while being read")
-                if durable:
-                    os.fsync(out)
                 plain = reader.sha
             except OSError as exc:
                 raise _spool_error(exc) from exc
             finally:
                 os.close(out)
-            if durable:
-                os.replace(partial, final)
-                fsync_dir(self.root)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -177,18 +171,18 @@ class Spool:
             close_quietly(src)
         with self._used_lock:
             self._added += sink.size
-        return Spooled(final if durable else partial, plain.hexdigest(), sink.sha.hexdigest(), sink.size,
-                       time.monotonic() - t0, rec_id, durable)
+        sp = Spooled(partial, plain.hexdigest(), sink.sha.hexdigest(), sink.size,
+                     time.monotonic() - t0, rec_id, durable=False)
+        return self.commit([sp])[0] if durable else sp      # one way to make a file durable
 
     def commit(self, group: Sequence[Spooled]) -> list[Spooled]:
         """Make files spooled with ``durable=False`` durable together: one ``syncfs``
         (their bytes), the renames into place, one directory fsync (the names).
         On failure nothing of the group keeps a final name it could lose: the
         partials are removed and ``SpoolError`` is raised."""
-        todo = [sp for sp in group if not sp.durable]
-        done = [sp for sp in group if sp.durable]
+        todo = list(group)
         if not todo:
-            return done
+            return []
         try:
             if len(todo) == 1:
                 fsync_path(todo[0].path)    # one file: flush just it, not the whole disk
@@ -202,7 +196,7 @@ class Spool:
                 sp.path.unlink(missing_ok=True)
                 self.path_for(sp.rec_id).unlink(missing_ok=True)
             raise _spool_error(exc) from exc
-        return done + [replace(sp, path=self.path_for(sp.rec_id), durable=True) for sp in todo]
+        return [replace(sp, path=self.path_for(sp.rec_id), durable=True) for sp in todo]
 
 
 class GroupCommit:
