@@ -26,7 +26,6 @@ from typing import Any, Callable, Mapping
 import structlog
 
 from ..config import DevicesConfig
-from .events import CameraDocked, Emit
 from .mount import Mounter
 from .profiles import Profile, has_label_only_matches, profile_for_label, profile_for_usb
 from .udev import SYS, BlockInfo, ObservedSource, _safe, medium_size, usb_info_from_props

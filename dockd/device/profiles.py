@@ -23,7 +23,7 @@ import re
 import tomllib
 from functools import cached_property
 from pathlib import Path, PurePath
-from typing import Iterable, Literal
+from typing import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
