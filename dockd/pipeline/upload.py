@@ -5,6 +5,11 @@ turn (round-robin), flagged recordings first, then oldest first. Each job
 puts the spooled ciphertext through the retrying store, proves it with
 ``verify``, commits ``verified`` and only then drops the spool copy.
 
+Small recordings travel in batches: a worker takes up to ``BATCH_FILES`` of
+them from the front of one queue, puts and proves each, and commits the
+proven ones' ``verified`` together, in one durable commit instead of one
+fsync each. A large recording is a batch of its own.
+
 What happens on failure is decided by what the error says to do:
 * transient, attempts spent → ``failed`` with ``next_attempt_at`` from the
   one retry policy; a timer re-queues it;
@@ -20,6 +25,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from .. import log
@@ -33,10 +39,24 @@ from ..ledger import Ledger, LedgerCheckpoint
 from ..model import RecState, Recording
 from ..store.base import Blob, Store, sha256_file
 from ..store.retry import RetryPolicy
-from .spool import Spool
+from .spool import GROUP_BYTES, GROUP_FILE_MAX, Spool
 
 AUTH_PROBE_SECONDS = 15.0
 BUG_RETRY_SECONDS = 30.0
+# A batch: recordings up to the spool's small-file size, up to BATCH_FILES of them and
+# the spool's group size in bytes. Small enough that four workers share a camera of
+# a few hundred photos; large enough that the commit is paid once per many files.
+BATCH_FILES = 32
+
+
+@dataclass(frozen=True)
+class _Proven:
+    """A recording the store is proven to hold, waiting for its batch's commit."""
+
+    rec: Recording
+    lg: Any
+    blob: Blob
+    put: bool                 # put by this attempt: ``uploaded`` is committed with ``verified``
 
 
 class Uploader:
@@ -72,6 +92,7 @@ class Uploader:
         self._queues: dict[str, collections.deque[int]] = collections.OrderedDict()
         self._flagged: collections.deque[int] = collections.deque()
         self._queued: set[int] = set()
+        self._sizes: dict[int, int] = {}      # queued id -> bytes, to cut batches
         self._fresh: set[int] = set()         # spooled just now: not at the store yet
         self._active: set[int] = set()
         self._delayed: dict[int, float] = {}
@@ -117,6 +138,7 @@ class Uploader:
             if rec.id in self._queued or rec.id in self._active:
                 return
             self._delayed.pop(rec.id, None)
+            self._sizes[rec.id] = rec.cipher_size or rec.size
             if rec.flagged:
                 self._flagged.append(rec.id)     # evidential footage jumps every camera's queue
             else:
@@ -170,32 +192,43 @@ class Uploader:
 
     # -- machinery ------------------------------------------------------------
 
-    def _next(self) -> int | None:
-        """Flagged recordings first (any camera, in order); then round-robin over
-        cameras, each camera's own queue oldest first (the spool order)."""
+    def _next(self) -> list[int] | None:
+        """The next batch. Flagged recordings first (any camera, in order); then
+        round-robin over cameras, each camera's own queue oldest first (the spool order)."""
         with self._cv:
             while True:
                 if self._stopping:
                     return None
                 if self._flagged and not self._auth_paused:
-                    rec_id = self._flagged.popleft()
-                    self._queued.discard(rec_id)
-                    self._active.add(rec_id)
-                    return rec_id
+                    return self._take(self._flagged)
                 if self._queues and not self._auth_paused:
                     serial, q = next(iter(self._queues.items()))
-                    rec_id = q.popleft()
+                    batch = self._take(q)
                     del self._queues[serial]
                     if q:
                         self._queues[serial] = q     # to the back: the next camera goes next
-                    self._queued.discard(rec_id)
-                    self._active.add(rec_id)
-                    return rec_id
+                    return batch
                 self._cv.wait(1.0)
 
-    def _done(self, rec_id: int) -> None:
+    def _take(self, q: collections.deque[int]) -> list[int]:
+        """The front of ``q`` and, if it is small, the small ones right behind it
+        (the caller holds the lock)."""
+        batch = [q.popleft()]
+        total = self._sizes.pop(batch[0])
+        if total <= GROUP_FILE_MAX:
+            while q and len(batch) < BATCH_FILES:
+                size = self._sizes[q[0]]
+                if size > GROUP_FILE_MAX or total + size > GROUP_BYTES:
+                    break
+                batch.append(q.popleft())
+                total += self._sizes.pop(batch[-1])
+        self._queued.difference_update(batch)
+        self._active.update(batch)
+        return batch
+
+    def _done(self, rec_ids: list[int]) -> None:
         with self._cv:
-            self._active.discard(rec_id)
+            self._active.difference_update(rec_ids)
             self._idle.notify_all()
 
     def _tick(self) -> None:
@@ -231,20 +264,52 @@ class Uploader:
 
     def _work(self) -> None:
         while True:
-            rec_id = self._next()
-            if rec_id is None:
+            batch = self._next()
+            if batch is None:
                 return
             try:
-                self.upload_one(rec_id)
-            except Exception as exc:  # a bug must not kill the pool; it is logged loudly
-                self.log.exception("upload.bug", recording_id=rec_id, error=str(exc))
-                self.submit_later(rec_id, time.time() + BUG_RETRY_SECONDS)   # never strand it
+                self.upload_batch(batch)
             finally:
-                self._done(rec_id)
+                self._done(batch)
 
-    def upload_one(self, rec_id: int) -> RecState:
-        """Upload, prove, commit. Idempotent: may be called again after a crash."""
-        rec = self.ledger.get(rec_id)
+    def _bug(self, rec_id: int, exc: BaseException) -> None:
+        """A bug must not kill the pool: logged loudly, and the recording tried again later."""
+        log.emit(self.log, "upload.bug", recording_id=rec_id, error=str(exc), exc_info=exc)
+        self.submit_later(rec_id, time.time() + BUG_RETRY_SECONDS)   # never strand it
+
+    def upload_batch(self, rec_ids: list[int]) -> dict[int, RecState]:
+        """Upload and prove each recording, then commit the proven ones together.
+        Idempotent: may be called again after a crash. Returns the states reached
+        (a recording left out was put back in line: a bug, an auth pause, a stop)."""
+        try:
+            recs = self.ledger.get_many(rec_ids)
+        except Exception as exc:
+            for rec_id in rec_ids:
+                self._bug(rec_id, exc)
+            return {}
+        out: dict[int, RecState] = {}
+        proven: list[_Proven] = []
+        for rec in recs:
+            if self._stopping:
+                break                      # the rest stay spooled in the ledger for the next start
+            if self._auth_paused:
+                self.submit_later(rec.id, time.time())   # back in line once resumed
+                continue
+            try:
+                got = self._attempt(rec)
+            except Exception as exc:
+                self._bug(rec.id, exc)
+                continue
+            if isinstance(got, _Proven):
+                proven.append(got)
+            else:
+                out[rec.id] = got
+        out.update(self._settle(proven))
+        return out
+
+    def _attempt(self, rec: Recording) -> RecState | _Proven:
+        """One recording: put unless the store holds it, and prove it. Failures are
+        handled here; a proven recording is returned for its batch's commit."""
         lg = self.log.bind(camera=rec.serial, recording=rec.name, sha256=rec.plain_sha256)
         if rec.state in (RecState.VERIFIED, RecState.WIPED, RecState.ATTENTION):
             return rec.state
@@ -260,20 +325,26 @@ class Uploader:
                 self.store.verify(key, blob)
             except DockdError:
                 return self._back_to_found(rec, lg, "spool copy missing")
-            return self._verified(rec, lg, blob)
+            return _Proven(rec, lg, blob, put=False)
 
         store = self.store
         self._local.lg = lg
+        put = False
         try:
-            log.emit(lg, "upload.started", key=key, size=blob.size)
-            with self._cv:
-                fresh = rec.id in self._fresh
-                self._fresh.discard(rec.id)
-            if fresh or not self._already_there(key, blob):
-                store.put(key, blob, LedgerCheckpoint(self.ledger, rec.id))
-                rec = self.ledger.transition(rec.id, RecState.UPLOADED, event="upload.uploaded")
-                log.emit(lg, "upload.uploaded", key=key)
-            store.verify(key, blob)
+            try:
+                log.emit(lg, "upload.started", key=key, size=blob.size)
+                with self._cv:
+                    fresh = rec.id in self._fresh
+                    self._fresh.discard(rec.id)
+                if fresh or not self._already_there(key, blob):
+                    store.put(key, blob, LedgerCheckpoint(self.ledger, rec.id))
+                    put = True
+                store.verify(key, blob)
+            except DockdError:
+                if put:        # the store took it, unproven: on record before what follows
+                    rec = self.ledger.transition(rec.id, RecState.UPLOADED, event="upload.uploaded")
+                    log.emit(lg, "upload.uploaded", key=key)
+                raise
         except StoreAuthError as exc:
             with self._cv:
                 first = self._auth_paused is None
@@ -292,7 +363,7 @@ class Uploader:
             self.store_ok = False if exc.retryable else self.store_ok
             self.last_store_error = str(exc)
             return self._failed(rec, lg, exc)
-        return self._verified(rec, lg, blob)
+        return _Proven(rec, lg, blob, put)
 
     def on_store_retry(self, op: str, attempt: int, exc: BaseException, wait: float) -> None:
         """Hook for ``RetryingStore``: runs in the worker's thread, so it knows the recording."""
@@ -306,15 +377,36 @@ class Uploader:
         except (ObjectMissingError, IntegrityError):
             return False
 
-    def _verified(self, rec: Recording, lg: Any, blob: Blob) -> RecState:
-        with self.ledger.tx(durable=True):          # verified and its resume state gone: one commit
-            rec = self.ledger.transition(rec.id, RecState.VERIFIED, event="upload.verified")
-            self.ledger.checkpoint_clear(rec.id)
-        self.spool.remove(rec.id)
+    def _settle(self, proven: list[_Proven]) -> dict[int, RecState]:
+        """``verified`` for all of ``proven`` (and ``uploaded`` before it, for what was
+        put just now) with their resume states cleared: one durable commit. Only then
+        are their spool copies dropped. If the batch cannot commit, each is tried alone,
+        so one bad row holds back no other."""
+        if not proven:
+            return {}
+        try:
+            with self.ledger.tx(durable=True):
+                for p in proven:
+                    if p.put:
+                        self.ledger.transition(p.rec.id, RecState.UPLOADED, event="upload.uploaded")
+                    self.ledger.transition(p.rec.id, RecState.VERIFIED, event="upload.verified")
+                    self.ledger.checkpoint_clear(p.rec.id)
+        except Exception as exc:
+            if len(proven) == 1:
+                self._bug(proven[0].rec.id, exc)
+                return {}
+            out: dict[int, RecState] = {}
+            for p in proven:
+                out.update(self._settle([p]))
+            return out
+        for p in proven:
+            self.spool.remove(p.rec.id)
+            if p.put:
+                log.emit(p.lg, "upload.uploaded", key=p.rec.object_key)
+            log.emit(p.lg, "upload.verified", key=p.rec.object_key, size=p.blob.size)
         self.store_ok = True
         self.last_success = time.time()
-        log.emit(lg, "upload.verified", key=rec.object_key, size=blob.size)
-        return RecState.VERIFIED
+        return {p.rec.id: RecState.VERIFIED for p in proven}
 
     def _failed(self, rec: Recording, lg: Any, exc: DockdError, limit: int | None = None) -> RecState:
         """Record a failed round. Transient errors are retried for as long as it
