@@ -101,7 +101,10 @@ class StoreConfig(_Section):
     verify_tls: bool = True
     credentials_file: Path | None = None
     checksum: Literal["auto", "sha256", "off"] = "auto"
-    multipart_threshold: Size = 64 * 1024 * 1024
+    # Up to here an object is one PUT: one request, streamed from the spool, where parts
+    # cost the server a segment each and a manifest (rclone's upload cutoff, for the same
+    # reason). A PUT that fails is sent again whole: at most this much.
+    multipart_threshold: Size = 200 * 1024 * 1024
     part_size: Size = 16 * 1024 * 1024
     object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = None
     object_lock_days: int | None = Field(default=None, ge=1)

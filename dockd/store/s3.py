@@ -457,7 +457,7 @@ class S3Store(Store):
         verify_tls: bool = True,
         credentials: Credentials | None = None,
         checksum: str = "auto",
-        multipart_threshold: int = 64 * MiB,
+        multipart_threshold: int = 200 * MiB,          # StoreConfig explains the default
         part_size: int = 16 * MiB,
         object_lock_mode: str | None = None,
         object_lock_days: int | None = None,
