@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import log
 from ..errors import DeviceGoneError
-from ..fsutil import close_quietly
+from ..fsutil import close_quietly, syncfs
 from ..ledger import Ledger
 from ..model import RecState, Recording
 from .spool import GONE_ERRNOS
@@ -114,7 +114,7 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
             log.emit(lg, "wipe.done")
             result.wiped.append(rec)
     try:
-        os.sync()
+        syncfs(root)    # the camera's filesystem only: a sync() would also wait for the spool's writeback
     except OSError:
         pass
     return result
