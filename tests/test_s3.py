@@ -463,6 +463,30 @@ def test_existing_object_is_not_uploaded_again(moto_proxied: Proxied, tmp_path: 
     assert [r.method for r in p.proxy.requests if r.method in ("PUT", "POST")] == []
 
 
+@pytest.mark.parametrize("server", ["moto_server", "swift_server"])
+def test_new_bytes_go_straight_to_put_and_replace_what_is_under_the_key(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Spooled just now (Blob.new): no HEAD before the PUT, and an older object under
+    the key (another spool's ciphertext of the same file) is replaced and proven."""
+    ep = request.getfixturevalue(server)
+    store = S3Store(f"s3://{ep.new_bucket()}/e", **ep.store_kwargs())
+    store.put("warm.age", make_blob(tmp_path, 10, "warm"), MemoryCheckpoint())   # probes done
+    sent: list[str] = []
+    store.client.meta.events.register("before-send.s3", lambda request, event_name, **kw: sent.append(
+        event_name.rsplit(".", 1)[-1]))
+    old = make_blob(tmp_path, 1000, "old")
+    store.put("a/photo.age", old, MemoryCheckpoint())
+    assert sent == ["HeadObject", "PutObject"]            # not new: looked for first
+    sent.clear()
+    fresh = make_blob(tmp_path, 1000, "fresh", new=True)
+    store.put("a/photo.age", fresh, MemoryCheckpoint())
+    assert sent == ["PutObject"]
+    store.verify("a/photo.age", fresh)
+    with pytest.raises(IntegrityError):
+        store.verify("a/photo.age", old)
+
+
 # -- integrity details ------------------------------------------------------------------
 
 def _text(v: Any) -> str:

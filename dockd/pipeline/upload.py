@@ -311,12 +311,16 @@ class Uploader:
         """One recording: put unless the store holds it, and prove it. Failures are
         handled here; a proven recording is returned for its batch's commit."""
         lg = self.log.bind(camera=rec.serial, recording=rec.name, sha256=rec.plain_sha256)
+        with self._cv:
+            fresh = rec.id in self._fresh
+            self._fresh.discard(rec.id)
         if rec.state in (RecState.VERIFIED, RecState.WIPED, RecState.ATTENTION):
             return rec.state
         if not rec.spool_path or not rec.object_key or rec.cipher_sha256 is None:
             return rec.state  # not spooled yet
         path = self.spool.path_for(rec.id)
-        blob = Blob(path, int(rec.cipher_size or 0), rec.cipher_sha256, self.metadata(rec), rec.flagged)
+        blob = Blob(path, int(rec.cipher_size or 0), rec.cipher_sha256, self.metadata(rec), rec.flagged,
+                    new=fresh)
         key = rec.object_key
 
         if not path.exists():
@@ -333,9 +337,6 @@ class Uploader:
         try:
             try:
                 log.emit(lg, "upload.started", key=key, size=blob.size)
-                with self._cv:
-                    fresh = rec.id in self._fresh
-                    self._fresh.discard(rec.id)
                 if fresh or not self._already_there(key, blob):
                     store.put(key, blob, LedgerCheckpoint(self.ledger, rec.id))
                     put = True

@@ -37,6 +37,9 @@ class Blob:
     sha256: str                       # hex SHA-256 of the ciphertext
     metadata: Mapping[str, str] = field(default_factory=dict)
     flagged: bool = False             # legal hold / evidential
+    # Spooled just now: a fresh file key makes these bytes new, so no object under the
+    # key can hold them yet (whatever is there is replaced; a backend need not look first).
+    new: bool = False
 
     def open(self) -> BinaryIO:
         return open(self.path, "rb")

@@ -721,7 +721,9 @@ class S3Store(Store):
         # digest before sending anything: proving an object already under the key,
         # and matching the parts a resumed upload holds. They hash it first.
         digest: Digest | None = None
-        existing = self._head(full, "put")
+        # New bytes (spooled just now, see Blob.new) cannot be under the key already:
+        # looking first could only lead to replacing what is there, as this does.
+        existing = None if blob.new and state is None else self._head(full, "put")
         if existing is not None or state is not None:
             digest = digest_file(blob.path, ps)
             if digest.size != blob.size or digest.sha256 != blob.sha256:
