@@ -401,7 +401,7 @@ class Station:
         group = GroupCommit(self.spool, lambda done: self._commit_spooled(done, lg))
         try:
             # one read of every state; only this session spools this camera's recordings
-            for rec in self.ledger.get_many(recs):
+            for rec in sorted(self.ledger.get_many(recs), key=spool_order):
                 if rec.state in (RecState.SPOOLED, RecState.UPLOADED) or (
                         rec.state == RecState.FAILED and rec.spool_path):
                     self.uploader.submit(rec)
@@ -581,6 +581,12 @@ class Station:
         finally:
             path.unlink(missing_ok=True)
             sig_path.unlink(missing_ok=True)
+
+
+def spool_order(rec: Recording) -> tuple[bool, int, bytes]:
+    """The order a camera is read in: evidential footage first (a camera pulled early
+    leaves the rest behind, not that), then oldest first, as the upload queue takes them."""
+    return (not rec.flagged, rec.mtime_ns, rec.rel_path)
 
 
 def _complete_groups(recs: list[Recording], primary_of: dict[bytes, bytes]) -> list[Recording]:

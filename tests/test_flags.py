@@ -157,6 +157,25 @@ def test_fixture_marker_flags_the_recording_and_its_sidecar(event_cfg, camera, t
         st.close()
 
 
+def test_a_camera_is_read_evidential_first_then_oldest_first(event_cfg, camera, tmp_path):
+    """The flagged recording, made the camera's newest file, is read first all the same."""
+    newest = max(p.stat().st_mtime for p in camera.rglob("*") if p.is_file()) + 60
+    for name in (FLAGGED, FLAGGED_XML):
+        os.utime(camera / name, (newest, newest))
+    st, out = run(event_cfg, camera, ScriptedStore(tmp_path / "store"))
+    try:
+        assert out.ok
+        recs = {r.name: r for r in st.ledger.recordings(serial="BWC0001")}
+        spooled = [json.loads(e["data"])["path"] for e in st.ledger.events(limit=1000)
+                   if e["event"] == "recording.spooled"]
+    finally:
+        st.close()
+    assert sorted(spooled[:2]) == sorted([FLAGGED, FLAGGED_XML])
+    rest = [recs[p].mtime_ns for p in spooled[2:]]
+    assert len(spooled) == len(recs) and rest == sorted(rest)
+    assert rest[-1] < recs[FLAGGED].mtime_ns                 # so this is not the mtime order
+
+
 def test_generic_profile_reads_no_marker_and_keeps_the_default_class(make_cfg, camera, tmp_path):
     store = MetadataStore(tmp_path / "store")
     st = Station(make_cfg(), policy=RetryPolicy.immediate(3), backend=store, patient=False)

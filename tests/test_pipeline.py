@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import threading
@@ -14,9 +15,9 @@ import pytest
 from dockd.age import decrypt
 from dockd.config import StoreConfig, WipeConfig
 from dockd.device.events import CameraDocked
-from dockd.engine import Station
+from dockd.engine import Station, spool_order
 from dockd.errors import PermanentStoreError, StoreAuthError
-from dockd.model import Phase, RecState
+from dockd.model import Phase, RecState, Recording
 from dockd.store.retry import RetryPolicy
 
 
@@ -350,3 +351,13 @@ def test_a_fresh_spool_goes_straight_to_put_and_a_resumed_one_asks_first(make_cf
     for r in recs2:
         assert healthy.verified.count(r.object_key) == 2, (r.name, healthy.verified)   # asked, then proved
         assert healthy.put_new[r.object_key] is False       # resumed: its put looks first too
+
+
+
+def test_spool_order_puts_evidential_footage_before_everything():
+    def rec(i: int, mtime: int, flagged: bool = False) -> Recording:
+        return Recording(id=i, serial="A", rel_path=f"{i}".encode(), size=10, mtime_ns=mtime, role="recording",
+                         state=RecState.FOUND, flagged=flagged)
+
+    recs = [rec(1, 1), rec(2, 0), rec(3, 9, flagged=True), rec(4, 8, flagged=True), rec(5, 3)]
+    assert [r.id for r in sorted(recs, key=spool_order)] == [4, 3, 2, 1, 5]
