@@ -9,13 +9,12 @@ invariants hold (nothing deleted that was not verified).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from . import harness as h
 from .base import Context, Result, timed

@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 from . import harness as h
 from .base import Context, Result, timed
@@ -65,7 +64,7 @@ def spool_full(ctx: Context, i: int) -> tuple[dict[str, int], list[str]]:
     v: list[str] = []
     st = h.StationDirs(root, ctx.pub)
     st.extra = "[spool]\nmin_free = \"10MiB\"\n"
-    with ext4_mount(root / "spool.img", 16 * MiB, root / "spoolmnt") as _dev:
+    with ext4_mount(root / "spool.img", 16 * MiB, root / "spoolmnt"):
         st.write(spool_dir=root / "spoolmnt" / "spool")
         cam = root / "cams" / "CAMF"
         rng = random.Random(i)

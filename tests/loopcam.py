@@ -123,7 +123,7 @@ def tag_rule(*, profile: str | None = "generic", label: str | None = None,
     ensure_udevd()
     RULES_DIR.mkdir(parents=True, exist_ok=True)
     path = RULES_DIR / f"89-dockd-test-{uuid.uuid4().hex[:8]}.rules"
-    match = [f'SUBSYSTEM=="block"', f'KERNEL=="{kernel}"', 'ENV{ID_FS_USAGE}=="filesystem"']
+    match = ['SUBSYSTEM=="block"', f'KERNEL=="{kernel}"', 'ENV{ID_FS_USAGE}=="filesystem"']
     if label is not None:
         match.append(f'ENV{{ID_FS_LABEL}}=="{label}"')
     actions = [f'TAG+="{tag}"', 'ENV{UDISKS_IGNORE}="1"']

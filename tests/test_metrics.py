@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import socket
 import urllib.request
-from pathlib import Path
 
 from dockd import status
 from dockd.device.events import CameraDocked
