@@ -62,6 +62,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "store.unreachable": ("warning", "the store cannot be reached", "store, error"),
     "spool.pressure": ("warning", "spool free space below the watermark; spooling paused", "free, min_free"),
     "spool.relieved": ("info", "spool free space back above the watermark", "free"),
+    "spool.remove_failed": ("warning", "a verified recording's spool copy could not be removed; the next start removes it", "camera, recording, sha256, error"),
     "wipe.done": ("info", "a verified recording was deleted from the camera", "camera, recording, sha256"),
     "wipe.refused": ("warning", "a recording was not deleted: it differs from what was verified", "camera, recording, sha256, reason"),
     "wipe.failed": ("error", "deleting a verified recording failed", "camera, recording, error"),

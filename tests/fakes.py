@@ -30,13 +30,13 @@ class ScriptedStore(Store):
         self.puts = 0
         self.attempts = 0
         self.attempted: list[str] = []      # keys of every put, refused or not
-        self.put_new: dict[str, bool] = {}  # key -> Blob.new of its last put
+        self.blobs: dict[str, Blob] = {}    # key -> the Blob of its last put
         self.verified: list[str] = []       # keys of every verify
 
     def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
         self.attempts += 1
         self.attempted.append(key)
-        self.put_new[key] = blob.new
+        self.blobs[key] = blob
         if self.always:
             raise self.always()
         if self.put_errors:

@@ -337,7 +337,7 @@ def test_a_fresh_spool_goes_straight_to_put_and_a_resumed_one_asks_first(make_cf
     assert out.ok
     verified = [k for k in store.verified if ".manifest.json" not in k]
     assert sorted(verified) == sorted(r.object_key for r in recs)    # the proof only
-    assert all(store.put_new[r.object_key] for r in recs)           # and the store need not look
+    assert all(store.blobs[r.object_key].new for r in recs)         # and the store need not look
 
     refused = ScriptedStore(tmp_path / "store2", always=lambda: PermanentStoreError("x"))
     cfg = make_cfg(wipe=WipeConfig(after="spooled"), store=StoreConfig(url=f"file://{tmp_path / 'store2'}"))
@@ -349,7 +349,7 @@ def test_a_fresh_spool_goes_straight_to_put_and_a_resumed_one_asks_first(make_cf
     st.close()
     for r in recs2:
         assert healthy.verified.count(r.object_key) == 2, (r.name, healthy.verified)   # asked, then proved
-        assert healthy.put_new[r.object_key] is False       # resumed: its put looks first too
+        assert healthy.blobs[r.object_key].new is False     # resumed: its put looks first too
 
 
 

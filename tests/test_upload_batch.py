@@ -5,19 +5,20 @@ and no spool copy goes before its ``verified`` is committed."""
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from dockd.age import generate_identity
-from dockd.errors import PermanentStoreError
+from dockd.errors import PermanentStoreError, TransientStoreError
 from dockd.ledger import Ledger
 from dockd.model import RecState, Recording
 from dockd.pipeline.spool import GroupCommit, Spool
 from dockd.pipeline.upload import Uploader
 from dockd.store.retry import RetryingStore, RetryPolicy
-from fakes import ScriptedStore
+from fakes import ScriptedStore, transient
 
 
 class Rig:
@@ -50,12 +51,13 @@ class Rig:
         self.up = Uploader(self.ledger, RetryingStore(store, RetryPolicy.immediate()), self.spool,
                            RetryPolicy.immediate(), concurrency=1)
 
-    def run(self) -> None:
+    def run(self, stop: bool = True) -> None:
         for r in self.recs:                  # all queued before the one worker starts: one batch
             self.up.submit(r, fresh=True)
         self.up.start()
         assert self.up.wait_idle(self.ids, timeout=30)
-        self.up.stop()
+        if stop:
+            self.up.stop()
 
     def state(self, rec_id: int) -> RecState:
         return self.ledger.get(rec_id).state
@@ -133,3 +135,51 @@ def test_no_spool_copy_goes_before_its_verified_is_committed(tmp_path, monkeypat
     monkeypatch.setattr(rig.spool, "remove", remove)
     rig.run()
     assert seen == [RecState.VERIFIED] * 6
+
+
+def test_a_recording_that_fails_early_in_a_slow_batch_is_retried_when_the_batch_ends(tmp_path):
+    """Its retry falls due while the rest of the batch is still uploading: the timer must
+    not hand it back then (a busy recording is not queued again), nor forget it."""
+    slow = lambda key: time.sleep(0.25)          # noqa: E731 - 7 x 0.25 s outlasts a timer tick
+    rig = Rig(tmp_path, 8, ScriptedStore(tmp_path / "store", put_errors=transient(5), after_put=slow))
+    first = rig.recs[0].id
+    rig.run(stop=False)
+    deadline = time.monotonic() + 15
+    while rig.state(first) != RecState.VERIFIED and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rig.up.stop()
+    assert [rig.state(i) for i in rig.ids] == [RecState.VERIFIED] * 8
+
+
+def test_a_spool_copy_that_cannot_be_removed_does_not_stop_the_worker(tmp_path, monkeypatch):
+    rig = Rig(tmp_path, 5, ScriptedStore(tmp_path / "store"))
+    real = rig.spool.remove
+
+    def remove(rec_id: int) -> None:
+        if rec_id == rig.ids[0]:
+            raise PermissionError(13, "Permission denied")
+        real(rec_id)
+
+    monkeypatch.setattr(rig.spool, "remove", remove)
+    rig.run(stop=False)
+    assert [rig.state(i) for i in rig.ids] == [RecState.VERIFIED] * 5
+    assert all(w.is_alive() for w in rig.up._workers)
+    assert [p.name for p in rig.spool.root.glob("*.age")] == [f"{rig.ids[0]}.age"]   # left for the next start
+    rig.up.stop()
+
+
+def test_each_recording_is_read_again_just_before_its_put(tmp_path):
+    """A re-dock may flag a recording while its batch is under way: its put carries the flag."""
+    rig: Rig
+
+    def flag_the_last(key: str) -> None:
+        if key == rig.recs[0].object_key:
+            r = rig.recs[-1]
+            rig.ledger.upsert_found(r.serial, r.session_id, "generic", r.rel_path, r.size, r.mtime_ns,
+                                    "recording", flagged=True)
+
+    rig = Rig(tmp_path, 4, ScriptedStore(tmp_path / "store", after_put=flag_the_last))
+    rig.run()
+    assert rig.store.blobs[rig.recs[-1].object_key].flagged is True
+    assert rig.store.blobs[rig.recs[1].object_key].flagged is False
+

@@ -237,7 +237,9 @@ class Uploader:
                 if self._stopping:
                     return
                 now = time.time()
-                due = [r for r, t in self._delayed.items() if t <= now]
+                # one still in a worker's batch (failed early in it) waits for the batch to
+                # end: submit() ignores a busy recording, and it would be in no queue at all
+                due = [r for r, t in self._delayed.items() if t <= now and r not in self._active]
                 for r in due:
                     del self._delayed[r]
             for r in due:
@@ -269,6 +271,9 @@ class Uploader:
                 return
             try:
                 self.upload_batch(batch)
+            except Exception as exc:  # a bug must not kill the pool
+                for rec_id in batch:
+                    self._bug(rec_id, exc)
             finally:
                 self._done(batch)
 
@@ -277,35 +282,25 @@ class Uploader:
         log.emit(self.log, "upload.bug", recording_id=rec_id, error=str(exc), exc_info=exc)
         self.submit_later(rec_id, time.time() + BUG_RETRY_SECONDS)   # never strand it
 
-    def upload_batch(self, rec_ids: list[int]) -> dict[int, RecState]:
+    def upload_batch(self, rec_ids: list[int]) -> None:
         """Upload and prove each recording, then commit the proven ones together.
-        Idempotent: may be called again after a crash. Returns the states reached
-        (a recording left out was put back in line: a bug, an auth pause, a stop)."""
-        try:
-            recs = self.ledger.get_many(rec_ids)
-        except Exception as exc:
-            for rec_id in rec_ids:
-                self._bug(rec_id, exc)
-            return {}
-        out: dict[int, RecState] = {}
+        Idempotent: may be called again after a crash."""
         proven: list[_Proven] = []
-        for rec in recs:
+        for rec_id in rec_ids:
             if self._stopping:
                 break                      # the rest stay spooled in the ledger for the next start
             if self._auth_paused:
-                self.submit_later(rec.id, time.time())   # back in line once resumed
+                self.submit_later(rec_id, time.time())   # back in line once resumed
                 continue
             try:
-                got = self._attempt(rec)
+                # read now, not at the batch's start: a re-dock may have flagged it since
+                got = self._attempt(self.ledger.get(rec_id))
             except Exception as exc:
-                self._bug(rec.id, exc)
+                self._bug(rec_id, exc)
                 continue
             if isinstance(got, _Proven):
                 proven.append(got)
-            else:
-                out[rec.id] = got
-        out.update(self._settle(proven))
-        return out
+        self._settle(proven)
 
     def _attempt(self, rec: Recording) -> RecState | _Proven:
         """One recording: put unless the store holds it, and prove it. Failures are
@@ -378,13 +373,13 @@ class Uploader:
         except (ObjectMissingError, IntegrityError):
             return False
 
-    def _settle(self, proven: list[_Proven]) -> dict[int, RecState]:
+    def _settle(self, proven: list[_Proven]) -> None:
         """``verified`` for all of ``proven`` (and ``uploaded`` before it, for what was
         put just now) with their resume states cleared: one durable commit. Only then
         are their spool copies dropped. If the batch cannot commit, each is tried alone,
         so one bad row holds back no other."""
         if not proven:
-            return {}
+            return
         try:
             with self.ledger.tx(durable=True):
                 for p in proven:
@@ -395,19 +390,20 @@ class Uploader:
         except Exception as exc:
             if len(proven) == 1:
                 self._bug(proven[0].rec.id, exc)
-                return {}
-            out: dict[int, RecState] = {}
+                return
             for p in proven:
-                out.update(self._settle([p]))
-            return out
+                self._settle([p])
+            return
+        self.store_ok = True
+        self.last_success = time.time()
         for p in proven:
-            self.spool.remove(p.rec.id)
             if p.put:
                 log.emit(p.lg, "upload.uploaded", key=p.rec.object_key)
             log.emit(p.lg, "upload.verified", key=p.rec.object_key, size=p.blob.size)
-        self.store_ok = True
-        self.last_success = time.time()
-        return {p.rec.id: RecState.VERIFIED for p in proven}
+            try:
+                self.spool.remove(p.rec.id)
+            except OSError as exc:     # verified all the same; the next start removes it
+                log.emit(p.lg, "spool.remove_failed", error=str(exc))
 
     def _failed(self, rec: Recording, lg: Any, exc: DockdError, limit: int | None = None) -> RecState:
         """Record a failed round. Transient errors are retried for as long as it
