@@ -183,3 +183,20 @@ def test_each_recording_is_read_again_just_before_its_put(tmp_path):
     assert rig.store.blobs[rig.recs[-1].object_key].flagged is True
     assert rig.store.blobs[rig.recs[1].object_key].flagged is False
 
+
+def test_a_retried_put_is_no_longer_new(tmp_path):
+    """A put that landed but whose answer was lost is tried again: those bytes may now be
+    at the store, so the retry must let the backend look first."""
+    seen: list[bool] = []
+
+    class LostAnswer(ScriptedStore):
+        def put(self, key: str, blob, checkpoint) -> None:  # noqa: ANN001
+            seen.append(blob.new)
+            super().put(key, blob, checkpoint)
+            if len(seen) == 1:
+                raise TransientStoreError("connection reset after the body was sent")
+
+    rig = Rig(tmp_path, 1, LostAnswer(tmp_path / "store"))
+    rig.run()
+    assert seen == [True, False]
+    assert rig.state(rig.ids[0]) == RecState.VERIFIED

@@ -9,7 +9,7 @@ so there is one notion of backoff in the whole program.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 import tenacity
@@ -99,7 +99,17 @@ class RetryingStore(Store):
         return self.policy.call(fn, hook)
 
     def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
-        self._call("put", key, lambda: self.inner.put(key, blob, checkpoint))
+        first = True
+
+        def attempt() -> None:
+            # a retry may follow a put that landed with its answer lost: the bytes are no
+            # longer new, so the backend looks before sending them again (Blob.new)
+            nonlocal first
+            this = blob if first else replace(blob, new=False)
+            first = False
+            self.inner.put(key, this, checkpoint)
+
+        self._call("put", key, attempt)
 
     def verify(self, key: str, blob: Blob) -> ObjectInfo:
         return self._call("verify", key, lambda: self.inner.verify(key, blob))
