@@ -46,3 +46,25 @@ def test_verify_rehashes_an_object_changed_after_put(tmp_path):
 
     with pytest.raises(IntegrityError):
         store.verify(key, b)
+
+
+def test_proofs_kept_from_put_to_verify_stay_bounded(tmp_path):
+    """A daemon that runs for months puts millions of objects: what a put remembers for its
+    verify is dropped once verified, and the oldest go first, so it never grows."""
+    from dockd.store.base import MAX_PROOFS_KEPT
+
+    store = DirStore(tmp_path / "store")
+    blobs = []
+    for i in range(MAX_PROOFS_KEPT + 20):
+        p = tmp_path / f"b{i}.age"
+        p.write_bytes(os.urandom(100))
+        blobs.append((f"k/{i}.age", Blob(p, 100, hashlib.sha256(p.read_bytes()).hexdigest())))
+    for key, b in blobs[:10]:
+        store.put(key, b, MemoryCheckpoint())
+        store.verify(key, b)
+    assert len(store._proven) == 0
+    for key, b in blobs[10:]:
+        store.put(key, b, MemoryCheckpoint())
+    assert len(store._proven) == MAX_PROOFS_KEPT
+    for key, b in blobs:
+        assert store.verify(key, b).sha256 == b.sha256      # proven or hashed again, all the same

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Mapping, Protocol
 
+# Proofs a store keeps from put to verify (a few hundred bytes each): one is dropped
+# once verified, and the oldest go first, so a daemon that runs for months stays small.
+MAX_PROOFS_KEPT = 256
+
 
 @dataclass(frozen=True)
 class Capabilities:

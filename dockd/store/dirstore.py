@@ -27,7 +27,7 @@ from ..errors import (
     UsageError,
 )
 from ..fsutil import fsync_dir
-from .base import Blob, Capabilities, Checkpoint, ObjectInfo, Store, sha256_stream
+from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, ObjectInfo, Store, sha256_stream
 
 BLOCK = 1 << 20
 TMP_PREFIX = ".tmp-"
@@ -128,6 +128,8 @@ class DirStore(Store):
             fsync_dir(dest.parent)
             with self._lock:
                 self._proven[key] = (st.st_ino, st.st_size, st.st_mtime_ns, digest)
+                while len(self._proven) > MAX_PROOFS_KEPT:
+                    self._proven.pop(next(iter(self._proven)))
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _classify(exc, f"put {key}") from exc
@@ -159,7 +161,7 @@ class DirStore(Store):
         whose inode, size and mtime are unchanged since, is not hashed twice."""
         path = self._path(key)
         with self._lock:
-            proof = self._proven.get(key)
+            proof = self._proven.pop(key, None)     # used once: a later verify hashes again
             self._remove_dead_temps(path)   # a crash mid-put, then "already there": no put follows
         if proof is not None:
             try:

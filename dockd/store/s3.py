@@ -71,7 +71,7 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
-from .base import Blob, Capabilities, Checkpoint, ObjectInfo, Store
+from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, ObjectInfo, Store
 
 import structlog
 
@@ -84,7 +84,6 @@ S3_MAX_PART_SIZE = 5 * 1024 * MiB
 S3_MAX_PARTS = 10_000
 MAX_KEY_BYTES = 1024
 READ_BLOCK = 1 * MiB
-MAX_DIGESTS_KEPT = 256                 # put → verify digests kept (a few hundred bytes each)
 
 # Metadata we add next to the caller's (x-amz-meta-dockd-*).
 META_PART_SIZE = "dockd-part-size"     # how the ETag was formed; verify recomputes it
@@ -772,7 +771,7 @@ class S3Store(Store):
         """Keep ``digest`` for ``verify``; only ever called with one proven to be the blob's."""
         with self._lock:
             self._digests[(digest.sha256, digest.size)] = digest
-            while len(self._digests) > MAX_DIGESTS_KEPT:
+            while len(self._digests) > MAX_PROOFS_KEPT:
                 self._digests.pop(next(iter(self._digests)), None)
 
     def _buffer(self, size: int) -> memoryview:
