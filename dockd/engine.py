@@ -46,6 +46,8 @@ MAX_SCAN_PASSES = 3
 SPOOL_WAIT_SECONDS = 2.0
 # the session error when the daemon, not the camera, ended a session; it resumes at the next start
 STOPPED_ERROR = "dockd stopped; resumes at the next start"
+# recording states nothing more happens to in a session: what its wait for uploads ends on
+SETTLED = frozenset({RecState.VERIFIED, RecState.WIPED, RecState.ATTENTION, RecState.SUPERSEDED})
 
 
 @dataclass
@@ -344,6 +346,11 @@ class Station:
             log.emit(lg, f"session.{phase.value}", recordings=len(final),
                      bytes=sum(r.size for r in final), error=error)
             self._changed(live, phase.value)
+        # a settled recording's marker has done its work (object metadata, manifest): a daemon
+        # that runs for months must not keep one for every recording it has ever seen
+        for r in final:
+            if r.state in SETTLED:
+                self._markers.pop(r.id, None)
         with self._lock:
             if self.live.get(ev.serial) is live:
                 live.safe_to_undock = True
@@ -510,8 +517,7 @@ class Station:
         up are queued again while still ``failed``."""
         self._set_phase(sid, live, Phase.UPLOADING, lg)
         after_spooled = self.cfg.wipe.after == "spooled"
-        settled = (RecState.VERIFIED, RecState.WIPED, RecState.ATTENTION, RecState.SUPERSEDED)
-        unsettled = [s for s in RecState if s not in settled]
+        unsettled = [s for s in RecState if s not in SETTLED]
         while True:
             busy = self.uploader.busy_ids()
             delayed = self.uploader.delayed_ids()

@@ -176,6 +176,20 @@ def test_a_camera_is_read_evidential_first_then_oldest_first(event_cfg, camera, 
     assert rest[-1] < recs[FLAGGED].mtime_ns                 # so this is not the mtime order
 
 
+def test_markers_are_not_kept_once_their_recordings_are_settled(event_cfg, camera, tmp_path):
+    """A daemon runs for months: the markers of a finished session are dropped, not kept
+    one per recording it ever saw; the object metadata still carried them."""
+    store = MetadataStore(tmp_path / "store")
+    st, out = run(event_cfg, camera, store)
+    try:
+        assert out.ok
+        recs = {r.name: r for r in st.ledger.recordings(serial="BWC0001")}
+        assert store.seen[recs[ROUTINE].object_key][0]["event-marker"] == "none"
+        assert st._markers == {}
+    finally:
+        st.close()
+
+
 def test_generic_profile_reads_no_marker_and_keeps_the_default_class(make_cfg, camera, tmp_path):
     store = MetadataStore(tmp_path / "store")
     st = Station(make_cfg(), policy=RetryPolicy.immediate(3), backend=store, patient=False)
