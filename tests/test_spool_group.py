@@ -133,15 +133,15 @@ def test_the_commit_runs_behind_the_copy_and_keeps_spool_order(tmp_path, ident, 
 
 
 def test_undock_mid_group_keeps_what_was_read_whole(make_cfg, tmp_path):
-    """The camera leaves while the 4th photo is read: the three read whole are
+    """The camera leaves once the 3rd photo is read: the three read whole are
     committed (spooled, uploaded, verified), the 4th is not, nothing is wiped."""
     cam = tmp_path / "cams" / "G1"
     files = _files(cam / "DCIM", [40_000] * 6)
     cfg = make_cfg()
     st = Station(cfg, policy=RetryPolicy.immediate(3), patient=False)
     st.start()
-    # pulled out while the 4th file is being read
-    out = pull_out_when(st, CameraDocked("G1", "generic", cam), lambda seen: len(seen) == 4)
+    # pulled out once the 3rd file is read whole, before the 4th is finished
+    out = pull_out_when(st, CameraDocked("G1", "generic", cam), lambda seen: len(seen) == 3)
     assert out.phase == Phase.INTERRUPTED
     st.uploader.wait_idle([r.id for r in st.ledger.recordings(serial="G1")], timeout=30)
     states = sorted((r.name, r.state) for r in st.ledger.recordings(serial="G1"))

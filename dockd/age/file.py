@@ -100,6 +100,10 @@ class Encryptor:
         self._stream.close()
         self._closed = True
 
+    def retarget(self, out: BinaryIO) -> None:
+        """Write what follows to ``out`` (a writer that hands out its output in blocks)."""
+        self._stream._out = out
+
     @property
     def size(self) -> int:
         """Bytes this file occupies once closed (exact after close())."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..age import Encryptor
+from ..age.stream import CHUNK_SIZE, TAG_SIZE
 from ..errors import DeviceGoneError, FileChangedError, SourceError, SpoolError, SpoolFullError
 from ..fsutil import HashingWriter, close_quietly, fsync_dir, fsync_path, syncfs
 
@@ -143,19 +144,17 @@ class Spool:
                 raise _spool_error(exc) from exc
             try:
                 sink = HashingWriter(out)
-                enc = Encryptor(sink, self.recipients)
-                reader = _Reader(src, source, size, cancel)
+                reader = _Reader(src, source, size, cancel, self.recipients)
                 done = 0
                 try:
-                    for buf, n in reader:
-                        enc.write(memoryview(buf)[:n])
-                        reader.recycle(buf)
+                    for block, n in reader:
+                        sink.write(memoryview(block.buf)[:block.n])
+                        reader.recycle(block)
                         done += n
-                        if progress:
+                        if progress and n:
                             progress(n)
                 finally:
                     reader.close()
-                enc.close()
                 end = os.fstat(src)
                 if done != size or end.st_size != size or end.st_mtime_ns != mtime_ns:
                     raise FileChangedError(f"{source}: changed while being read")
@@ -308,19 +307,44 @@ class GroupCommit:
             raise exc
 
 
-class _Reader:
-    """Reads the camera file on its own thread, hashing the plaintext as it goes.
+class _Sealed:
+    """One block of ciphertext, in a buffer that is reused: the Encryptor's sink.
 
-    SHA-256 and ChaCha20-Poly1305 both release the GIL, so reading and hashing
-    here overlap with encrypting, hashing the ciphertext and writing on the
-    caller's thread: two cores, one pass. A fixed pool of buffers bounds memory.
-    Iterating yields ``(buffer, nbytes)``; give each buffer back with ``recycle``.
-    Errors raised here surface in the caller's thread, in order.
+    It grows only when a block needs more room than it has (the header of the
+    first block, with many recipients); otherwise sealing a block costs one
+    copy of each chunk into memory that is already mapped."""
+
+    def __init__(self, capacity: int) -> None:
+        self.buf = bytearray(capacity)
+        self.n = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        size = len(data)
+        end = self.n + size
+        if end > len(self.buf):
+            self.buf.extend(bytes(end - len(self.buf)))
+        self.buf[self.n:end] = data
+        self.n = end
+        return size
+
+
+class _Reader:
+    """Reads the camera file and seals it on a thread of its own.
+
+    For each block it reads, it hashes the plaintext and encrypts it (age)
+    into a ``_Sealed`` buffer. The caller hashes and writes the ciphertext.
+    SHA-256 and ChaCha20-Poly1305 both release the GIL, so the two threads use
+    two cores, in one pass, and their work is about even (a read, a hash and
+    the cipher here; a hash and a write there). A fixed pool of buffers bounds
+    memory. Iterating yields ``(sealed, plaintext bytes)``; give each sealed
+    block back with ``recycle``. Errors raised here surface in the caller's
+    thread, in order. The last block carries the final chunk.
     """
 
-    POOL = 4
+    POOL = 3
 
-    def __init__(self, fd: int, source: Path, size: int, cancel: threading.Event | None) -> None:
+    def __init__(self, fd: int, source: Path, size: int, cancel: threading.Event | None,
+                 recipients: Sequence[object]) -> None:
         self.fd = fd
         self.source = source
         self.size = size
@@ -328,74 +352,110 @@ class _Reader:
         self.sha = hashlib.sha256()
         self._done = 0
         # Buffers no larger than the file (one byte at least, to see it grow): a 64 KiB photo
-        # must not pay for 4 MiB of freshly zeroed, page-faulted memory. A file that fits in
-        # one buffer is read inline: a thread would only add its start-up to a single read.
+        # must not pay for megabytes of freshly zeroed, page-faulted memory. A file that fits
+        # in one buffer is read inline: a thread would only add its start-up to a single read.
         inline = size <= BLOCK
-        self._free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(2 if inline else self.POOL):
-            self._free.put(bytearray(max(1, min(BLOCK, size))))
-        self._full: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
+        self._plain = bytearray(max(1, min(BLOCK, size)))
+        room = len(self._plain) + (len(self._plain) // CHUNK_SIZE + 2) * TAG_SIZE + CHUNK_SIZE
+        self._free: queue.Queue[_Sealed] = queue.Queue()
+        for _ in range(1 if inline else self.POOL):
+            self._free.put(_Sealed(room))
+        self._block = self._free.get_nowait()
+        self._enc = Encryptor(self._block, recipients)     # its header opens the first block
+        self._eof = False
+        self._full: queue.Queue[tuple[_Sealed, int] | BaseException | None] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if not inline:
             self._thread = threading.Thread(target=self._run, name="spool-reader", daemon=True)
             self._thread.start()
 
-    def _read_into(self, buf: bytearray) -> tuple[bytearray, int] | None:
-        """One read into ``buf``, hashed: ``(buf, n)``, or None at the end of the file."""
+    def _next_block(self) -> tuple[_Sealed, int] | None:
+        """Read, hash and seal one block: ``(sealed, n)``, or None once the end was sealed."""
+        if self._eof:
+            return None
+        if self.cancel is not None and self.cancel.is_set():
+            raise DeviceGoneError(f"{self.source}: camera undocked during copy")
+        n = self._read()
+        if n:
+            view = memoryview(self._plain)[:n]
+            self.sha.update(view)
+            self._enc.write(view)
+        # At the scanned size, look for the end now (a file that grew fails here), so the
+        # final chunk goes out in this block rather than in one of its own.
+        if not n or (self._done == self.size and not self._read()):
+            self._enc.close()                # the final chunk
+            self._eof = True
+        return self._block, n
+
+    def _read(self) -> int:
         try:
-            n = os.readv(self.fd, [buf])
+            n = os.readv(self.fd, [self._plain])
         except OSError as exc:
             raise _read_error(exc, self.source) from exc
-        if n == 0:
-            return None
         self._done += n
         if self._done > self.size:
             raise FileChangedError(f"{self.source}: grew while being read")
-        self.sha.update(memoryview(buf)[:n])
-        return buf, n
+        return n
+
+    def _take(self) -> tuple[_Sealed, int] | None:
+        item = self._next_block()
+        if item is not None and not self._eof and self._thread is not None:
+            self._block = self._next_free()       # inline: the one block, emptied by recycle
+            self._block.n = 0
+            self._enc.retarget(self._block)
+        return item
+
+    def _next_free(self) -> _Sealed:
+        while True:
+            try:
+                return self._free.get(timeout=0.2)
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise _Stopped from None
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                if self.cancel is not None and self.cancel.is_set():
-                    raise DeviceGoneError(f"{self.source}: camera undocked during copy")
-                try:
-                    buf = self._free.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                item = self._read_into(buf)
+                item = self._take()
                 self._full.put(item)
                 if item is None:
                     return
+        except _Stopped:
+            return
         except BaseException as exc:  # handed to the consumer, raised there
             self._full.put(exc)
 
     def __iter__(self) -> "_Reader":
         return self
 
-    def __next__(self) -> tuple[bytearray, int]:
+    def __next__(self) -> tuple[_Sealed, int]:
         if self._thread is None:
-            if self.cancel is not None and self.cancel.is_set():
-                raise DeviceGoneError(f"{self.source}: camera undocked during copy")
-            item = self._read_into(self._free.get_nowait())
+            item = self._take()
             if item is None:
                 raise StopIteration
             return item
-        item = self._full.get()
-        if item is None:
+        got = self._full.get()
+        if got is None:
             raise StopIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item
+        if isinstance(got, BaseException):
+            raise got
+        return got
 
-    def recycle(self, buf: bytearray) -> None:
-        self._free.put(buf)
+    def recycle(self, block: _Sealed) -> None:
+        if self._thread is None:
+            block.n = 0
+        else:
+            self._free.put(block)
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)   # a hung device must not hang the session forever
+
+
+class _Stopped(Exception):
+    """The consumer gave up while the reader waited for a buffer."""
 
 
 def _read_error(exc: OSError, source: Path) -> SourceError:
