@@ -508,15 +508,23 @@ class LedgerCheckpoint:
     def __init__(self, ledger: Ledger, rec_id: int) -> None:
         self.ledger = ledger
         self.rec_id = rec_id
+        self._empty = False          # True once known to hold nothing: clear() has nothing to do
 
     def load(self) -> dict[str, Any] | None:
-        return self.ledger.checkpoint_load(self.rec_id)
+        state = self.ledger.checkpoint_load(self.rec_id)
+        self._empty = state is None
+        return state
 
     def save(self, state: dict[str, Any]) -> None:
+        self._empty = False
         self.ledger.checkpoint_save(self.rec_id, state)
 
     def clear(self) -> None:
-        self.ledger.checkpoint_clear(self.rec_id)
+        # A put that found no checkpoint and saved none (every single PUT) has nothing to
+        # delete: skipping the empty write saves a ledger transaction per photo.
+        if not self._empty:
+            self.ledger.checkpoint_clear(self.rec_id)
+            self._empty = True
 
 
 def _split_sql(script: str) -> list[str]:

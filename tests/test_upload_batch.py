@@ -200,3 +200,31 @@ def test_a_retried_put_is_no_longer_new(tmp_path):
     rig.run()
     assert seen == [True, False]
     assert rig.state(rig.ids[0]) == RecState.VERIFIED
+
+
+def test_a_put_that_needed_no_checkpoint_writes_none(tmp_path: Path) -> None:
+    """A single PUT finds no checkpoint and saves none: its clear() must not cost a
+    ledger transaction (one per photo). A checkpoint that held state is still cleared."""
+    from dockd.ledger import Ledger, LedgerCheckpoint
+
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    sid = ledger.open_session("CAM-0001", "generic", str(tmp_path), None, None, {})
+    a = ledger.upsert_found("CAM-0001", sid, "generic", b"a.jpg", 10, 0, "photo")
+    b = ledger.upsert_found("CAM-0001", sid, "generic", b"b.mp4", 10, 0, "video")
+    ledger.checkpoint_save(b.id, {"upload_id": "u1"})
+    statements: list[str] = []
+    ledger._db.set_trace_callback(statements.append)
+    cp = LedgerCheckpoint(ledger, a.id)
+    assert cp.load() is None
+    cp.clear()
+    assert not [s for s in statements if s.lstrip().upper().startswith(("DELETE", "BEGIN", "COMMIT"))]
+    ledger._db.set_trace_callback(None)
+    held = LedgerCheckpoint(ledger, b.id)
+    assert held.load() == {"upload_id": "u1"}
+    held.clear()
+    assert ledger.checkpoint_load(b.id) is None
+    saved = LedgerCheckpoint(ledger, a.id)          # nothing at first, then a state saved: cleared
+    assert saved.load() is None
+    saved.save({"upload_id": "u2"})
+    saved.clear()
+    assert ledger.checkpoint_load(a.id) is None
