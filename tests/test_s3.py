@@ -460,7 +460,8 @@ def test_existing_object_is_not_uploaded_again(moto_proxied: Proxied, tmp_path: 
     p.store.put(KEY, blob, MemoryCheckpoint())
     p.proxy.clear_log()
     p.make_store().put(KEY, blob, MemoryCheckpoint())
-    assert [r.method for r in p.proxy.requests if r.method in ("PUT", "POST")] == []
+    # nothing sent but the new store's probe (tagging a key that holds no object)
+    assert [r.method for r in p.proxy.requests if r.method in ("PUT", "POST") and "tagging" not in r.query] == []
 
 
 @pytest.mark.parametrize("server", ["moto_server", "swift_server"])
@@ -635,6 +636,22 @@ def test_swift_capabilities_detected_absent_and_paths_adapt(swift_proxied: Proxi
     assert [r.method for r in p.proxy.requests].count("PUT") == 1
 
 
+@pytest.mark.parametrize("server", ["moto", "swift"])
+def test_the_probe_learns_tagging_without_writing_or_refused_uploads(server: str, request: pytest.FixtureRequest,
+                                                                      tmp_path: Path) -> None:
+    """Tagging a key with no object tells a server with tagging (NoSuchKey) from one
+    without (NotImplemented): no object is written, and the first upload is sent once,
+    with tags only where they are kept."""
+    p: Proxied = request.getfixturevalue(f"{server}_proxied")
+    p.store.put("a/first.age", make_blob(tmp_path, 500, "first"), MemoryCheckpoint())
+    puts = [r for r in p.proxy.requests if r.method == "PUT"]
+    assert [("tagging" in r.query) for r in puts] == [True, False]     # the probe, then one upload
+    assert p.store._tagging_ok is (server == "moto")
+    assert p.objects() == ["evidence/a/first.age"]                      # the probe wrote nothing
+    tags = p.ep.client().get_object_tagging(Bucket=p.bucket, Key="evidence/a/first.age")["TagSet"]
+    assert tags == ([{"Key": "retention-class", "Value": "31d"}] if server == "moto" else [])
+
+
 @pytest.mark.parametrize("checksum", ["auto", "off"])
 def test_concurrent_first_uploads_to_swift_all_learn_what_it_lacks(swift_server: S3Endpoint, tmp_path: Path,
                                                                     checksum: str) -> None:
@@ -645,6 +662,7 @@ def test_concurrent_first_uploads_to_swift_all_learn_what_it_lacks(swift_server:
     store = S3Store(f"s3://{ep.new_bucket()}/e", **ep.store_kwargs(multipart_threshold=part, part_size=part,
                                                                    checksum=checksum))
     store.probe()
+    store._tagging_ok = True          # as if the probe had no answer: the uploads learn it
     together = threading.Barrier(4, timeout=10)
     held = []
 

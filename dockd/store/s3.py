@@ -491,6 +491,7 @@ class S3Store(Store):
         self.min_part_size = min_part_size
         self.max_parts = max_parts
         self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()    # one probe at a time: the first put of each worker waits
         self._probed = False
         # Digests ``put`` just computed, by the (SHA-256, size) the spooled file was checked
         # against: ``verify`` reuses them rather than reading and hashing the file once more.
@@ -595,6 +596,12 @@ class S3Store(Store):
         """
         if self._probed:
             return self.capabilities
+        with self._probe_lock:
+            if self._probed:
+                return self.capabilities
+            return self._probe()
+
+    def _probe(self) -> Capabilities:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except Exception as exc:  # noqa: BLE001 - classified
@@ -616,11 +623,36 @@ class S3Store(Store):
                 f"store.object_lock_mode is {self.object_lock_mode} but bucket {self.bucket} "
                 "has Object Lock disabled"
             )
+        if self.tag_retention and self.retention_class:
+            self._probe_tagging()
         with self._lock:
             self.capabilities = dataclasses.replace(self.capabilities, object_lock=lock)
             self._probed = True
-        log.info("store.probed", url=self.url, object_lock=lock)
+        log.info("store.probed", url=self.url, object_lock=lock, tagging=self._tagging_ok)
         return self.capabilities
+
+    def _probe_tagging(self) -> None:
+        """Learn whether the server keeps object tags, writing nothing.
+
+        Tagging a key that holds no object is answered NoSuchKey by a server
+        with tagging and NotImplemented by one without (Swift). Learnt here,
+        no upload is sent with tags only to be refused and sent again (with
+        a fresh connection pool) by every upload thread. Any other answer
+        leaves the question to the first upload, which drops refused tags.
+        """
+        key = self._key(f".dockd-probe/{os.urandom(8).hex()}")
+        tags = {"TagSet": [{"Key": "retention-class", "Value": self.retention_class}]}
+        try:
+            self.client.put_object_tagging(Bucket=self.bucket, Key=key, Tagging=tags)
+        except bce.ClientError as exc:
+            code = _code(exc)
+            if code in CHECKSUM_REJECTED_CODES:
+                with self._lock:
+                    self._tagging_ok = False
+                    self.client = self._new_client()   # the refusal may close the connection
+                log.warning("store.tagging_unsupported", url=self.url, code=code)
+        except Exception:  # noqa: BLE001 - unanswered: the first upload learns it instead
+            pass
 
     def _use_checksum(self) -> bool:
         return self._checksum_ok is not False
