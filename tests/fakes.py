@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Callable, Iterator, BinaryIO
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 from dockd.errors import DockdError, TransientStoreError
 from dockd.store.base import Blob, Checkpoint, ObjectInfo, Store
@@ -21,12 +21,15 @@ class ScriptedStore(Store):
 
     def __init__(self, root: Path, put_errors: list[DockdError] | None = None,
                  always: Callable[[], DockdError] | None = None,
-                 after_put: Callable[[str], None] | None = None) -> None:
+                 after_put: Callable[[str], None] | None = None,
+                 list_proof: Callable[[list[tuple[str, Blob]]], set[str]] | None = None) -> None:
         self.inner = DirStore(root)
         self.url = self.inner.url
         self.put_errors = list(put_errors or [])
         self.always = always
         self.after_put = after_put
+        self.list_proof = list_proof        # prove_listed: the keys it proves (or it raises)
+        self.listed: list[list[str]] = []   # keys of every prove_listed call
         self.puts = 0
         self.attempts = 0
         self.attempted: list[str] = []      # keys of every put, refused or not
@@ -54,6 +57,11 @@ class ScriptedStore(Store):
         self.verified.append(key)
         self._gate()
         return self.inner.verify(key, blob)
+
+    def prove_listed(self, items: Sequence[tuple[str, Blob]]) -> set[str]:
+        self.listed.append([k for k, _ in items])
+        self._gate()
+        return self.list_proof(list(items)) if self.list_proof else self.inner.prove_listed(items)
 
     def stat(self, key: str) -> ObjectInfo | None:
         self._gate()

@@ -21,6 +21,7 @@ from dockd.config import StoreConfig
 from dockd.errors import (
     ConfigError,
     IntegrityError,
+    ObjectMissingError,
     PermanentStoreError,
     StoreAuthError,
     TransientStoreError,
@@ -650,6 +651,34 @@ def test_the_probe_learns_tagging_without_writing_or_refused_uploads(server: str
     assert p.objects() == ["evidence/a/first.age"]                      # the probe wrote nothing
     tags = p.ep.client().get_object_tagging(Bucket=p.bucket, Key="evidence/a/first.age")["TagSet"]
     assert tags == ([{"Key": "retention-class", "Value": "31d"}] if server == "moto" else [])
+
+
+@pytest.mark.parametrize("server", ["moto", "swift"])
+def test_one_listing_proves_a_batch_of_single_puts(server: str, request: pytest.FixtureRequest,
+                                                   tmp_path: Path) -> None:
+    """prove_listed reads size and ETag back for many objects with one request. It
+    proves only what it can check as verify would: not a multipart object, not one
+    replaced behind the store's back, not one gone; verify then says why."""
+    p: Proxied = request.getfixturevalue(f"{server}_proxied")
+    day = "st/CAM-1/2026-11-21"
+    blobs = {f"{day}/IMG{i:03d}.age": make_blob(tmp_path, 700 + i, f"p{i}") for i in range(5)}
+    big_key, big = f"{day}/IMG002-LONG.age", make_blob(tmp_path, 6 * p.part + 1, "big")
+    for k, b in [*blobs.items(), (big_key, big)]:
+        p.store.put(k, b, MemoryCheckpoint())
+    raw = p.ep.client()
+    raw.put_object(Bucket=p.bucket, Key=f"evidence/{day}/IMG003.age", Body=b"x" * 703)   # same size
+    raw.delete_object(Bucket=p.bucket, Key=f"evidence/{day}/IMG004.age")
+    raw.put_object(Bucket=p.bucket, Key=f"evidence/{day}/IMG001.zzz", Body=b"not ours")  # listed between
+    p.proxy.clear_log()
+    proven = p.store.prove_listed([*blobs.items(), (big_key, big)])
+    assert proven == {f"{day}/IMG000.age", f"{day}/IMG001.age", f"{day}/IMG002.age"}
+    assert [(r.method, "list-type" in r.query) for r in p.proxy.requests] == [("GET", True)]   # no HEAD
+    with pytest.raises(IntegrityError):
+        p.store.verify(f"{day}/IMG003.age", blobs[f"{day}/IMG003.age"])
+    with pytest.raises(ObjectMissingError):
+        p.store.verify(f"{day}/IMG004.age", blobs[f"{day}/IMG004.age"])
+    p.store.verify(big_key, big)
+    assert p.store.prove_listed([(f"{day}/IMG000.age", blobs[f"{day}/IMG000.age"])]) == set()   # one: HEAD it
 
 
 @pytest.mark.parametrize("checksum", ["auto", "off"])

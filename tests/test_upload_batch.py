@@ -228,3 +228,42 @@ def test_a_put_that_needed_no_checkpoint_writes_none(tmp_path: Path) -> None:
     saved.save({"upload_id": "u2"})
     saved.clear()
     assert ledger.checkpoint_load(a.id) is None
+
+
+def test_a_batch_is_proven_by_the_stores_listing_when_it_can(tmp_path):
+    """Put all, then one listing for the batch: what it proves needs no verify each;
+    what it leaves out is verified alone."""
+    rig: Rig
+
+    def prove(items: list[tuple[str, object]]) -> set[str]:
+        return {k for k, _ in items[:-1]}              # the store's listing lacks the last one
+
+    rig = Rig(tmp_path, 6, ScriptedStore(tmp_path / "store", list_proof=prove))
+    rig.run()
+    assert [rig.state(i) for i in rig.ids] == [RecState.VERIFIED] * 6
+    keys = [r.object_key for r in rig.recs]
+    assert rig.store.listed == [keys]                   # one listing, for the whole batch
+    assert rig.store.verified == [keys[-1]]             # only the one it did not prove
+    assert list(rig.spool.root.glob("*.age")) == []
+
+
+def test_a_failed_listing_leaves_each_recording_to_its_own_proof(tmp_path, capsys):
+    def refuse(items: list[tuple[str, object]]) -> set[str]:
+        raise TransientStoreError("listing timed out")
+
+    rig = Rig(tmp_path, 4, ScriptedStore(tmp_path / "store", list_proof=refuse))
+    rig.run()
+    assert [rig.state(i) for i in rig.ids] == [RecState.VERIFIED] * 4
+    assert sorted(rig.store.verified) == sorted(r.object_key for r in rig.recs)
+    assert "upload.list_proof_failed" in capsys.readouterr().out
+
+
+def test_a_proof_the_listing_gives_is_still_refused_when_the_put_failed(tmp_path):
+    """A listing is asked only about what this batch put: a refused put is not proven by it."""
+    rig = Rig(tmp_path, 4, ScriptedStore(tmp_path / "store", put_errors=[PermanentStoreError("refused")],
+                                         list_proof=lambda items: {k for k, _ in items}))
+    rig.run()
+    first, rest = rig.ids[0], rig.ids[1:]
+    assert rig.state(first) == RecState.FAILED
+    assert [rig.state(i) for i in rest] == [RecState.VERIFIED] * 3
+    assert rig.store.listed == [[r.object_key for r in rig.recs[1:]]]

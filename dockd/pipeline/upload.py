@@ -25,7 +25,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
 from .. import log
@@ -57,6 +57,7 @@ class _Proven:
     lg: Any
     blob: Blob
     put: bool                 # put by this attempt: ``uploaded`` is committed with ``verified``
+    proven: bool = True       # False: put (or found there), its proof still to come
 
 
 class Uploader:
@@ -286,6 +287,7 @@ class Uploader:
         """Upload and prove each recording, then commit the proven ones together.
         Idempotent: may be called again after a crash."""
         proven: list[_Proven] = []
+        sent: list[_Proven] = []           # put (or found there), to be proven
         for rec_id in rec_ids:
             if self._stopping:
                 break                      # the rest stay spooled in the ledger for the next start
@@ -294,17 +296,38 @@ class Uploader:
                 continue
             try:
                 # read now, not at the batch's start: a re-dock may have flagged it since
-                got = self._attempt(self.ledger.get(rec_id))
+                got = self._attempt(self.ledger.get(rec_id), prove=len(rec_ids) == 1)
             except Exception as exc:
                 self._bug(rec_id, exc)
+                continue
+            if isinstance(got, _Proven):
+                (proven if got.proven else sent).append(got)
+        listed = self._prove_listed(sent)
+        for p in sent:
+            try:
+                got = replace(p, proven=True) if p.rec.object_key in listed else self._prove(p)
+            except Exception as exc:
+                self._bug(p.rec.id, exc)
                 continue
             if isinstance(got, _Proven):
                 proven.append(got)
         self._settle(proven)
 
-    def _attempt(self, rec: Recording) -> RecState | _Proven:
-        """One recording: put unless the store holds it, and prove it. Failures are
-        handled here; a proven recording is returned for its batch's commit."""
+    def _prove_listed(self, sent: list[_Proven]) -> set[str]:
+        """Keys of ``sent`` the store proves with one listing; the rest are proven one by one."""
+        if len(sent) < 2:
+            return set()
+        try:
+            return self.store.prove_listed([(p.rec.object_key, p.blob) for p in sent])
+        except DockdError as exc:      # each is proven alone instead, with retries
+            log.emit(self.log, "upload.list_proof_failed", camera=sent[0].rec.serial,
+                     recordings=[p.rec.name for p in sent], error=str(exc))
+            return set()
+
+    def _attempt(self, rec: Recording, prove: bool = True) -> RecState | _Proven:
+        """One recording: put unless the store holds it, and prove it (``prove=False``:
+        leave the proof to the batch, see ``_prove_listed``). Failures are handled
+        here; a recording put or proven is returned for its batch."""
         lg = self.log.bind(camera=rec.serial, recording=rec.name, sha256=rec.plain_sha256)
         with self._cv:
             fresh = rec.id in self._fresh
@@ -326,40 +349,49 @@ class Uploader:
                 return self._back_to_found(rec, lg, "spool copy missing")
             return _Proven(rec, lg, blob, put=False)
 
-        store = self.store
         self._local.lg = lg
-        put = False
         try:
-            try:
-                log.emit(lg, "upload.started", key=key, size=blob.size)
-                if fresh or not self._already_there(key, blob):
-                    store.put(key, blob, LedgerCheckpoint(self.ledger, rec.id))
-                    put = True
-                store.verify(key, blob)
-            except DockdError:
-                if put:        # the store took it, unproven: on record before what follows
-                    rec = self.ledger.transition(rec.id, RecState.UPLOADED, event="upload.uploaded")
-                    log.emit(lg, "upload.uploaded", key=key)
-                raise
-        except StoreAuthError as exc:
+            log.emit(lg, "upload.started", key=key, size=blob.size)
+            put = False
+            if fresh or not self._already_there(key, blob):
+                self.store.put(key, blob, LedgerCheckpoint(self.ledger, rec.id))
+                put = True
+        except DockdError as exc:
+            return self._store_failed(rec, lg, blob, exc)
+        sent = _Proven(rec, lg, blob, put, proven=False)
+        return self._prove(sent) if prove else sent
+
+    def _prove(self, sent: _Proven) -> RecState | _Proven:
+        """``verify`` one recording put (or found at the store) by ``_attempt``."""
+        rec, lg = sent.rec, sent.lg
+        self._local.lg = lg
+        try:
+            self.store.verify(rec.object_key, sent.blob)
+        except DockdError as exc:
+            if sent.put:        # the store took it, unproven: on record before what follows
+                rec = self.ledger.transition(rec.id, RecState.UPLOADED, event="upload.uploaded")
+                log.emit(lg, "upload.uploaded", key=rec.object_key)
+            return self._store_failed(rec, lg, sent.blob, exc)
+        return replace(sent, proven=True)
+
+    def _store_failed(self, rec: Recording, lg: Any, blob: Blob, exc: DockdError) -> RecState:
+        """What a store error in a put or a proof means for the recording."""
+        if isinstance(exc, StoreAuthError):
             with self._cv:
                 first = self._auth_paused is None
                 self._auth_paused = str(exc)
             self.store_ok = False
             self.last_store_error = str(exc)
             if first:
-                log.emit(lg, "store.auth_failed", store=store.url, error=str(exc))
+                log.emit(lg, "store.auth_failed", store=self.store.url, error=str(exc))
             self.submit_later(rec.id, time.time())   # back in line once resumed
             return rec.state
-        except IntegrityError as exc:
+        if isinstance(exc, IntegrityError):
             return self._integrity(rec, lg, blob, exc)
-        except ObjectMissingError as exc:
-            return self._failed(rec, lg, exc)
-        except DockdError as exc:
+        if not isinstance(exc, ObjectMissingError):
             self.store_ok = False if exc.retryable else self.store_ok
             self.last_store_error = str(exc)
-            return self._failed(rec, lg, exc)
-        return _Proven(rec, lg, blob, put)
+        return self._failed(rec, lg, exc)
 
     def on_store_retry(self, op: str, attempt: int, exc: BaseException, wait: float) -> None:
         """Hook for ``RetryingStore``: runs in the worker's thread, so it knows the recording."""

@@ -12,7 +12,7 @@ import abc
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping, Protocol
+from typing import Any, BinaryIO, Iterator, Mapping, Protocol, Sequence
 
 # Proofs a store keeps from put to verify (a few hundred bytes each): one is dropped
 # once verified, and the oldest go first, so a daemon that runs for months stays small.
@@ -109,6 +109,17 @@ class Store(abc.ABC):
         Raises ``ObjectMissingError`` when absent and ``IntegrityError`` when the
         object differs. Only after this returns is a recording ``verified``.
         """
+
+    def prove_listed(self, items: Sequence[tuple[str, Blob]]) -> set[str]:
+        """Prove many objects just put with one listing: the keys of ``items`` proven.
+
+        A backend whose listing shows what ``verify`` would check (size and a
+        digest computed locally) may prove several objects with one request
+        instead of one each. What it does not return, for any reason, the
+        caller proves with ``verify``. Raises a ``StoreError`` if the listing
+        fails. The default proves none.
+        """
+        return set()
 
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:

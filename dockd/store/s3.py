@@ -52,7 +52,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping, Sequence
 from urllib.parse import quote, urlencode, urlparse
 
 import boto3
@@ -84,6 +84,7 @@ S3_MAX_PART_SIZE = 5 * 1024 * MiB
 S3_MAX_PARTS = 10_000
 MAX_KEY_BYTES = 1024
 READ_BLOCK = 1 * MiB
+LIST_PROOF_PAGES = 4     # prove_listed reads at most this many pages of 1,000 keys
 
 # Metadata we add next to the caller's (x-amz-meta-dockd-*).
 META_PART_SIZE = "dockd-part-size"     # how the ETag was formed; verify recomputes it
@@ -1171,6 +1172,51 @@ class S3Store(Store):
             raise IntegrityError(f"{key}: {proof}")
         self._digests.pop((blob.sha256, blob.size), None)
         return self._info(key, head, sha256=blob.sha256)
+
+    def prove_listed(self, items: Sequence[tuple[str, Blob]]) -> set[str]:
+        """One listing proves many objects this store has just sent in one PUT each.
+
+        ``verify`` HEADs one object to read back its size and ETag; a listing
+        reads back the same two facts for up to a thousand (S3 listings are
+        strongly consistent). Only objects whose digest ``put`` computed as it
+        sent them qualify: for a single PUT the ETag is the MD5 of the bytes,
+        checked against that digest as ``verify`` would. Anything else (a
+        multipart ETag, an ETag that is not an MD5, a key the listing does not
+        show, a size that differs) is left to ``verify``, which says why.
+        The listing starts just before the first key, stops after the last,
+        and reads at most ``LIST_PROOF_PAGES`` pages.
+        """
+        want: dict[str, tuple[str, Blob, Digest]] = {}
+        for key, blob in items:
+            digest = self._digests.get((blob.sha256, blob.size))
+            if digest is not None and not digest.is_multipart:
+                want[self._key(key)] = (key, blob, digest)
+        if len(want) < 2:
+            return set()           # one object: its HEAD costs no more than a listing
+        keys = sorted(want)
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": os.path.commonprefix(keys),
+                                "StartAfter": keys[0][:-1], "MaxKeys": 1000}
+        proven: set[str] = set()
+        try:
+            for _ in range(LIST_PROOF_PAGES):
+                page = self.client.list_objects_v2(**args)
+                contents = page.get("Contents", [])
+                for o in contents:
+                    got = want.get(o["Key"])
+                    if (got is not None and int(o.get("Size", -1)) == got[1].size
+                            and str(o.get("ETag", "")).strip('"') == got[2].etag):
+                        proven.add(got[0])
+                if (not page.get("IsTruncated") or not contents
+                        or contents[-1]["Key"] >= keys[-1] or len(proven) == len(want)):
+                    break
+                args["StartAfter"] = contents[-1]["Key"]
+        except Exception as exc:  # noqa: BLE001 - classified
+            raise classify(exc, f"list {args['Prefix']}") from exc
+        with self._lock:
+            for key in proven:
+                _, blob, _ = want[self._key(key)]
+                self._digests.pop((blob.sha256, blob.size), None)
+        return proven
 
     def _info(self, key: str, head: Mapping[str, Any], sha256: str | None = None) -> ObjectInfo:
         server_sum = head.get("ChecksumSHA256")
