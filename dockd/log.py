@@ -56,6 +56,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "upload.failed": ("error", "upload attempts exhausted; rescheduled", "camera, recording, sha256, attempts, next_attempt_in, error"),
     "upload.uploaded": ("info", "the store accepted the object", "camera, recording, sha256, key"),
     "upload.verified": ("info", "the store is proven to hold exactly the ciphertext", "camera, recording, sha256, key, size"),
+    "upload.batch_flush_failed": ("warning", "a batch's puts could not be made durable together; each is put again after a backoff", "camera, recordings, error"),
     "upload.list_proof_failed": ("warning", "a listing could not prove a batch; each recording is proven alone", "camera, recordings, error"),
     "upload.integrity_failed": ("error", "the store's copy differs; deleted and retried", "camera, recording, sha256, key, error"),
     "store.auth_failed": ("error", "the store refused our credentials; upload queue paused", "store, error"),

@@ -68,3 +68,107 @@ def test_proofs_kept_from_put_to_verify_stay_bounded(tmp_path):
     assert len(store._proven) == MAX_PROOFS_KEPT
     for key, b in blobs:
         assert store.verify(key, b).sha256 == b.sha256      # proven or hashed again, all the same
+
+
+def _blobs(tmp_path, n: int) -> dict[str, Blob]:
+    out = {}
+    for i in range(n):
+        data = os.urandom(5_000 + i)
+        p = tmp_path / f"spooled-{i}.age"
+        p.write_bytes(data)
+        out[f"ev/dock/CAM/2026-11-21/IMG{i:03d}.age"] = Blob(p, len(data), hashlib.sha256(data).hexdigest())
+    return out
+
+
+def _count_flushes(monkeypatch) -> dict[str, int]:
+    import dockd.fsutil
+    import dockd.store.dirstore as ds
+
+    seen = {"fsync": 0, "syncfs": 0}
+    real_fsync, real_syncfs = os.fsync, ds.syncfs
+
+    def fsync(fd: int) -> None:
+        seen["fsync"] += 1
+        real_fsync(fd)
+
+    def syncfs(path) -> None:  # noqa: ANN001
+        seen["syncfs"] += 1
+        real_syncfs(path)
+
+    monkeypatch.setattr(ds.os, "fsync", fsync)
+    monkeypatch.setattr(dockd.fsutil.os, "fsync", fsync)
+    monkeypatch.setattr(ds, "syncfs", syncfs)
+    return seen
+
+
+def test_a_batch_is_named_only_once_it_is_durable_and_shares_one_flush(tmp_path, monkeypatch):
+    store = DirStore(tmp_path / "store")
+    blobs = _blobs(tmp_path, 5)
+    seen = _count_flushes(monkeypatch)
+    with store.batch():
+        for k, b in blobs.items():
+            store.put(k, b, MemoryCheckpoint())
+        assert list(store.list()) == []                     # nothing has its name before the flush
+    assert seen == {"fsync": 1, "syncfs": 1}                 # one syncfs, one directory fsync
+    assert sorted(o.key for o in store.list()) == sorted(blobs)
+    for k, b in blobs.items():
+        store.verify(k, b)
+    seen.update(fsync=0, syncfs=0)
+    (tmp_path / "more").mkdir()
+    for k, b in _blobs(tmp_path / "more", 2).items():
+        store.put(k.replace("IMG", "ONE"), b, MemoryCheckpoint())
+    assert seen == {"fsync": 4, "syncfs": 0}                 # outside a batch: file and directory, each
+
+
+def test_a_batch_whose_flush_fails_names_nothing_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    import dockd.store.dirstore as ds
+    from dockd.errors import ObjectMissingError, StoreError
+
+    store = DirStore(tmp_path / "store")
+    blobs = _blobs(tmp_path, 3)
+
+    def eio(path) -> None:  # noqa: ANN001
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(ds, "syncfs", eio)
+    with pytest.raises(StoreError):
+        with store.batch():
+            for k, b in blobs.items():
+                store.put(k, b, MemoryCheckpoint())
+    for k, b in blobs.items():
+        with pytest.raises(ObjectMissingError):
+            store.verify(k, b)
+    assert [p.name for p in (tmp_path / "store").rglob("*") if p.is_file()] == []   # no temp file left
+
+
+def test_names_whose_directory_fsync_failed_are_refused_until_put_again(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    import dockd.store.dirstore as ds
+    from dockd.errors import ObjectMissingError, StoreError
+
+    store = DirStore(tmp_path / "store")
+    blobs = _blobs(tmp_path, 2)
+    real = ds.fsync_dir
+
+    def eio(path) -> None:  # noqa: ANN001
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(ds, "fsync_dir", eio)
+    with pytest.raises(StoreError):
+        with store.batch():
+            for k, b in blobs.items():
+                store.put(k, b, MemoryCheckpoint())
+    monkeypatch.setattr(ds, "fsync_dir", real)
+    k, b = next(iter(blobs.items()))
+    assert (tmp_path / "store" / k).exists()                 # renamed, but the name may not last
+    with pytest.raises(ObjectMissingError, match="not made durable"):
+        store.verify(k, b)
+    store.put(k, b, MemoryCheckpoint())                      # put again, alone: fsynced
+    store.verify(k, b)

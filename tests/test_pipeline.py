@@ -228,7 +228,7 @@ def test_store_copy_corrupted_is_deleted_and_retried(make_cfg, camera, tmp_path)
             data[-1] ^= 0xFF
             p.write_bytes(bytes(data))
 
-    store = ScriptedStore(tmp_path / "store", after_put=corrupt_store)
+    store = ScriptedStore(tmp_path / "store", after_stored=corrupt_store)
     cfg = make_cfg()
     st = Station(cfg, policy=RetryPolicy.immediate(3), backend=store, patient=True)
     st.start()

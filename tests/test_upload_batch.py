@@ -267,3 +267,41 @@ def test_a_proof_the_listing_gives_is_still_refused_when_the_put_failed(tmp_path
     assert rig.state(first) == RecState.FAILED
     assert [rig.state(i) for i in rest] == [RecState.VERIFIED] * 3
     assert rig.store.listed == [[r.object_key for r in rig.recs[1:]]]
+
+
+def test_a_batch_to_file_store_shares_one_flush(tmp_path, monkeypatch):
+    """file://: the batch's objects are written, then one syncfs and one directory
+    fsync make them all durable, before any is proven."""
+    import dockd.store.dirstore as ds
+
+    flushes = []
+    real = ds.syncfs
+    monkeypatch.setattr(ds, "syncfs", lambda path: flushes.append(path) or real(path))
+    rig = Rig(tmp_path, 8, ScriptedStore(tmp_path / "store"))
+    rig.run()
+    assert [rig.state(i) for i in rig.ids] == [RecState.VERIFIED] * 8
+    assert flushes == [tmp_path / "store"]
+
+
+def test_a_batch_whose_flush_fails_is_put_again_and_verified(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import dockd.store.dirstore as ds
+
+    real, failures = ds.syncfs, [OSError(errno.EIO, "Input/output error")]
+
+    def syncfs(path) -> None:  # noqa: ANN001
+        if failures:
+            raise failures.pop()
+        real(path)
+
+    monkeypatch.setattr(ds, "syncfs", syncfs)
+    rig = Rig(tmp_path, 5, ScriptedStore(tmp_path / "store"))
+    rig.run(stop=False)                                    # the failed ones come back (transient)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(rig.state(i) != RecState.VERIFIED for i in rig.ids):
+        time.sleep(0.05)
+    rig.up.stop()
+    assert [rig.state(i) for i in rig.ids] == [RecState.VERIFIED] * 5
+    assert rig.store.puts == 10                            # each put twice: the first flush failed
+    assert "upload.batch_flush_failed" in capsys.readouterr().out

@@ -288,20 +288,30 @@ class Uploader:
         Idempotent: may be called again after a crash."""
         proven: list[_Proven] = []
         sent: list[_Proven] = []           # put (or found there), to be proven
-        for rec_id in rec_ids:
-            if self._stopping:
-                break                      # the rest stay spooled in the ledger for the next start
-            if self._auth_paused:
-                self.submit_later(rec_id, time.time())   # back in line once resumed
-                continue
-            try:
-                # read now, not at the batch's start: a re-dock may have flagged it since
-                got = self._attempt(self.ledger.get(rec_id), prove=len(rec_ids) == 1)
-            except Exception as exc:
-                self._bug(rec_id, exc)
-                continue
-            if isinstance(got, _Proven):
-                (proven if got.proven else sent).append(got)
+        try:
+            with self.store.batch():       # a store may make the batch's puts durable together
+                for rec_id in rec_ids:
+                    if self._stopping:
+                        break              # the rest stay spooled in the ledger for the next start
+                    if self._auth_paused:
+                        self.submit_later(rec_id, time.time())   # back in line once resumed
+                        continue
+                    try:
+                        # read now, not at the batch's start: a re-dock may have flagged it since
+                        got = self._attempt(self.ledger.get(rec_id), prove=False)
+                    except Exception as exc:
+                        self._bug(rec_id, exc)
+                        continue
+                    if isinstance(got, _Proven):
+                        (proven if got.proven else sent).append(got)
+        except DockdError as exc:          # what this batch put did not land: tried again
+            unflushed = [p for p in sent if p.put]
+            if unflushed:
+                log.emit(self.log, "upload.batch_flush_failed", camera=unflushed[0].rec.serial,
+                         recordings=[p.rec.name for p in unflushed], error=str(exc))
+            for p in unflushed:
+                self._store_failed(p.rec, p.lg, p.blob, exc)
+            sent = [p for p in sent if not p.put]
         listed = self._prove_listed(sent)
         for p in sent:
             try:

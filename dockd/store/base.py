@@ -9,10 +9,11 @@ one retry wrapper in ``retry.py`` alone decides what to do about them.
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping, Protocol, Sequence
+from typing import Any, BinaryIO, ContextManager, Iterator, Mapping, Protocol, Sequence
 
 # Proofs a store keeps from put to verify (a few hundred bytes each): one is dropped
 # once verified, and the oldest go first, so a daemon that runs for months stays small.
@@ -109,6 +110,17 @@ class Store(abc.ABC):
         Raises ``ObjectMissingError`` when absent and ``IntegrityError`` when the
         object differs. Only after this returns is a recording ``verified``.
         """
+
+    def batch(self) -> ContextManager[None]:
+        """Group the puts this thread makes inside the block.
+
+        A backend may make them durable together when the block ends (one
+        flush for many small objects instead of one each); an object put in
+        the block may then be visible, and provable, only after it. Raises a
+        ``StoreError`` at the end of the block if that fails. The default
+        groups nothing: each put is whole when it returns.
+        """
+        return contextlib.nullcontext()
 
     def prove_listed(self, items: Sequence[tuple[str, Blob]]) -> set[str]:
         """Prove many objects just put with one listing: the keys of ``items`` proven.

@@ -3,17 +3,22 @@
 Crash-safe saves the restic way: temp file in the same directory, fsync,
 read back and hashed (size and SHA-256 must match the blob), rename, fsync the
 directory. A crash leaves either the whole object or a ``.tmp-*`` file, which
-the next put of that key removes.
+the next put of that key removes. Inside ``batch()`` the flushes are shared:
+each temp file is written and read back, and when the block ends one
+``syncfs`` makes them all durable before any is renamed, then each directory
+is fsynced once. Before that no object of the batch has its name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import hashlib
 import os
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 from urllib.parse import unquote, urlparse
@@ -26,11 +31,21 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
-from ..fsutil import fsync_dir
+from ..fsutil import fsync_dir, fsync_path, syncfs
 from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, ObjectInfo, Store, sha256_stream
 
 BLOCK = 1 << 20
 TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A put inside a batch: written and read back, waiting for the batch's flush."""
+
+    key: str
+    tmp: Path
+    dest: Path
+    proof: tuple[int, int, int, str]       # (inode, size, mtime_ns, sha256) as read back
 
 
 def _copy(src: int, dst: int) -> None:
@@ -72,6 +87,10 @@ class DirStore(Store):
         self._listed: set[Path] = set()        # directories already swept for dead temp files
         # key -> (inode, size, mtime_ns, sha256) of objects this process put and read back
         self._proven: dict[str, tuple[int, int, int, str]] = {}
+        self._batch = threading.local()        # .pending: this thread's puts awaiting their flush
+        # keys renamed into place by a batch whose directory fsync failed: verify refuses
+        # them (the name may not survive a power cut) until they are put again
+        self._unsettled: dict[str, str] = {}
 
     @classmethod
     def from_url(cls, url: str) -> "DirStore":
@@ -92,6 +111,8 @@ class DirStore(Store):
         dest = self._path(key)
         # unique per call: two recordings with identical content share a key
         tmp = dest.with_name(f"{TMP_PREFIX}{dest.name}.{uuid.uuid4().hex[:12]}")
+        pending: list[_Pending] | None = getattr(self._batch, "pending", None)
+        deferred = False
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             with self._lock:
@@ -111,7 +132,8 @@ class DirStore(Store):
                             view = memoryview(chunk)
                             while view:
                                 view = view[os.write(fd, view):]
-                os.fsync(fd)
+                if pending is None:
+                    os.fsync(fd)                # in a batch: one syncfs for all, at its end
                 st = os.fstat(fd)
                 os.lseek(fd, 0, os.SEEK_SET)
                 with os.fdopen(os.dup(fd), "rb") as back:
@@ -124,18 +146,73 @@ class DirStore(Store):
                     f"put {key}: store copy has {n} bytes sha256 {digest[:16]}, "
                     f"expected {blob.size} bytes sha256 {blob.sha256[:16]}"
                 )
+            if pending is not None:
+                pending.append(_Pending(key, tmp, dest, (st.st_ino, st.st_size, st.st_mtime_ns, digest)))
+                deferred = True                 # still ours (in _writing) until the batch ends
+                return
             os.replace(tmp, dest)
             fsync_dir(dest.parent)
-            with self._lock:
-                self._proven[key] = (st.st_ino, st.st_size, st.st_mtime_ns, digest)
-                while len(self._proven) > MAX_PROOFS_KEPT:
-                    self._proven.pop(next(iter(self._proven)))
+            self._settled(key, (st.st_ino, st.st_size, st.st_mtime_ns, digest))
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _classify(exc, f"put {key}") from exc
         finally:
+            if not deferred:
+                with self._lock:
+                    self._writing.discard(tmp)
+
+    def _settled(self, key: str, proof: tuple[int, int, int, str]) -> None:
+        with self._lock:
+            self._unsettled.pop(key, None)
+            self._proven[key] = proof
+            while len(self._proven) > MAX_PROOFS_KEPT:
+                self._proven.pop(next(iter(self._proven)))
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        if getattr(self._batch, "pending", None) is not None:
+            yield                               # nested: the outer block flushes
+            return
+        self._batch.pending = []
+        try:
+            yield
+        finally:
+            pending, self._batch.pending = self._batch.pending, None
+            self._flush(pending)
+
+    def _flush(self, pending: list["_Pending"]) -> None:
+        """Make a batch's temp files durable (one ``syncfs``), then give them their
+        names and fsync each directory once. If the flush fails no name is given;
+        if a directory fsync fails, its names are refused by ``verify`` until put again."""
+        if not pending:
+            return
+        renamed: list[_Pending] = []
+        try:
+            try:
+                if len(pending) == 1:
+                    fsync_path(pending[0].tmp)
+                else:
+                    syncfs(self.root)
+                for p in pending:
+                    os.replace(p.tmp, p.dest)
+                    renamed.append(p)
+                for d in dict.fromkeys(p.dest.parent for p in pending):
+                    fsync_dir(d)
+            except OSError as exc:
+                err = _classify(exc, f"flush of {len(pending)} objects")
+                with self._lock:
+                    for p in renamed:
+                        self._unsettled[p.key] = str(err)
+                for p in pending:
+                    if p not in renamed:
+                        p.tmp.unlink(missing_ok=True)
+                raise err from exc
+            for p in pending:
+                self._settled(p.key, p.proof)
+        finally:
             with self._lock:
-                self._writing.discard(tmp)
+                for p in pending:
+                    self._writing.discard(p.tmp)
 
     def _remove_dead_temps(self, dest: Path) -> None:
         """Temp files a crash left in ``dest``'s directory. One dockd writes a station's
@@ -163,6 +240,10 @@ class DirStore(Store):
         with self._lock:
             proof = self._proven.pop(key, None)     # used once: a later verify hashes again
             self._remove_dead_temps(path)   # a crash mid-put, then "already there": no put follows
+            unsettled = self._unsettled.get(key)
+        if unsettled is not None:
+            # as good as absent: a power cut could lose the name, so it is put again
+            raise ObjectMissingError(f"{key}: its name was not made durable ({unsettled})")
         if proof is not None:
             try:
                 st = os.stat(path)
@@ -218,6 +299,7 @@ class DirStore(Store):
     def delete(self, key: str) -> None:
         with self._lock:
             self._proven.pop(key, None)
+            self._unsettled.pop(key, None)
         try:
             self._path(key).unlink(missing_ok=True)
         except OSError as exc:

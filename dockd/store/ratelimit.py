@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import time as dtime
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Sequence
 
 from .base import Blob, Checkpoint, ObjectInfo, Store
 
@@ -219,6 +219,9 @@ class ThrottledStore(Store):
 
     def verify(self, key: str, blob: Blob) -> ObjectInfo:
         return self.inner.verify(key, blob)
+
+    def batch(self) -> ContextManager[None]:
+        return self.inner.batch()
 
     def prove_listed(self, items: Sequence[tuple[str, Blob]]) -> set[str]:
         return self.inner.prove_listed(items)

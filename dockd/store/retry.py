@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
+from typing import Any, BinaryIO, Callable, ContextManager, Iterator, Sequence, TypeVar
 
 import tenacity
 
@@ -113,6 +113,9 @@ class RetryingStore(Store):
 
     def verify(self, key: str, blob: Blob) -> ObjectInfo:
         return self._call("verify", key, lambda: self.inner.verify(key, blob))
+
+    def batch(self) -> ContextManager[None]:
+        return self.inner.batch()
 
     def prove_listed(self, items: Sequence[tuple[str, Blob]]) -> set[str]:
         # not retried: what a failed listing leaves unproven, verify proves (and retries)
