@@ -105,11 +105,20 @@ def test_a_batch_is_named_only_once_it_is_durable_and_shares_one_flush(tmp_path,
     store = DirStore(tmp_path / "store")
     blobs = _blobs(tmp_path, 5)
     seen = _count_flushes(monkeypatch)
+    import dockd.store.dirstore as ds
+
+    steps: list[str] = []
+    real_written, real_replace = ds.check_written, ds.os.replace
+    monkeypatch.setattr(ds, "check_written", lambda fd: steps.append("written") or real_written(fd))
+    monkeypatch.setattr(ds.os, "replace", lambda a, b: steps.append("rename") or real_replace(a, b))
+    real_syncfs = ds.syncfs
+    monkeypatch.setattr(ds, "syncfs", lambda path: steps.append("syncfs") or real_syncfs(path))
     with store.batch():
         for k, b in blobs.items():
             store.put(k, b, MemoryCheckpoint())
         assert list(store.list()) == []                     # nothing has its name before the flush
     assert seen == {"fsync": 1, "syncfs": 1}                 # one syncfs, one directory fsync
+    assert steps == ["syncfs"] + ["written"] * 5 + ["rename"] * 5      # durable, checked, then named
     assert sorted(o.key for o in store.list()) == sorted(blobs)
     for k, b in blobs.items():
         store.verify(k, b)
@@ -143,6 +152,38 @@ def test_a_batch_whose_flush_fails_names_nothing_and_leaves_nothing(tmp_path, mo
         with pytest.raises(ObjectMissingError):
             store.verify(k, b)
     assert [p.name for p in (tmp_path / "store").rglob("*") if p.is_file()] == []   # no temp file left
+
+
+def test_a_write_error_only_a_files_own_fd_sees_names_nothing(tmp_path, monkeypatch):
+    """The syncfs says all is well (another caller took the filesystem's error report),
+    but one file's own fd reports a write error: no object of the batch gets its name."""
+    import errno
+
+    import pytest
+
+    import dockd.store.dirstore as ds
+    from dockd.errors import ObjectMissingError, StoreError
+
+    store = DirStore(tmp_path / "store")
+    blobs = _blobs(tmp_path, 3)
+    before = set(os.listdir("/proc/self/fd"))
+    calls: list[int] = []
+
+    def check_written(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(ds, "check_written", check_written)
+    with pytest.raises(StoreError, match="Input/output error"):
+        with store.batch():
+            for k, b in blobs.items():
+                store.put(k, b, MemoryCheckpoint())
+    for k, b in blobs.items():
+        with pytest.raises(ObjectMissingError):
+            store.verify(k, b)
+    assert [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
+    assert set(os.listdir("/proc/self/fd")) == before       # the temp files' fds are closed
 
 
 def test_names_whose_directory_fsync_failed_are_refused_until_put_again(tmp_path, monkeypatch):

@@ -101,6 +101,49 @@ def test_a_failed_flush_leaves_no_final_name_and_says_so(tmp_path, ident, monkey
     assert list(spool.root.glob("*.age")) == [] and list((spool.root / "partial").iterdir()) == []
 
 
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_write_error_only_the_files_own_fd_sees_fails_the_group(tmp_path, ident, monkeypatch):
+    """Another caller's syncfs may have taken a writeback error from the filesystem-wide
+    report, so ours returns 0: each file's own fd, open since before its writes, still
+    reports it, and the group keeps no final name."""
+    spool = Spool(tmp_path / "spool", [ident.public()])
+    files = _files(tmp_path / "cam", [1000, 2000, 3000])
+    seen: list[int] = []
+
+    def check_written(fd: int) -> None:
+        seen.append(fd)
+        if len(seen) == 2:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(spool_mod, "check_written", check_written)
+    before = _open_fds()
+    groups: list[list] = []
+    group = GroupCommit(spool, groups.append)
+    _spool_all(group, files)
+    with pytest.raises(SpoolError, match="Input/output error"):
+        group.flush()
+    group.close()
+    assert len(seen) == 2 and groups == []
+    assert list(spool.root.glob("*.age")) == [] and list((spool.root / "partial").iterdir()) == []
+    assert _open_fds() == before                    # every spool file's fd closed
+
+
+def test_spooling_leaves_no_fd_open(tmp_path, ident):
+    spool = Spool(tmp_path / "spool", [ident.public()])
+    before = _open_fds()
+    groups: list[list] = []
+    group = GroupCommit(spool, groups.append)
+    _spool_all(group, _files(tmp_path / "cam", [1000, 2000, GROUP_FILE_MAX + 1, 3000]))
+    group.flush()
+    _spool_all(group, _files(tmp_path / "cam2", [500, 600]))      # handed over to nobody: dropped
+    group.close()
+    assert sum(len(g) for g in groups) == 4
+    assert _open_fds() == before
+
+
 def test_close_drops_what_was_not_handed_over(tmp_path, ident):
     spool = Spool(tmp_path / "spool", [ident.public()])
     group = GroupCommit(spool, lambda g: pytest.fail("nothing may be committed"))

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 from ..age import Encryptor
 from ..age.stream import CHUNK_SIZE, TAG_SIZE
 from ..errors import DeviceGoneError, FileChangedError, SourceError, SpoolError, SpoolFullError
-from ..fsutil import HashingWriter, close_quietly, fsync_dir, fsync_path, syncfs
+from ..fsutil import HashingWriter, check_written, close_quietly, fsync_dir, fsync_path, syncfs
 
 BLOCK = 1 << 20                      # 16 age chunks per read: few syscalls, small memory
 GONE_ERRNOS = {errno.EIO, errno.ENODEV, errno.ENXIO, errno.ENOTCONN, errno.ESHUTDOWN, errno.ESTALE}
@@ -49,6 +49,7 @@ class Spooled:
     seconds: float
     rec_id: int = 0
     durable: bool = True            # False: still in partial/, waiting for Spool.commit
+    fd: int = -1                    # durable=False: the file, open for the commit's fsync
 
 
 class Spool:
@@ -160,9 +161,11 @@ class Spool:
                     raise FileChangedError(f"{source}: changed while being read")
                 plain = reader.sha
             except OSError as exc:
+                close_quietly(out)
                 raise _spool_error(exc) from exc
-            finally:
-                os.close(out)
+            except BaseException:
+                close_quietly(out)
+                raise
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -170,23 +173,42 @@ class Spool:
             close_quietly(src)
         with self._used_lock:
             self._added += sink.size
+        # ``out`` stays open until the commit: opened before the writes, its fsync is the
+        # one sure to report their errors
         sp = Spooled(partial, plain.hexdigest(), sink.sha.hexdigest(), sink.size,
-                     time.monotonic() - t0, rec_id, durable=False)
+                     time.monotonic() - t0, rec_id, durable=False, fd=out)
         return self.commit([sp])[0] if durable else sp      # one way to make a file durable
+
+    @staticmethod
+    def drop(group: Sequence[Spooled]) -> None:
+        """Give up files spooled with ``durable=False``: closed and removed."""
+        for sp in group:
+            if sp.fd >= 0:
+                close_quietly(sp.fd)
+            sp.path.unlink(missing_ok=True)
 
     def commit(self, group: Sequence[Spooled]) -> list[Spooled]:
         """Make files spooled with ``durable=False`` durable together: one ``syncfs``
-        (their bytes), the renames into place, one directory fsync (the names).
-        On failure nothing of the group keeps a final name it could lose: the
-        partials are removed and ``SpoolError`` is raised."""
+        (their bytes, one journal commit), each file's write errors collected
+        through its own fd (``check_written``: a syncfs reports an error only to
+        the first caller to look), the renames into place, one directory fsync
+        (the names). On failure nothing of
+        the group keeps a final name it could lose: the partials are removed and
+        ``SpoolError`` is raised."""
         todo = list(group)
         if not todo:
             return []
         try:
-            if len(todo) == 1:
-                fsync_path(todo[0].path)    # one file: flush just it, not the whole disk
+            if len(todo) == 1:              # one file: flush just it, not the whole disk
+                if todo[0].fd >= 0:
+                    os.fsync(todo[0].fd)
+                else:
+                    fsync_path(todo[0].path)
             else:
                 syncfs(self.root)
+                for sp in todo:             # the errors a syncfs may not report
+                    if sp.fd >= 0:
+                        check_written(sp.fd)
             for sp in todo:
                 os.replace(sp.path, self.path_for(sp.rec_id))
             fsync_dir(self.root)
@@ -195,7 +217,11 @@ class Spool:
                 sp.path.unlink(missing_ok=True)
                 self.path_for(sp.rec_id).unlink(missing_ok=True)
             raise _spool_error(exc) from exc
-        return [replace(sp, path=self.path_for(sp.rec_id), durable=True) for sp in todo]
+        finally:
+            for sp in todo:
+                if sp.fd >= 0:
+                    close_quietly(sp.fd)
+        return [replace(sp, path=self.path_for(sp.rec_id), durable=True, fd=-1) for sp in todo]
 
 
 class GroupCommit:
@@ -250,8 +276,7 @@ class GroupCommit:
         self._raise_failure()
 
     def close(self) -> None:
-        for sp in self.pending:
-            sp.path.unlink(missing_ok=True)
+        Spool.drop(self.pending)
         self.pending, self._bytes = [], 0
         self._wait_idle()
         if self._thread is not None:
@@ -283,8 +308,7 @@ class GroupCommit:
                 if self._error is None:
                     self.on_commit(self.spool_.commit(group))
                 else:                        # after a failure nothing commits out of order
-                    for sp in group:
-                        sp.path.unlink(missing_ok=True)
+                    Spool.drop(group)
             except BaseException as exc:  # handed to the caller's thread
                 with self._cv:
                     self._error = self._error or exc

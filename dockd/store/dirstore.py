@@ -5,8 +5,10 @@ read back and hashed (size and SHA-256 must match the blob), rename, fsync the
 directory. A crash leaves either the whole object or a ``.tmp-*`` file, which
 the next put of that key removes. Inside ``batch()`` the flushes are shared:
 each temp file is written and read back, and when the block ends one
-``syncfs`` makes them all durable before any is renamed, then each directory
-is fsynced once. Before that no object of the batch has its name.
+``syncfs`` makes them all durable (one journal commit), each file's write
+errors are collected through its own fd, open since before its writes, and
+only then is each renamed and each directory fsynced once. Before that no object
+of the batch has its name.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
-from ..fsutil import fsync_dir, fsync_path, syncfs
+from ..fsutil import check_written, close_quietly, fsync_dir, syncfs
 from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, ObjectInfo, Store, sha256_stream
 
 BLOCK = 1 << 20
@@ -46,6 +48,7 @@ class _Pending:
     tmp: Path
     dest: Path
     proof: tuple[int, int, int, str]       # (inode, size, mtime_ns, sha256) as read back
+    fd: int                                # the temp file, open since before it was written
 
 
 def _copy(src: int, dst: int) -> None:
@@ -133,23 +136,25 @@ class DirStore(Store):
                             while view:
                                 view = view[os.write(fd, view):]
                 if pending is None:
-                    os.fsync(fd)                # in a batch: one syncfs for all, at its end
+                    os.fsync(fd)                # in a batch: at its end, see _flush
                 st = os.fstat(fd)
                 os.lseek(fd, 0, os.SEEK_SET)
                 with os.fdopen(os.dup(fd), "rb") as back:
                     digest, n = sha256_stream(back, BLOCK)
+                if n != blob.size or digest != blob.sha256:
+                    tmp.unlink(missing_ok=True)
+                    raise IntegrityError(
+                        f"put {key}: store copy has {n} bytes sha256 {digest[:16]}, "
+                        f"expected {blob.size} bytes sha256 {blob.sha256[:16]}"
+                    )
+                if pending is not None:
+                    # the fd stays open: opened before the writes, its fsync reports their errors
+                    pending.append(_Pending(key, tmp, dest, (st.st_ino, st.st_size, st.st_mtime_ns, digest), fd))
+                    deferred = True             # still ours (in _writing) until the batch ends
+                    return
             finally:
-                os.close(fd)
-            if n != blob.size or digest != blob.sha256:
-                tmp.unlink(missing_ok=True)
-                raise IntegrityError(
-                    f"put {key}: store copy has {n} bytes sha256 {digest[:16]}, "
-                    f"expected {blob.size} bytes sha256 {blob.sha256[:16]}"
-                )
-            if pending is not None:
-                pending.append(_Pending(key, tmp, dest, (st.st_ino, st.st_size, st.st_mtime_ns, digest)))
-                deferred = True                 # still ours (in _writing) until the batch ends
-                return
+                if not deferred:
+                    os.close(fd)
             os.replace(tmp, dest)
             fsync_dir(dest.parent)
             self._settled(key, (st.st_ino, st.st_size, st.st_mtime_ns, digest))
@@ -190,9 +195,11 @@ class DirStore(Store):
         try:
             try:
                 if len(pending) == 1:
-                    fsync_path(pending[0].tmp)
+                    os.fsync(pending[0].fd)
                 else:
-                    syncfs(self.root)
+                    syncfs(self.root)           # all their pages and inodes: one journal commit
+                    for p in pending:           # the errors a syncfs may not report (fsutil)
+                        check_written(p.fd)
                 for p in pending:
                     os.replace(p.tmp, p.dest)
                     renamed.append(p)
@@ -205,11 +212,14 @@ class DirStore(Store):
                         self._unsettled[p.key] = str(err)
                 for p in pending:
                     if p not in renamed:
-                        p.tmp.unlink(missing_ok=True)
+                        with contextlib.suppress(OSError):   # a dead temp file: swept at the next start
+                            p.tmp.unlink(missing_ok=True)
                 raise err from exc
             for p in pending:
                 self._settled(p.key, p.proof)
         finally:
+            for p in pending:
+                close_quietly(p.fd)
             with self._lock:
                 for p in pending:
                     self._writing.discard(p.tmp)
