@@ -653,6 +653,26 @@ def test_the_probe_learns_tagging_without_writing_or_refused_uploads(server: str
     assert tags == ([{"Key": "retention-class", "Value": "31d"}] if server == "moto" else [])
 
 
+@pytest.mark.parametrize("code, message, kept", [
+    ("NotImplemented", "The requested resource is not implemented", False),     # Swift: no tagging
+    ("NotImplemented", "x-amz-checksum-crc32 is not implemented", True),        # the header, not tags
+    ("InvalidArgument", "Unsupported header x-amz-sdk-checksum-algorithm", True),
+    ("AccessDenied", "Access Denied", True),
+])
+def test_the_tagging_probe_gives_up_tags_only_when_tagging_is_refused(code: str, message: str,
+                                                                      kept: bool) -> None:
+    from botocore.exceptions import ClientError
+
+    store = S3Store("s3://b/p", endpoint_url="http://127.0.0.1:1", region="us-east-1")
+
+    def refuse(**kw: Any) -> None:
+        raise ClientError({"Error": {"Code": code, "Message": message}}, "PutObjectTagging")
+
+    store.client.put_object_tagging = refuse
+    store._probe_tagging()
+    assert store._tagging_ok is kept
+
+
 @pytest.mark.parametrize("server", ["moto", "swift"])
 def test_one_listing_proves_a_batch_of_single_puts(server: str, request: pytest.FixtureRequest,
                                                    tmp_path: Path) -> None:
@@ -663,6 +683,14 @@ def test_one_listing_proves_a_batch_of_single_puts(server: str, request: pytest.
     day = "st/CAM-1/2026-11-21"
     blobs = {f"{day}/IMG{i:03d}.age": make_blob(tmp_path, 700 + i, f"p{i}") for i in range(5)}
     big_key, big = f"{day}/IMG002-LONG.age", make_blob(tmp_path, 6 * p.part + 1, "big")
+    if server == "moto":
+        # a store that sends SHA-256 checksums the server keeps: a listing does not show
+        # them and a HEAD does, so the HEAD proves each
+        summed = p.make_store(checksum="sha256")
+        two = list(blobs.items())[:2]
+        for k, b in two:
+            summed.put(k, b, MemoryCheckpoint())
+        assert summed.prove_listed(two) == set()
     for k, b in [*blobs.items(), (big_key, big)]:
         p.store.put(k, b, MemoryCheckpoint())
     raw = p.ep.client()

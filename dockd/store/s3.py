@@ -638,8 +638,10 @@ class S3Store(Store):
         Tagging a key that holds no object is answered NoSuchKey by a server
         with tagging and NotImplemented by one without (Swift). Learnt here,
         no upload is sent with tags only to be refused and sent again (with
-        a fresh connection pool) by every upload thread. Any other answer
-        leaves the question to the first upload, which drops refused tags.
+        a fresh connection pool) by every upload thread. Any other answer,
+        such as a refusal of the checksum header botocore must add to this
+        request, leaves the question to the first upload, which drops tags
+        only if they themselves are refused.
         """
         key = self._key(f".dockd-probe/{os.urandom(8).hex()}")
         tags = {"TagSet": [{"Key": "retention-class", "Value": self.retention_class}]}
@@ -647,7 +649,8 @@ class S3Store(Store):
             self.client.put_object_tagging(Bucket=self.bucket, Key=key, Tagging=tags)
         except bce.ClientError as exc:
             code = _code(exc)
-            if code in CHECKSUM_REJECTED_CODES:
+            message = str((exc.response.get("Error") or {}).get("Message", "")).lower()
+            if code == "NotImplemented" and "checksum" not in message:
                 with self._lock:
                     self._tagging_ok = False
                     self.client = self._new_client()   # the refusal may close the connection
@@ -1177,15 +1180,19 @@ class S3Store(Store):
         """One listing proves many objects this store has just sent in one PUT each.
 
         ``verify`` HEADs one object to read back its size and ETag; a listing
-        reads back the same two facts for up to a thousand (S3 listings are
-        strongly consistent). Only objects whose digest ``put`` computed as it
-        sent them qualify: for a single PUT the ETag is the MD5 of the bytes,
-        checked against that digest as ``verify`` would. Anything else (a
-        multipart ETag, an ETag that is not an MD5, a key the listing does not
-        show, a size that differs) is left to ``verify``, which says why.
-        The listing starts just before the first key, stops after the last,
-        and reads at most ``LIST_PROOF_PAGES`` pages.
+        reads back the same two facts for up to a thousand. Only objects whose
+        digest ``put`` computed as it sent them qualify: for a single PUT the
+        ETag is the MD5 of the bytes, checked against that digest as ``verify``
+        would. Anything else (a multipart ETag, an ETag that is not an MD5, a
+        key the listing does not show yet, a size that differs) is left to
+        ``verify``, which says why. On a server that keeps SHA-256 checksums,
+        which a HEAD reads back and a listing does not, nothing is proven here:
+        ``verify`` checks the SHA-256 too. The listing starts just before the
+        first key, stops after the last, and reads at most ``LIST_PROOF_PAGES``
+        pages.
         """
+        if self._checksum_ok:
+            return set()
         want: dict[str, tuple[str, Blob, Digest]] = {}
         for key, blob in items:
             digest = self._digests.get((blob.sha256, blob.size))
