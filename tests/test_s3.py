@@ -673,6 +673,29 @@ def test_the_tagging_probe_gives_up_tags_only_when_tagging_is_refused(code: str,
     assert store._tagging_ok is kept
 
 
+def test_a_refused_listing_is_asked_once(tmp_path: Path) -> None:
+    """Credentials without s3:ListBucket: the first batch's listing is refused (and
+    said, by the uploader); later batches are proven by HEAD without asking again."""
+    from botocore.exceptions import ClientError
+
+    store = S3Store("s3://b/p", endpoint_url="http://127.0.0.1:1", region="us-east-1", checksum="off")
+    calls: list[int] = []
+
+    def refuse(**kw: Any) -> None:
+        calls.append(1)
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "ListObjectsV2")
+
+    store.client.list_objects_v2 = refuse
+    blobs = [make_blob(tmp_path, 100 + i, f"b{i}") for i in range(2)]
+    for b in blobs:
+        store._remember(digest_file(b.path, 0))
+    items = [(f"a/{i}.age", b) for i, b in enumerate(blobs)]
+    with pytest.raises(StoreAuthError):
+        store.prove_listed(items)
+    assert store.prove_listed(items) == set()
+    assert calls == [1]
+
+
 @pytest.mark.parametrize("server", ["moto", "swift"])
 def test_one_listing_proves_a_batch_of_single_puts(server: str, request: pytest.FixtureRequest,
                                                    tmp_path: Path) -> None:

@@ -503,6 +503,7 @@ class S3Store(Store):
         # None: not yet known (auto); True/False once decided
         self._checksum_ok: bool | None = {"auto": None, "sha256": True, "off": False}[checksum]
         self._tagging_ok = True          # until the server says it has no tagging
+        self._list_proof_ok = True       # until a listing is refused (no s3:ListBucket)
         self.capabilities = Capabilities(resumable=True, server_checksum=checksum == "sha256")
 
         if not verify_tls:
@@ -1191,7 +1192,7 @@ class S3Store(Store):
         first key, stops after the last, and reads at most ``LIST_PROOF_PAGES``
         pages.
         """
-        if self._checksum_ok:
+        if self._checksum_ok or not self._list_proof_ok:
             return set()
         want: dict[str, tuple[str, Blob, Digest]] = {}
         for key, blob in items:
@@ -1218,7 +1219,10 @@ class S3Store(Store):
                     break
                 args["StartAfter"] = contents[-1]["Key"]
         except Exception as exc:  # noqa: BLE001 - classified
-            raise classify(exc, f"list {args['Prefix']}") from exc
+            err = classify(exc, f"list {args['Prefix']}")
+            if isinstance(err, StoreAuthError):
+                self._list_proof_ok = False     # not allowed to list: said once, then HEADs only
+            raise err from exc
         with self._lock:
             for key in proven:
                 _, blob, _ = want[self._key(key)]
