@@ -221,11 +221,22 @@ def yank(ctx: Context, i: int) -> tuple[dict[str, int], list[str]]:
         lc.yank()
         code = p.wait(60)
         # A small camera may be done (verified, wiped, session closed) while the process
-        # is still exiting: that pull-out came after the work, and exit 0 is right.
-        done_at = [_ts(e["ts"]) for e in p.events() if e.get("event") == "session.done"]
-        finished_first = finished_first or any(t < t_yank for t in done_at)
+        # is still exiting: that pull-out came after the work, and exit 0 is right. So it
+        # is when it came after the wipe had deleted every recording, while the signed
+        # manifest went to the store: the camera's part was over. (A pull-out during the
+        # wipe's closing sync and listing fails that wipe: exit 1.)
+        events = p.events()
+        done_at = [_ts(e["ts"]) for e in events if e.get("event") == "session.done"]
+        wiped_at = [_ts(e["ts"]) for e in events if e.get("event") == "wipe.done"]
+        wiped_first = (code == 0 and len(wiped_at) == sum(k.endswith(".MP4") for k in files)
+                       and max(wiped_at) < t_yank
+                       and not any(e.get("event") in ("wipe.failed", "wipe.refused") for e in events))
+        finished_first = finished_first or wiped_first or any(t < t_yank for t in done_at)
         if not finished_first and code != 1:
-            v.append(f"yank: ingest exited {code} after a pull-out mid-session")
+            seen = [(e.get("event"), round(_ts(e["ts"]) - t_yank, 3)) for e in events
+                    if str(e.get("event", "")).startswith(("session.", "wipe.", "recording.spooled"))]
+            v.append(f"yank: ingest exited {code} after a pull-out mid-session; "
+                     f"events, seconds after the pull-out: {seen[-12:]}")
     v += [f"yank (pulled): {x}" for x in ctx.invariants.check(
         before=before, camera_after=None, store=DirView(st.store_dir), spool=st.spool, ledger=st.ledger,
         serial="CAMY")]
