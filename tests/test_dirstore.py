@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 
+import pytest
+
+import dockd.store.dirstore as ds
+from dockd.errors import ObjectMissingError, StoreError
 from dockd.store.base import Blob, MemoryCheckpoint
 from dockd.store.dirstore import TMP_PREFIX, DirStore
 
@@ -129,83 +134,55 @@ def test_a_batch_is_named_only_once_it_is_durable_and_shares_one_flush(tmp_path,
     assert seen == {"fsync": 4, "syncfs": 0}                 # outside a batch: file and directory, each
 
 
-def test_a_batch_whose_flush_fails_names_nothing_and_leaves_nothing(tmp_path, monkeypatch):
-    import errno
+def _eio(*_args: object) -> None:
+    raise OSError(errno.EIO, "Input/output error")
 
-    import pytest
 
-    import dockd.store.dirstore as ds
-    from dockd.errors import ObjectMissingError, StoreError
-
-    store = DirStore(tmp_path / "store")
-    blobs = _blobs(tmp_path, 3)
-
-    def eio(path) -> None:  # noqa: ANN001
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(ds, "syncfs", eio)
-    with pytest.raises(StoreError):
+def _failed_batch(store: DirStore, blobs: dict[str, Blob]) -> None:
+    with pytest.raises(StoreError, match="Input/output error"):
         with store.batch():
             for k, b in blobs.items():
                 store.put(k, b, MemoryCheckpoint())
+
+
+def _none_named(store: DirStore, blobs: dict[str, Blob]) -> None:
     for k, b in blobs.items():
         with pytest.raises(ObjectMissingError):
             store.verify(k, b)
-    assert [p.name for p in (tmp_path / "store").rglob("*") if p.is_file()] == []   # no temp file left
+    assert [p for p in store.root.rglob("*") if p.is_file()] == []    # and no temp file left
+
+
+def test_a_batch_whose_flush_fails_names_nothing_and_leaves_nothing(tmp_path, monkeypatch):
+    store, blobs = DirStore(tmp_path / "store"), _blobs(tmp_path, 3)
+    monkeypatch.setattr(ds, "syncfs", _eio)
+    _failed_batch(store, blobs)
+    _none_named(store, blobs)
 
 
 def test_a_write_error_only_a_files_own_fd_sees_names_nothing(tmp_path, monkeypatch):
     """The syncfs says all is well (another caller took the filesystem's error report),
     but one file's own fd reports a write error: no object of the batch gets its name."""
-    import errno
-
-    import pytest
-
-    import dockd.store.dirstore as ds
-    from dockd.errors import ObjectMissingError, StoreError
-
-    store = DirStore(tmp_path / "store")
-    blobs = _blobs(tmp_path, 3)
+    store, blobs = DirStore(tmp_path / "store"), _blobs(tmp_path, 3)
     before = set(os.listdir("/proc/self/fd"))
     calls: list[int] = []
 
     def check_written(fd: int) -> None:
         calls.append(fd)
         if len(calls) == 3:
-            raise OSError(errno.EIO, "Input/output error")
+            _eio()
 
     monkeypatch.setattr(ds, "check_written", check_written)
-    with pytest.raises(StoreError, match="Input/output error"):
-        with store.batch():
-            for k, b in blobs.items():
-                store.put(k, b, MemoryCheckpoint())
-    for k, b in blobs.items():
-        with pytest.raises(ObjectMissingError):
-            store.verify(k, b)
-    assert [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
+    _failed_batch(store, blobs)
+    _none_named(store, blobs)
+    assert len(calls) == 3
     assert set(os.listdir("/proc/self/fd")) == before       # the temp files' fds are closed
 
 
 def test_names_whose_directory_fsync_failed_are_refused_until_put_again(tmp_path, monkeypatch):
-    import errno
-
-    import pytest
-
-    import dockd.store.dirstore as ds
-    from dockd.errors import ObjectMissingError, StoreError
-
-    store = DirStore(tmp_path / "store")
-    blobs = _blobs(tmp_path, 2)
+    store, blobs = DirStore(tmp_path / "store"), _blobs(tmp_path, 2)
     real = ds.fsync_dir
-
-    def eio(path) -> None:  # noqa: ANN001
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(ds, "fsync_dir", eio)
-    with pytest.raises(StoreError):
-        with store.batch():
-            for k, b in blobs.items():
-                store.put(k, b, MemoryCheckpoint())
+    monkeypatch.setattr(ds, "fsync_dir", _eio)
+    _failed_batch(store, blobs)
     monkeypatch.setattr(ds, "fsync_dir", real)
     k, b = next(iter(blobs.items()))
     assert (tmp_path / "store" / k).exists()                 # renamed, but the name may not last
