@@ -215,7 +215,13 @@ def yank(ctx: Context, i: int) -> tuple[dict[str, int], list[str]]:
     with loopcam.LoopCamera(image) as lc:
         _sh("mount.exfat-fuse", "-o", "ro" if False else "rw", lc.dev, str(cam))
         p = h.ingest(st, cam, "CAMY", root / "ingest1.log")
-        time.sleep(0.05 + random.Random(i).uniform(0, 0.2))
+        # pulled out once the copy has begun (not before dockd first looks: on a loaded
+        # machine its start-up alone can outlast a fixed delay, and an empty bay is no test)
+        deadline = time.monotonic() + 30
+        while (p.exitcode is None and time.monotonic() < deadline
+               and not any(e.get("event") == "session.spooling" for e in p.events())):
+            time.sleep(0.005)
+        time.sleep(random.Random(i).uniform(0, 0.15))
         finished_first = p.exitcode is not None
         t_yank = time.time()
         lc.yank()
