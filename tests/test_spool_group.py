@@ -157,13 +157,13 @@ def test_the_commit_runs_behind_the_copy_and_keeps_spool_order(tmp_path, ident, 
     groups still reach on_commit in spool order."""
     spool = Spool(tmp_path / "spool", [ident.public()])
     release = threading.Event()
-    real = spool_mod.fsync_path
+    real = os.fsync
 
-    def slow(path):
+    def slow(fd: int) -> None:           # every flush of the commit thread waits for the release
         release.wait(10)
-        real(path)
+        real(fd)
 
-    monkeypatch.setattr(spool_mod, "fsync_path", slow)
+    monkeypatch.setattr(spool_mod.os, "fsync", slow)
     files = _files(tmp_path / "cam", [GROUP_FILE_MAX + 1, 1000, 2000])
     groups: list[list] = []
     group = GroupCommit(spool, groups.append)

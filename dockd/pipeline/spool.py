@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 from ..age import Encryptor
 from ..age.stream import CHUNK_SIZE, TAG_SIZE
 from ..errors import DeviceGoneError, FileChangedError, SourceError, SpoolError, SpoolFullError
-from ..fsutil import HashingWriter, check_written, close_quietly, fsync_dir, fsync_path, syncfs
+from ..fsutil import HashingWriter, check_written, close_quietly, fsync_dir, syncfs
 
 BLOCK = 1 << 20                      # 16 age chunks per read: few syscalls, small memory
 GONE_ERRNOS = {errno.EIO, errno.ENODEV, errno.ENXIO, errno.ENOTCONN, errno.ESHUTDOWN, errno.ESTALE}
@@ -49,7 +49,7 @@ class Spooled:
     seconds: float
     rec_id: int = 0
     durable: bool = True            # False: still in partial/, waiting for Spool.commit
-    fd: int = -1                    # durable=False: the file, open for the commit's fsync
+    fd: int = -1                    # durable=False: the file, open since before its writes
 
 
 class Spool:
@@ -173,8 +173,8 @@ class Spool:
             close_quietly(src)
         with self._used_lock:
             self._added += sink.size
-        # ``out`` stays open until the commit: opened before the writes, its fsync is the
-        # one sure to report their errors
+        # ``out`` stays open until the commit: opened before the writes, it is the one fd
+        # sure to report their errors (see ``commit``)
         sp = Spooled(partial, plain.hexdigest(), sink.sha.hexdigest(), sink.size,
                      time.monotonic() - t0, rec_id, durable=False, fd=out)
         return self.commit([sp])[0] if durable else sp      # one way to make a file durable
@@ -183,8 +183,7 @@ class Spool:
     def drop(group: Sequence[Spooled]) -> None:
         """Give up files spooled with ``durable=False``: closed and removed."""
         for sp in group:
-            if sp.fd >= 0:
-                close_quietly(sp.fd)
+            close_quietly(sp.fd)
             sp.path.unlink(missing_ok=True)
 
     def commit(self, group: Sequence[Spooled]) -> list[Spooled]:
@@ -192,23 +191,19 @@ class Spool:
         (their bytes, one journal commit), each file's write errors collected
         through its own fd (``check_written``: a syncfs reports an error only to
         the first caller to look), the renames into place, one directory fsync
-        (the names). On failure nothing of
-        the group keeps a final name it could lose: the partials are removed and
-        ``SpoolError`` is raised."""
+        (the names). One file alone is fsynced instead of the whole disk. On
+        failure nothing of the group keeps a final name it could lose: the
+        partials are removed and ``SpoolError`` is raised. The fds are closed."""
         todo = list(group)
         if not todo:
             return []
         try:
-            if len(todo) == 1:              # one file: flush just it, not the whole disk
-                if todo[0].fd >= 0:
-                    os.fsync(todo[0].fd)
-                else:
-                    fsync_path(todo[0].path)
+            if len(todo) == 1:
+                os.fsync(todo[0].fd)
             else:
                 syncfs(self.root)
-                for sp in todo:             # the errors a syncfs may not report
-                    if sp.fd >= 0:
-                        check_written(sp.fd)
+                for sp in todo:
+                    check_written(sp.fd)
             for sp in todo:
                 os.replace(sp.path, self.path_for(sp.rec_id))
             fsync_dir(self.root)
@@ -219,8 +214,7 @@ class Spool:
             raise _spool_error(exc) from exc
         finally:
             for sp in todo:
-                if sp.fd >= 0:
-                    close_quietly(sp.fd)
+                close_quietly(sp.fd)
         return [replace(sp, path=self.path_for(sp.rec_id), durable=True, fd=-1) for sp in todo]
 
 
