@@ -148,7 +148,7 @@ class DirStore(Store):
                         f"expected {blob.size} bytes sha256 {blob.sha256[:16]}"
                     )
                 if pending is not None:
-                    # the fd stays open: opened before the writes, its fsync reports their errors
+                    # the fd stays open: opened before the writes, it reports their errors (_flush)
                     pending.append(_Pending(key, tmp, dest, (st.st_ino, st.st_size, st.st_mtime_ns, digest), fd))
                     deferred = True             # still ours (in _writing) until the batch ends
                     return
