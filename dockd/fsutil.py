@@ -48,6 +48,9 @@ def _c(name: str):  # noqa: ANN202 - a libc function, or None
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(_libc, "sync_file_range", None)
+        if fn is not None:      # once: off_t arguments must not be passed as C ints
+            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     return getattr(_libc, name, None)
 
 
@@ -66,7 +69,6 @@ def check_written(fd: int) -> None:
     if fn is None:
         os.fsync(fd)
         return
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     # SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
     if fn(fd, 0, 0, 1 | 2 | 4) != 0:
         err = ctypes.get_errno() or errno.EIO
