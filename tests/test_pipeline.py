@@ -307,6 +307,87 @@ def test_wipe_never_trusts_absence_on_a_mount_point_that_lost_its_camera(make_cf
     assert [r.id for r in res.wiped] == [rec.id] and ledger.get(rec.id).state == RecState.WIPED
 
 
+def _verified_on_camera(tmp_path: Path):
+    """A ledger holding one verified recording, and the camera directory holding its file."""
+    from dockd.ledger import Ledger
+
+    cam = tmp_path / "cam"
+    (cam / "DCIM").mkdir(parents=True)
+    f = cam / "DCIM" / "A.MP4"
+    f.write_bytes(b"footage")
+    st = f.stat()
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    sid = ledger.open_session("CAMX", "generic", str(cam), None, None, {})
+    rec = ledger.upsert_found("CAMX", sid, "generic", b"DCIM/A.MP4", st.st_size, st.st_mtime_ns, "recording")
+    rec = ledger.transition(rec.id, RecState.SPOOLED, plain_sha256="a" * 64, cipher_sha256="b" * 64,
+                            cipher_size=50, object_key="k", spool_path="p")
+    return cam, ledger, ledger.transition(rec.id, RecState.VERIFIED)
+
+
+def _failing_dir_fsync(err: int):
+    real = os.fsync
+
+    def fsync(fd):
+        import stat as st_
+        if st_.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(err, os.strerror(err))
+        return real(fd)
+    return fsync
+
+
+def test_wipe_confirms_nothing_when_the_camera_fails_its_flush(tmp_path, monkeypatch):
+    """A deletion the camera did not make durable (its media failing, or pulled out
+    during the flush) is not recorded as wiped: the bay must not say safe."""
+    import errno
+    from dockd.errors import DeviceGoneError
+    from dockd.pipeline import wipe as wipe_mod
+    from dockd import log as dlog
+
+    cam, ledger, rec = _verified_on_camera(tmp_path)
+    monkeypatch.setattr(os, "fsync", _failing_dir_fsync(errno.EIO))
+    with pytest.raises(DeviceGoneError, match="not confirmed"):
+        wipe_mod.wipe(cam, [rec], ledger, dlog.get(), root_dev=os.stat(cam).st_dev)
+    assert ledger.get(rec.id).state == RecState.VERIFIED
+    assert "wipe.done" not in [e["event"] for e in ledger.events(limit=100)]
+    monkeypatch.undo()
+
+    # the same for the filesystem sync that follows the directory fsyncs
+    cam2, ledger2, rec2 = _verified_on_camera(tmp_path / "b")
+    synced_while: list[RecState] = []
+
+    def failing_syncfs(path):
+        synced_while.append(ledger2.get(rec2.id).state)
+        raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+
+    monkeypatch.setattr(wipe_mod, "syncfs", failing_syncfs)
+    with pytest.raises(DeviceGoneError):
+        wipe_mod.wipe(cam2, [rec2], ledger2, dlog.get(), root_dev=os.stat(cam2).st_dev)
+    assert synced_while == [RecState.VERIFIED]          # synced before anything is confirmed
+    assert ledger2.get(rec2.id).state == RecState.VERIFIED
+    monkeypatch.undo()
+
+    # docked again: the file is already gone, and that counts as wiped (idempotent)
+    res = wipe_mod.wipe(cam2, [rec2], ledger2, dlog.get(), root_dev=os.stat(cam2).st_dev)
+    assert [r.id for r in res.wiped] == [rec2.id] and ledger2.get(rec2.id).state == RecState.WIPED
+
+
+def test_wipe_goes_on_where_a_filesystem_refuses_to_fsync_a_directory(tmp_path, monkeypatch):
+    """Some FUSE filesystems answer EINVAL to a directory fsync: the syncfs that
+    follows makes the deletions durable, and the wipe is confirmed."""
+    import errno
+    from dockd.pipeline import wipe as wipe_mod
+    from dockd import log as dlog
+
+    cam, ledger, rec = _verified_on_camera(tmp_path)
+    monkeypatch.setattr(os, "fsync", _failing_dir_fsync(errno.EINVAL))
+    synced: list[str] = []
+    real_syncfs = wipe_mod.syncfs
+    monkeypatch.setattr(wipe_mod, "syncfs", lambda p: (synced.append(str(p)), real_syncfs(p)))
+    res = wipe_mod.wipe(cam, [rec], ledger, dlog.get(), root_dev=os.stat(cam).st_dev)
+    assert [r.id for r in res.wiped] == [rec.id] and ledger.get(rec.id).state == RecState.WIPED
+    assert synced == [str(cam)] and not (cam / "DCIM" / "A.MP4").exists()
+
+
 def test_a_recording_stays_until_all_its_sidecars_are_verified(make_cfg, camera, tmp_path):
     """Never leave a sidecar orphaned: the next scan would not see it as ours."""
     from dockd.errors import PermanentStoreError

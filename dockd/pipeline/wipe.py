@@ -3,7 +3,10 @@
 Each file is re-stat'ed first (without following symlinks); if its size or
 mtime differ from what was spooled and verified, it is refused
 (``wipe.refused``), never deleted on the strength of an old copy. After the
-deletions the directories are fsynced and listed again to confirm.
+deletions the directories are fsynced, the camera's filesystem is synced, and
+the files are listed again; only then is a deletion recorded (``wipe.done``).
+A camera that fails the flush (gone, or its media failing) confirms nothing:
+the session is interrupted and the bay does not say it is safe to undock.
 
 Idempotent: a verified file that is already gone (a crash between unlink and
 commit) counts as wiped.
@@ -102,6 +105,8 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
         unlinked.append((rec, path))
     for d in dirs:
         _fsync_dir(d)
+    if unlinked:
+        _sync_camera(root)      # before any deletion is confirmed: a failed flush confirms none
     _same_camera(root_b, root_dev)      # a deletion is only confirmed on the camera itself
     with ledger.tx():               # one commit for the batch, after the deletions are durable
         for rec, path in unlinked:
@@ -113,21 +118,36 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
             ledger.transition(rec.id, RecState.WIPED, event="wipe.done")
             log.emit(lg, "wipe.done")
             result.wiped.append(rec)
-    try:
-        syncfs(root)    # the camera's filesystem only: a sync() would also wait for the spool's writeback
-    except OSError:
-        pass
     return result
 
 
+def _gone(exc: OSError) -> DeviceGoneError:
+    return DeviceGoneError(f"camera gone during wipe: {exc.strerror} (deletions not confirmed)")
+
+
 def _fsync_dir(path: bytes) -> None:
+    """Make a directory's deletions durable. A filesystem that refuses to fsync a
+    directory (EINVAL, ENOTSUP, …) is left to the syncfs that follows; a camera
+    that fails it (EIO, ENOTCONN, …) is gone, and nothing in it is confirmed."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
+    except OSError as exc:
+        if exc.errno in GONE_ERRNOS:
+            raise _gone(exc) from exc
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass  # some FUSE filesystems refuse fsync on directories; sync() follows
+    except OSError as exc:
+        if exc.errno in GONE_ERRNOS:
+            raise _gone(exc) from exc
     finally:
         close_quietly(fd)
+
+
+def _sync_camera(root: Path) -> None:
+    """The camera's filesystem only: a sync() would also wait for the spool's writeback."""
+    try:
+        syncfs(root)
+    except OSError as exc:
+        if exc.errno in GONE_ERRNOS:
+            raise _gone(exc) from exc
