@@ -297,6 +297,7 @@ class Station:
                     break
                 failed.clear()
             self._set_phase(sid, live, Phase.WIPING, lg)
+            recs.update(self._deleted_unconfirmed(ev, recs))
             result = wipe(ev.mount, _complete_groups(self.ledger.get_many(recs), live.primary_of),
                           self.ledger, lg, root_dev)
             refused += [(r.name, why) for r, why in result.refused]
@@ -360,6 +361,17 @@ class Station:
             sum(1 for r in final if r.state == RecState.WIPED),
             failed, refused, sum(r.size for r in final),
         )
+
+    def _deleted_unconfirmed(self, ev: CameraDocked, recs: dict[int, Recording]) -> dict[int, Recording]:
+        """This camera's recordings verified in an earlier session whose files the scan no
+        longer finds: deleted by a wipe that could not confirm it (the camera was pulled
+        out, or failed its flush, after the unlink). Handed to this session's wipe, which
+        finds each absent on this camera and records it wiped; its manifest lists them."""
+        scanned = {r.rel_path for r in recs.values()}
+        root = os.fsencode(ev.mount)
+        return {r.id: r for r in self.ledger.recordings(serial=ev.serial, states=[RecState.VERIFIED])
+                if r.id not in recs and r.rel_path not in scanned
+                and not os.path.lexists(os.path.join(root, r.rel_path))}    # there but not scanned: not ours
 
     def _set_phase(self, sid: int, live: LiveSession, phase: Phase, lg: Any) -> None:
         if live.phase != phase.value:

@@ -371,6 +371,45 @@ def test_wipe_confirms_nothing_when_the_camera_fails_its_flush(tmp_path, monkeyp
     assert [r.id for r in res.wiped] == [rec2.id] and ledger2.get(rec2.id).state == RecState.WIPED
 
 
+def test_deletions_a_failed_flush_left_unconfirmed_are_confirmed_at_the_next_dock(
+        make_cfg, camera, tmp_path, monkeypatch):
+    """The camera took the unlinks but failed the flush: nothing was confirmed and the
+    bay was not safe. Docked again, the scan no longer finds those files; the next
+    session finds them absent from the camera, records them wiped and lists them in
+    its manifest, instead of leaving them verified for ever."""
+    import errno
+    import json as json_
+
+    real = os.fsync
+    cam_prefix = str(camera)
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(cam_prefix):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(fd)
+
+    cfg = make_cfg()
+    monkeypatch.setattr(os, "fsync", fsync)
+    out1, recs1, events1, _ = ingest(cfg, camera)
+    monkeypatch.undo()
+    assert out1.phase == Phase.INTERRUPTED and not out1.ok
+    recordings = {r.id for r in recs1 if r.state == RecState.VERIFIED}
+    assert recordings and out1.wiped == 0
+    assert "wipe.done" not in [e["event"] for e in events1]
+    assert not any(n.endswith(RECORDING_EXTS) for n in files(camera))    # the unlinks did land
+
+    out2, recs2, events2, _ = ingest(cfg, camera)
+    assert out2.ok
+    assert {r.id for r in recs2 if r.state == RecState.WIPED} >= recordings
+    assert not [r for r in recs2 if r.state == RecState.VERIFIED]
+    done = [e for e in events2 if e["event"] == "wipe.done" and e["recording_id"] in recordings]
+    assert len(done) == len(recordings)
+    manifests = sorted((tmp_path / "store").rglob("*.manifest.json"))
+    assert manifests, "the second session stores a manifest"
+    listed = {r["object_key"] for r in json_.loads(manifests[-1].read_text())["recordings"]}
+    assert {r.object_key for r in recs2 if r.id in recordings} <= listed
+
+
 def test_wipe_goes_on_where_a_filesystem_refuses_to_fsync_a_directory(tmp_path, monkeypatch):
     """Some FUSE filesystems answer EINVAL to a directory fsync: the syncfs that
     follows makes the deletions durable, and the wipe is confirmed."""

@@ -5,11 +5,13 @@ mtime differ from what was spooled and verified, it is refused
 (``wipe.refused``), never deleted on the strength of an old copy. After the
 deletions the directories are fsynced, the camera's filesystem is synced, and
 the files are listed again; only then is a deletion recorded (``wipe.done``).
-A camera that fails the flush (gone, or its media failing) confirms nothing:
-the session is interrupted and the bay does not say it is safe to undock.
+A camera that fails the flush (gone, or its media failing) confirms none of
+this pass's deletions: the session is interrupted and the bay does not say it
+is safe to undock.
 
-Idempotent: a verified file that is already gone (a crash between unlink and
-commit) counts as wiped.
+Idempotent: a verified file that is already gone (a crash, a pull-out or a
+failed flush between unlink and commit) counts as wiped once the camera is
+docked again (the engine hands the wipe such recordings, which no scan finds).
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
     for d in dirs:
         _fsync_dir(d)
     if unlinked:
+        _same_camera(root_b, root_dev)  # after a pull-out the sync would flush the disk beneath
         _sync_camera(root)      # before any deletion is confirmed: a failed flush confirms none
     _same_camera(root_b, root_dev)      # a deletion is only confirmed on the camera itself
     with ledger.tx():               # one commit for the batch, after the deletions are durable
