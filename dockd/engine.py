@@ -162,14 +162,16 @@ class Station:
             except ValueError:
                 continue
             if rid not in known:
-                # renamed into place but never committed: the camera still has it
                 rec_state = None
                 try:
                     rec_state = self.ledger.get(rid).state
                 except DockdError:
                     pass
-                if rec_state in (None, RecState.WIPED):
+                if rec_state is None:
                     continue   # never delete what we cannot account for
+                # renamed but never committed (the camera still has it), or a wiped
+                # recording's copy (proven at the store before it was wiped) that a crash
+                # between commit and cleanup, or a power cut undoing the unlink, left
                 p.unlink()
                 orphans += 1
         self.uploader.start()
@@ -553,6 +555,10 @@ class Station:
                 if r.spool_path and r.id not in delayed:
                     self.uploader.submit(r)   # spooled but held by nobody: never strand it
                 pending.append(r.id)
+            # one the pool still holds is not settled either, though the ledger says verified:
+            # its batch has committed but not yet removed its spool copy, and a wipe now
+            # could leave a wiped recording's copy behind
+            pending += [i for i in busy if i in recs and i not in pending]
             if not pending:
                 return False
             if not self.patient and self.uploader.paused:

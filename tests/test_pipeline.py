@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,49 @@ def test_restart_resumes_spooled_uploads(make_cfg, camera, tmp_path):
     st.uploader.wait_idle(ids, timeout=30)
     assert all(st.ledger.get(i).state == RecState.VERIFIED for i in ids)
     st.close()
+
+
+def test_the_wipe_waits_for_the_pool_to_finish_with_a_recording(make_cfg, camera, tmp_path, monkeypatch):
+    """A batch commits ``verified``, then logs and removes its spool copies. A session
+    that took the ledger's word and wiped in between could see a crash leave a wiped
+    recording's copy behind (found by the crash campaign): the wipe waits for the pool."""
+    from dockd.pipeline.spool import Spool
+
+    removed: dict[int, float] = {}
+    real_remove = Spool.remove
+
+    def slow_remove(self, rec_id):
+        time.sleep(0.2)                  # a slow disk, or a busy machine, after the commit
+        real_remove(self, rec_id)
+        removed[rec_id] = time.time()
+
+    monkeypatch.setattr(Spool, "remove", slow_remove)
+    out, recs, events, _ = ingest(make_cfg(), camera)
+    assert out.ok and removed
+    wiped_at = {e["recording_id"]: e["ts"] for e in events if e["event"] == "wipe.done"}
+    assert set(removed) <= set(wiped_at)
+    late = {i: round(removed[i] - wiped_at[i], 3) for i in removed if removed[i] > wiped_at[i]}
+    assert not late, f"wiped before the pool removed their spool copies: {late}"
+
+
+def test_start_removes_a_wiped_recordings_leftover_spool_copy(make_cfg, camera, tmp_path):
+    """A copy a crash (between the wipe's commit and the pool's cleanup) or a power cut
+    (undoing an unsynced unlink) left behind: the store proved it before it was wiped."""
+    cfg = make_cfg()
+    out, recs, _e, _c = ingest(cfg, camera)
+    assert out.ok
+    wiped = [r for r in recs if r.state == RecState.WIPED]
+    st = Station(cfg, policy=RetryPolicy.immediate(3), patient=False)
+    try:
+        left = st.spool.path_for(wiped[0].id)
+        left.write_bytes(b"age-encryption.org/v1 leftover")
+        unknown = st.spool.path_for(999_999)
+        unknown.write_bytes(b"not ours to judge")
+        summary = st.start()
+        assert not left.exists() and summary["orphans"] == 1
+        assert unknown.exists()          # no ledger row: never deleted
+    finally:
+        st.close()
 
 
 def test_corrupt_spool_copy_is_caught_and_copied_again(make_cfg, camera, tmp_path):
