@@ -299,7 +299,7 @@ class Station:
                     break
                 failed.clear()
             self._set_phase(sid, live, Phase.WIPING, lg)
-            recs.update(self._deleted_unconfirmed(ev, recs))
+            recs.update(self._deleted_unconfirmed(sid, ev, recs))
             result = wipe(ev.mount, _complete_groups(self.ledger.get_many(recs), live.primary_of),
                           self.ledger, lg, root_dev)
             refused += [(r.name, why) for r, why in result.refused]
@@ -364,16 +364,28 @@ class Station:
             failed, refused, sum(r.size for r in final),
         )
 
-    def _deleted_unconfirmed(self, ev: CameraDocked, recs: dict[int, Recording]) -> dict[int, Recording]:
-        """This camera's recordings verified in an earlier session whose files the scan no
-        longer finds: deleted by a wipe that could not confirm it (the camera was pulled
-        out, or failed its flush, after the unlink). Handed to this session's wipe, which
-        finds each absent on this camera and records it wiped; its manifest lists them."""
+    def _deleted_unconfirmed(self, sid: int, ev: CameraDocked, recs: dict[int, Recording]) -> dict[int, Recording]:
+        """This camera's recordings an earlier wipe began deleting (the ledger says so,
+        durably, before any unlink) but never confirmed (the camera was pulled out, or
+        failed its flush), whose files the scan no longer finds. Handed to this session's
+        wipe, which finds each absent on this camera and records it wiped; this session
+        takes them, and its manifest lists them. A file dockd never began deleting that
+        has gone (a camera formatted by hand) stays verified: dockd did not delete it."""
         scanned = {r.rel_path for r in recs.values()}
         root = os.fsencode(ev.mount)
-        return {r.id: r for r in self.ledger.recordings(serial=ev.serial, states=[RecState.VERIFIED])
-                if r.id not in recs and r.rel_path not in scanned
-                and not os.path.lexists(os.path.join(root, r.rel_path))}    # there but not scanned: not ours
+        gone: dict[int, Recording] = {}
+        for r in self.ledger.unconfirmed_wipes(ev.serial):
+            if r.id in recs or r.rel_path in scanned:
+                continue
+            try:
+                os.lstat(os.path.join(root, r.rel_path))
+            except FileNotFoundError:
+                gone[r.id] = r
+            except OSError:
+                pass            # unreadable (EIO, EACCES): absence unproven, not ours to record
+        if gone:
+            self.ledger.claim(gone, sid)
+        return {r.id: r for r in self.ledger.get_many(gone)}
 
     def _set_phase(self, sid: int, live: LiveSession, phase: Phase, lg: Any) -> None:
         if live.phase != phase.value:

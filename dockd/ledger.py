@@ -103,6 +103,11 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER events_no_delete BEFORE DELETE ON events
         BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
     """,
+    # v2: when a wipe began deleting a verified recording (written, durably, before the
+    # unlink): after an interrupted wipe, dockd knows which absences are its own deletions
+    """
+    ALTER TABLE recordings ADD COLUMN wipe_started REAL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -393,6 +398,33 @@ class Ledger:
                 self.transition(r["id"], RecState.SUPERSEDED, event="recording.superseded",
                                 error="rewritten on the camera before this version was copied")
         return len(rows)
+
+    def mark_wipe_started(self, rec_ids: Iterable[int]) -> None:
+        """Record, durably and before any unlink, that a wipe is about to delete these
+        verified recordings: one commit for the batch."""
+        ids = list(rec_ids)
+        now = time.time()
+        with self.tx(durable=True) as db:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                db.execute(f"UPDATE recordings SET wipe_started=? WHERE state='verified'"
+                           f" AND id IN ({','.join('?' * len(chunk))})", (now, *chunk))
+
+    def unconfirmed_wipes(self, serial: str) -> list[Recording]:
+        """Verified recordings of ``serial`` a wipe began deleting but never confirmed."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_REC_COLS} FROM recordings WHERE serial=? AND state='verified'"
+                                    " AND wipe_started IS NOT NULL ORDER BY id", (serial,)).fetchall()
+        return [_row_to_rec(r) for r in rows]
+
+    def claim(self, rec_ids: Iterable[int], session_id: int) -> None:
+        """Make ``session_id`` the session of these recordings (its wipe and manifest take them)."""
+        ids = list(rec_ids)
+        with self.tx() as db:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                db.execute(f"UPDATE recordings SET session_id=? WHERE id IN ({','.join('?' * len(chunk))})",
+                           (session_id, *chunk))
 
     def get(self, rec_id: int) -> Recording:
         with self._lock:

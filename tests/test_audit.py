@@ -230,3 +230,33 @@ def test_get_many_reads_in_the_order_given_across_chunks(tmp_path):
     with pytest.raises(LedgerError, match="no recording"):
         led.get_many([ids[0], 10**9])
     led.close()
+
+
+
+def test_a_ledger_from_before_wipe_intents_is_migrated_and_keeps_its_chain(tmp_path, monkeypatch):
+    """Schema v1 (every dock station in service) opens under v2: the new column is
+    added, the rows and the audit chain are untouched, and a dockd that knows only v1
+    refuses the migrated ledger rather than misread it."""
+    from dockd import ledger as L
+    from dockd.errors import LedgerError
+    from dockd.model import RecState
+
+    path = tmp_path / "ledger.sqlite3"
+    v2 = L.MIGRATIONS[:]
+    monkeypatch.setattr(L, "MIGRATIONS", v2[:1])          # a v1 dockd writes its rows
+    monkeypatch.setattr(L, "SCHEMA_VERSION", 1)
+    old = L.Ledger(path)
+    sid = old.open_session("CAMX", "generic", "/mnt", None, None, {})
+    rec = old.upsert_found("CAMX", sid, "generic", b"DCIM/A.MP4", 1, 1, "recording")
+    old.close()
+    monkeypatch.undo()
+    led = L.Ledger(path)
+    assert led.schema_version == len(v2) == 2
+    assert led.get(rec.id).state == RecState.FOUND and led.verify_chain() >= 1
+    led.mark_wipe_started([rec.id])                       # the new column is there (a no-op: not verified)
+    assert led.unconfirmed_wipes("CAMX") == []
+    led.close()
+    monkeypatch.setattr(L, "MIGRATIONS", v2[:1])
+    monkeypatch.setattr(L, "SCHEMA_VERSION", 1)
+    with pytest.raises(LedgerError, match="newer than this dockd"):
+        L.Ledger(path)

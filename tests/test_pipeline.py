@@ -425,7 +425,7 @@ def test_deletions_a_failed_flush_left_unconfirmed_are_confirmed_at_the_next_doc
     import json as json_
 
     real = os.fsync
-    cam_prefix = str(camera)
+    cam_prefix = os.path.realpath(camera)
 
     def fsync(fd):
         if os.readlink(f"/proc/self/fd/{fd}").startswith(cam_prefix):
@@ -452,6 +452,61 @@ def test_deletions_a_failed_flush_left_unconfirmed_are_confirmed_at_the_next_doc
     assert manifests, "the second session stores a manifest"
     listed = {r["object_key"] for r in json_.loads(manifests[-1].read_text())["recordings"]}
     assert {r.object_key for r in recs2 if r.id in recordings} <= listed
+
+
+def test_a_file_gone_from_the_camera_that_no_wipe_began_to_delete_stays_verified(
+        make_cfg, camera, tmp_path, monkeypatch):
+    """Only dockd's own deletions are confirmed at the next dock: a verified recording
+    whose file vanished some other way (a camera formatted by hand) is not recorded as
+    wiped, which would tell an auditor dockd deleted it."""
+    from dockd import engine as engine_mod
+    from dockd.pipeline.wipe import WipeResult
+
+    cfg = make_cfg()
+    monkeypatch.setattr(engine_mod, "wipe", lambda *a, **k: WipeResult())     # no wipe at all
+    out1, recs1, _e, _c = ingest(cfg, camera)
+    monkeypatch.undo()
+    verified = {r.id for r in recs1 if r.state == RecState.VERIFIED}
+    assert verified
+    for p in list(camera.rglob("*")):
+        if p.is_file() and p.name.upper().endswith(RECORDING_EXTS):
+            p.unlink()                                  # formatted by hand
+    out2, recs2, events2, _ = ingest(cfg, camera)
+    assert {r.id for r in recs2 if r.state == RecState.VERIFIED} == verified
+    assert not [e for e in events2 if e["event"] == "wipe.done" and e["recording_id"] in verified]
+
+
+def test_an_unreadable_path_is_not_taken_for_a_deletion(make_cfg, camera, tmp_path, monkeypatch):
+    """Absence is proven by ENOENT alone: a directory failing with EIO hides nothing
+    that may be recorded as wiped (and interrupts no session)."""
+    import errno
+    from dockd.device.events import CameraDocked as Docked
+
+    cfg = make_cfg()
+    st = Station(cfg, policy=RetryPolicy.immediate(3), patient=False)
+    try:
+        st.start()
+        sid = st.ledger.open_session("CAMX", "generic", str(camera), None, None, {})
+        rec = st.ledger.upsert_found("CAMX", sid, "generic", b"DCIM/GONE.MP4", 5, 1, "recording")
+        rec = st.ledger.transition(rec.id, RecState.SPOOLED, plain_sha256="a" * 64, cipher_sha256="b" * 64,
+                                   cipher_size=50, object_key="k", spool_path="p")
+        rec = st.ledger.transition(rec.id, RecState.VERIFIED)
+        st.ledger.mark_wipe_started([rec.id])
+        ev = Docked("CAMX", "generic", camera)
+        real_lstat = os.lstat
+
+        def lstat(path, *a, **k):
+            if os.fsdecode(path).endswith("GONE.MP4"):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return real_lstat(path, *a, **k)
+
+        monkeypatch.setattr(os, "lstat", lstat)
+        assert st._deleted_unconfirmed(sid, ev, {}) == {}
+        monkeypatch.undo()
+        got = st._deleted_unconfirmed(sid, ev, {})          # really absent: ENOENT
+        assert list(got) == [rec.id] and st.ledger.get(rec.id).session_id == sid
+    finally:
+        st.close()
 
 
 def test_wipe_goes_on_where_a_filesystem_refuses_to_fsync_a_directory(tmp_path, monkeypatch):

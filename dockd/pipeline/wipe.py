@@ -60,6 +60,9 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
     # Sidecars before their recordings: a crash between the two must never leave a
     # sidecar without its recording, which the next scan would no longer see as ours.
     recs = sorted(recs, key=lambda r: r.role != "sidecar")
+    # durably, before the first unlink: after a pull-out or a failed flush the next dock
+    # knows which of the files it no longer finds were deleted here (engine)
+    ledger.mark_wipe_started(r.id for r in recs if r.state == RecState.VERIFIED)
     dirs: set[bytes] = set()
     unlinked: list[tuple[Recording, bytes]] = []
     for rec in recs:
