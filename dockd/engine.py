@@ -567,10 +567,13 @@ class Station:
                 if r.spool_path and r.id not in delayed:
                     self.uploader.submit(r)   # spooled but held by nobody: never strand it
                 pending.append(r.id)
-            # one the pool still holds is not settled either, though the ledger says verified:
-            # its batch has committed but not yet removed its spool copy, and a wipe now
-            # could leave a wiped recording's copy behind
-            pending += [i for i in busy if i in recs and i not in pending]
+            # one a worker is still finishing is not settled either, though the ledger says
+            # verified: its batch has committed, but not yet removed its spool copy (a wipe
+            # now could leave a wiped recording's copy behind). Only those: moments of work,
+            # where an upload still under way is waited for above, or (after spooled) not at all
+            finishing = [i for i in self.uploader.active_ids() if i in recs and i not in pending]
+            if finishing:
+                pending += [r.id for r in self.ledger.get_many(finishing) if r.state in SETTLED]
             if not pending:
                 return False
             if not self.patient and self.uploader.paused:

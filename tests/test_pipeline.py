@@ -509,6 +509,46 @@ def test_an_unreadable_path_is_not_taken_for_a_deletion(make_cfg, camera, tmp_pa
         st.close()
 
 
+def test_wipe_after_spooled_does_not_hold_the_camera_for_refused_credentials(make_cfg, camera, tmp_path,
+                                                                            monkeypatch):
+    """With ``wipe.after = "spooled"`` a camera is done once its recordings are safe in
+    the spool; a store refusing our credentials (the daemon waits for it to come back)
+    must not keep the bay busy."""
+    class Refusing(ScriptedStore):
+        def list(self, prefix):          # the pool's probe for restored credentials: refused too
+            raise StoreAuthError("refused")
+
+    cfg = make_cfg(wipe=WipeConfig(after="spooled"))
+    st = Station(cfg, policy=RetryPolicy.immediate(3), patient=True,
+                 backend=Refusing(tmp_path / "store", always=lambda: StoreAuthError("refused")))
+    from dockd.pipeline import upload as upload_mod
+
+    monkeypatch.setattr(upload_mod, "AUTH_PROBE_SECONDS", 0.05)   # the timer re-queues them at once
+    real_wait = st._wait_uploads
+
+    def wait_once_requeued(*a, **k):
+        # the state a longer session meets: its recordings back in the queue behind the pause
+        deadline = time.monotonic() + 10
+        while not (st.uploader.paused and st.uploader.busy_ids()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert st.uploader.paused and st.uploader.busy_ids()
+        return real_wait(*a, **k)
+
+    monkeypatch.setattr(st, "_wait_uploads", wait_once_requeued)
+    done: list = []
+    try:
+        st.start()
+        t = threading.Thread(target=lambda: done.append(st.run_session(CameraDocked("BWC0001", "generic", camera))),
+                             daemon=True)
+        t.start()
+        t.join(30)
+        assert done, "the session still holds the camera"
+        assert done[0].phase in (Phase.DONE, Phase.ATTENTION)
+        assert all(r.is_durable for r in st.ledger.recordings(serial="BWC0001") if r.role == "recording")
+    finally:
+        st.close()
+
+
 def test_wipe_goes_on_where_a_filesystem_refuses_to_fsync_a_directory(tmp_path, monkeypatch):
     """Some FUSE filesystems answer EINVAL to a directory fsync: the syncfs that
     follows makes the deletions durable, and the wipe is confirmed."""

@@ -172,6 +172,11 @@ class Uploader:
         with self._cv:
             return self._queued | self._active
 
+    def active_ids(self) -> set[int]:
+        """Recordings a worker holds right now (not those waiting in a queue)."""
+        with self._cv:
+            return set(self._active)
+
     def delayed_ids(self) -> set[int]:
         """Recordings waiting for their next attempt."""
         with self._cv:
