@@ -410,6 +410,15 @@ class Ledger:
                 db.execute(f"UPDATE recordings SET wipe_started=? WHERE state='verified'"
                            f" AND id IN ({','.join('?' * len(chunk))})", (now, *chunk))
 
+    def clear_wipe_started(self, rec_ids: Iterable[int]) -> None:
+        """Withdraw the note for recordings a wipe left on the camera (an unlink refused)."""
+        ids = list(rec_ids)
+        with self.tx() as db:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                db.execute(f"UPDATE recordings SET wipe_started=NULL WHERE id IN ({','.join('?' * len(chunk))})",
+                           chunk)
+
     def unconfirmed_wipes(self, serial: str) -> list[Recording]:
         """Verified recordings of ``serial`` a wipe began deleting but never confirmed."""
         with self._lock:

@@ -549,6 +549,40 @@ def test_wipe_after_spooled_does_not_hold_the_camera_for_refused_credentials(mak
         st.close()
 
 
+def test_a_wipe_notes_only_the_files_it_deletes(tmp_path, monkeypatch):
+    """The note a later dock relies on covers exactly the deletions made: not a file
+    refused (changed since it was copied), not one whose unlink failed (a card turned
+    read-only), not one still listed after its unlink."""
+    import errno
+    from dockd.pipeline import wipe as wipe_mod
+    from dockd import log as dlog
+
+    cam, ledger, gone = _verified_on_camera(tmp_path)
+    recs = [gone]
+    for name, change in ((b"DCIM/CHANGED.MP4", True), (b"DCIM/RO.MP4", False)):
+        f = cam / os.fsdecode(name)
+        f.write_bytes(b"x" * 7)
+        st_ = f.stat()
+        r = ledger.upsert_found("CAMX", gone.session_id, "generic", name, st_.st_size, st_.st_mtime_ns, "recording")
+        r = ledger.transition(r.id, RecState.SPOOLED, plain_sha256="c" * 64, cipher_sha256="d" * 64,
+                              cipher_size=50, object_key=os.fsdecode(name), spool_path="p")
+        recs.append(ledger.transition(r.id, RecState.VERIFIED))
+        if change:
+            f.write_bytes(b"rewritten by the camera")
+    real_unlink = os.unlink
+
+    def unlink(path, *a, **k):
+        if os.fsdecode(path).endswith("RO.MP4"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_unlink(path, *a, **k)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    res = wipe_mod.wipe(cam, recs, ledger, dlog.get(), root_dev=os.stat(cam).st_dev)
+    assert [r.id for r in res.wiped] == [gone.id]
+    assert [r.id for r, _ in res.refused] == [recs[1].id] and [r.id for r, _ in res.failed] == [recs[2].id]
+    assert ledger.unconfirmed_wipes("CAMX") == []          # neither is taken for a deletion later
+
+
 def test_wipe_goes_on_where_a_filesystem_refuses_to_fsync_a_directory(tmp_path, monkeypatch):
     """Some FUSE filesystems answer EINVAL to a directory fsync: the syncfs that
     follows makes the deletions durable, and the wipe is confirmed."""

@@ -60,11 +60,10 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
     # Sidecars before their recordings: a crash between the two must never leave a
     # sidecar without its recording, which the next scan would no longer see as ours.
     recs = sorted(recs, key=lambda r: r.role != "sidecar")
-    # durably, before the first unlink: after a pull-out or a failed flush the next dock
-    # knows which of the files it no longer finds were deleted here (engine)
-    ledger.mark_wipe_started(r.id for r in recs if r.state == RecState.VERIFIED)
-    dirs: set[bytes] = set()
-    unlinked: list[tuple[Recording, bytes]] = []
+    # first decide what may go (each file re-stat'ed), then note it, durably, before the
+    # first unlink: after a pull-out or a failed flush the next dock knows which of the
+    # files it no longer finds were deleted here (engine), and only those
+    doomed: list[tuple[Recording, bytes, Any]] = []
     for rec in recs:
         if rec.state != RecState.VERIFIED:
             continue
@@ -96,6 +95,12 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
             log.emit(lg, "wipe.refused", reason=reason)
             result.refused.append((rec, reason))
             continue
+        doomed.append((rec, path, lg))
+    ledger.mark_wipe_started(rec.id for rec, _p, _l in doomed)
+    dirs: set[bytes] = set()
+    unlinked: list[tuple[Recording, bytes]] = []
+    kept: list[int] = []                # noted, but not deleted: the note is withdrawn
+    for rec, path, lg in doomed:
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -105,6 +110,7 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
                 raise DeviceGoneError(f"camera gone during wipe: {exc.strerror}") from exc
             result.failed.append((rec, exc.strerror or str(exc)))
             log.emit(lg, "wipe.failed", error=exc.strerror)
+            kept.append(rec.id)
             continue
         dirs.add(os.path.dirname(path))
         unlinked.append((rec, path))
@@ -120,10 +126,12 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
             if os.path.lexists(path):   # list again: the deletion must be visible
                 result.failed.append((rec, "still present after unlink"))
                 log.emit(lg, "wipe.failed", error="still present after unlink")
+                kept.append(rec.id)
                 continue
             ledger.transition(rec.id, RecState.WIPED, event="wipe.done")
             log.emit(lg, "wipe.done")
             result.wiped.append(rec)
+        ledger.clear_wipe_started(kept)
     return result
 
 
