@@ -300,7 +300,11 @@ class Station:
                 failed.clear()
             self._set_phase(sid, live, Phase.WIPING, lg)
             recs.update(self._deleted_unconfirmed(sid, ev, recs))
-            result = wipe(ev.mount, _complete_groups(self.ledger.get_many(recs), live.primary_of),
+            # never one a worker holds: its batch may have committed verified and not yet
+            # removed its spool copy (wipe after spooled waits for no upload); the next dock
+            # wipes it
+            result = wipe(ev.mount, _complete_groups(self.ledger.get_many(recs), live.primary_of,
+                                                     self.uploader.active_ids()),
                           self.ledger, lg, root_dev)
             refused += [(r.name, why) for r, why in result.refused]
             failed += [(r.name, why) for r, why in result.failed]
@@ -628,13 +632,15 @@ def spool_order(rec: Recording) -> tuple[bool, int, bytes]:
     return (not rec.flagged, rec.mtime_ns, rec.rel_path)
 
 
-def _complete_groups(recs: list[Recording], primary_of: dict[bytes, bytes]) -> list[Recording]:
+def _complete_groups(recs: list[Recording], primary_of: dict[bytes, bytes],
+                     held: set[int] | frozenset[int] = frozenset()) -> list[Recording]:
     """The recordings the wipe may touch: a recording goes only together with all of
     its sidecars (each verified), so no sidecar is ever left on the camera without the
-    recording that makes the next scan see it as ours."""
+    recording that makes the next scan see it as ours. ``held``: recordings an upload
+    worker holds, not to be touched now (as if not verified yet)."""
     blocked = {primary_of[r.rel_path] for r in recs
-               if r.rel_path in primary_of and r.state != RecState.VERIFIED}
-    return [r for r in recs if r.rel_path not in blocked]
+               if r.rel_path in primary_of and (r.state != RecState.VERIFIED or r.id in held)}
+    return [r for r in recs if r.rel_path not in blocked and r.id not in held]
 
 
 def _is_mounted(path: Path) -> bool:
