@@ -402,22 +402,11 @@ class Ledger:
     def mark_wipe_started(self, rec_ids: Iterable[int]) -> None:
         """Record, durably and before any unlink, that a wipe is about to delete these
         verified recordings: one commit for the batch."""
-        ids = list(rec_ids)
-        now = time.time()
-        with self.tx(durable=True) as db:
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                db.execute(f"UPDATE recordings SET wipe_started=? WHERE state='verified'"
-                           f" AND id IN ({','.join('?' * len(chunk))})", (now, *chunk))
+        self._update_ids("wipe_started=?", (time.time(),), rec_ids, "state='verified' AND ", durable=True)
 
     def clear_wipe_started(self, rec_ids: Iterable[int]) -> None:
         """Withdraw the note for recordings a wipe left on the camera (an unlink refused)."""
-        ids = list(rec_ids)
-        with self.tx() as db:
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                db.execute(f"UPDATE recordings SET wipe_started=NULL WHERE id IN ({','.join('?' * len(chunk))})",
-                           chunk)
+        self._update_ids("wipe_started=NULL", (), rec_ids)
 
     def unconfirmed_wipes(self, serial: str) -> list[Recording]:
         """Verified recordings of ``serial`` a wipe began deleting but never confirmed."""
@@ -428,12 +417,19 @@ class Ledger:
 
     def claim(self, rec_ids: Iterable[int], session_id: int) -> None:
         """Make ``session_id`` the session of these recordings (its wipe and manifest take them)."""
+        self._update_ids("session_id=?", (session_id,), rec_ids)
+
+    def _update_ids(self, assignment: str, args: tuple[Any, ...], rec_ids: Iterable[int], where: str = "",
+                    durable: bool = False) -> None:
+        """``UPDATE recordings SET <assignment> WHERE <where>id IN (…)`` for many ids, in one commit."""
         ids = list(rec_ids)
-        with self.tx() as db:
+        if not ids:
+            return
+        with self.tx(durable=durable) as db:
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
-                db.execute(f"UPDATE recordings SET session_id=? WHERE id IN ({','.join('?' * len(chunk))})",
-                           (session_id, *chunk))
+                db.execute(f"UPDATE recordings SET {assignment} WHERE {where}id IN ({','.join('?' * len(chunk))})",
+                           (*args, *chunk))
 
     def get(self, rec_id: int) -> Recording:
         with self._lock:

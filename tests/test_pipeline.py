@@ -351,6 +351,23 @@ def test_wipe_never_trusts_absence_on_a_mount_point_that_lost_its_camera(make_cf
     assert [r.id for r in res.wiped] == [rec.id] and ledger.get(rec.id).state == RecState.WIPED
 
 
+def _verify(ledger, sid: int, rel: bytes, size: int, mtime_ns: int, key: str = "k") -> Recording:
+    """A recording of camera CAMX taken straight to verified in ``ledger``."""
+    rec = ledger.upsert_found("CAMX", sid, "generic", rel, size, mtime_ns, "recording")
+    rec = ledger.transition(rec.id, RecState.SPOOLED, plain_sha256="a" * 64, cipher_sha256="b" * 64,
+                            cipher_size=50, object_key=key, spool_path="p")
+    return ledger.transition(rec.id, RecState.VERIFIED)
+
+
+def _failing_for(real, suffix: str, err: int):
+    """``real`` (an os function taking a path) failing with ``err`` for paths ending in ``suffix``."""
+    def fn(path, *a, **k):
+        if os.fsdecode(path).endswith(suffix):
+            raise OSError(err, os.strerror(err))
+        return real(path, *a, **k)
+    return fn
+
+
 def _verified_on_camera(tmp_path: Path):
     """A ledger holding one verified recording, and the camera directory holding its file."""
     from dockd.ledger import Ledger
@@ -362,10 +379,7 @@ def _verified_on_camera(tmp_path: Path):
     st = f.stat()
     ledger = Ledger(tmp_path / "l.sqlite3")
     sid = ledger.open_session("CAMX", "generic", str(cam), None, None, {})
-    rec = ledger.upsert_found("CAMX", sid, "generic", b"DCIM/A.MP4", st.st_size, st.st_mtime_ns, "recording")
-    rec = ledger.transition(rec.id, RecState.SPOOLED, plain_sha256="a" * 64, cipher_sha256="b" * 64,
-                            cipher_size=50, object_key="k", spool_path="p")
-    return cam, ledger, ledger.transition(rec.id, RecState.VERIFIED)
+    return cam, ledger, _verify(ledger, sid, b"DCIM/A.MP4", st.st_size, st.st_mtime_ns)
 
 
 def _failing_dir_fsync(err: int):
@@ -487,20 +501,10 @@ def test_an_unreadable_path_is_not_taken_for_a_deletion(make_cfg, camera, tmp_pa
     try:
         st.start()
         sid = st.ledger.open_session("CAMX", "generic", str(camera), None, None, {})
-        rec = st.ledger.upsert_found("CAMX", sid, "generic", b"DCIM/GONE.MP4", 5, 1, "recording")
-        rec = st.ledger.transition(rec.id, RecState.SPOOLED, plain_sha256="a" * 64, cipher_sha256="b" * 64,
-                                   cipher_size=50, object_key="k", spool_path="p")
-        rec = st.ledger.transition(rec.id, RecState.VERIFIED)
+        rec = _verify(st.ledger, sid, b"DCIM/GONE.MP4", 5, 1)
         st.ledger.mark_wipe_started([rec.id])
         ev = Docked("CAMX", "generic", camera)
-        real_lstat = os.lstat
-
-        def lstat(path, *a, **k):
-            if os.fsdecode(path).endswith("GONE.MP4"):
-                raise OSError(errno.EIO, os.strerror(errno.EIO))
-            return real_lstat(path, *a, **k)
-
-        monkeypatch.setattr(os, "lstat", lstat)
+        monkeypatch.setattr(os, "lstat", _failing_for(os.lstat, "GONE.MP4", errno.EIO))
         assert st._deleted_unconfirmed(sid, ev, {}) == {}
         monkeypatch.undo()
         got = st._deleted_unconfirmed(sid, ev, {})          # really absent: ENOENT
@@ -563,20 +567,10 @@ def test_a_wipe_notes_only_the_files_it_deletes(tmp_path, monkeypatch):
         f = cam / os.fsdecode(name)
         f.write_bytes(b"x" * 7)
         st_ = f.stat()
-        r = ledger.upsert_found("CAMX", gone.session_id, "generic", name, st_.st_size, st_.st_mtime_ns, "recording")
-        r = ledger.transition(r.id, RecState.SPOOLED, plain_sha256="c" * 64, cipher_sha256="d" * 64,
-                              cipher_size=50, object_key=os.fsdecode(name), spool_path="p")
-        recs.append(ledger.transition(r.id, RecState.VERIFIED))
+        recs.append(_verify(ledger, gone.session_id, name, st_.st_size, st_.st_mtime_ns, os.fsdecode(name)))
         if change:
             f.write_bytes(b"rewritten by the camera")
-    real_unlink = os.unlink
-
-    def unlink(path, *a, **k):
-        if os.fsdecode(path).endswith("RO.MP4"):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-        return real_unlink(path, *a, **k)
-
-    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(os, "unlink", _failing_for(os.unlink, "RO.MP4", errno.EROFS))
     res = wipe_mod.wipe(cam, recs, ledger, dlog.get(), root_dev=os.stat(cam).st_dev)
     assert [r.id for r in res.wiped] == [gone.id]
     assert [r.id for r, _ in res.refused] == [recs[1].id] and [r.id for r, _ in res.failed] == [recs[2].id]
