@@ -9,6 +9,7 @@ rest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -324,6 +325,17 @@ class Station:
                 log.emit(lg, "session.interrupted", error=str(exc))
                 self.ledger.mark_undocked(sid)
                 self._changed(live, phase.value)
+        except Exception as exc:
+            # a bug, or a ledger that cannot be written: a human must look, and the bay must
+            # not show its last phase for ever. Nothing here touches the camera again (an
+            # unconfirmed deletion is confirmed at its next dock)
+            live.last_error = f"internal error: {exc}"
+            live.phase = Phase.ATTENTION.value
+            live.safe_to_undock = True
+            with contextlib.suppress(Exception):
+                self.ledger.set_phase(sid, Phase.ATTENTION, error=live.last_error)
+            self._changed(live, live.phase)
+            raise
         finally:
             with self._lock:
                 self._docked.pop(ev.serial, None)

@@ -77,7 +77,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "device.serial_clash": ("warning", "two docked devices report the same serial", "camera, device"),
     "device.unmount_failed": ("error", "a camera could not be unmounted", "camera, mount, error"),
     "device.release_failed": ("error", "sync/unmount after a session failed", "camera, error"),
-    "session.crashed": ("critical", "a bug ended a session; its state is in the ledger", "camera, error"),
+    "session.crashed": ("critical", "a bug ended a session; it is left in attention with the error", "camera, error"),
     "upload.bug": ("critical", "a bug ended an upload job; it is retried from the ledger", "recording_id, error"),
     "upload.resuming": ("info", "a multipart/tus upload continues from its checkpoint", "key, parts, offset"),
     "upload.restarting": ("warning", "a checkpointed upload could not be resumed; starting over", "key, reason"),

@@ -592,6 +592,30 @@ def test_no_recording_a_worker_holds_is_handed_to_the_wipe():
     assert [r.id for r in _complete_groups(recs, primary_of, {1})] == [2, 3, 4]
 
 
+def test_a_session_that_fails_inside_shows_attention_not_its_last_phase(make_cfg, camera, monkeypatch):
+    """A bug (or a ledger that cannot be written) ends the session: the bay must say a
+    human must look, not show "wiping" until the camera is pulled, and the error
+    still reaches the caller (the daemon logs it as session.crashed)."""
+    from dockd import engine as engine_mod
+
+    def broken_wipe(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine_mod, "wipe", broken_wipe)
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    try:
+        st.start()
+        with pytest.raises(RuntimeError, match="boom"):
+            st.run_session(CameraDocked("BWC0001", "generic", camera))
+        live = st.live["BWC0001"]
+        assert live.phase == Phase.ATTENTION.value and live.safe_to_undock and "boom" in live.last_error
+        session = st.ledger.session(live.session_id)
+        assert session["phase"] == Phase.ATTENTION.value and "boom" in session["error"]
+        assert len(files(camera)) == 8                  # nothing was wiped
+    finally:
+        st.close()
+
+
 def test_wipe_goes_on_where_a_filesystem_refuses_to_fsync_a_directory(tmp_path, monkeypatch):
     """Some FUSE filesystems answer EINVAL to a directory fsync: the syncfs that
     follows makes the deletions durable, and the wipe is confirmed."""
