@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 from pathlib import Path
+from typing import Sequence
 
 WRITEBACK_WINDOW = 32 << 20           # start writeback every 32 MiB, not all at fsync
 
@@ -73,6 +74,20 @@ def check_written(fd: int) -> None:
     if fn(fd, 0, 0, 1 | 2 | 4) != 0:
         err = ctypes.get_errno() or errno.EIO
         raise OSError(err, os.strerror(err))
+
+
+def make_durable(root: Path | str, fds: Sequence[int]) -> None:
+    """Make what was written through ``fds`` (files on ``root``'s filesystem, each
+    open since before its writes) durable, and raise any error writing it met. One
+    file alone: its fsync. Several: one ``syncfs`` (one journal commit for all),
+    then each file's own errors (``check_written``), which another caller's syncfs
+    may have taken."""
+    if len(fds) == 1:
+        os.fsync(fds[0])
+        return
+    syncfs(root)
+    for fd in fds:
+        check_written(fd)
 
 
 class HashingWriter:

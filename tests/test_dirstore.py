@@ -8,6 +8,8 @@ import os
 
 import pytest
 
+from dockd import fsutil
+
 import dockd.store.dirstore as ds
 from dockd.errors import ObjectMissingError, StoreError
 from dockd.store.base import Blob, MemoryCheckpoint
@@ -90,7 +92,7 @@ def _count_flushes(monkeypatch) -> dict[str, int]:
     import dockd.store.dirstore as ds
 
     seen = {"fsync": 0, "syncfs": 0}
-    real_fsync, real_syncfs = os.fsync, ds.syncfs
+    real_fsync, real_syncfs = os.fsync, fsutil.syncfs
 
     def fsync(fd: int) -> None:
         seen["fsync"] += 1
@@ -102,7 +104,7 @@ def _count_flushes(monkeypatch) -> dict[str, int]:
 
     monkeypatch.setattr(ds.os, "fsync", fsync)
     monkeypatch.setattr(dockd.fsutil.os, "fsync", fsync)
-    monkeypatch.setattr(ds, "syncfs", syncfs)
+    monkeypatch.setattr(fsutil, "syncfs", syncfs)
     return seen
 
 
@@ -113,11 +115,11 @@ def test_a_batch_is_named_only_once_it_is_durable_and_shares_one_flush(tmp_path,
     import dockd.store.dirstore as ds
 
     steps: list[str] = []
-    real_written, real_replace = ds.check_written, ds.os.replace
-    monkeypatch.setattr(ds, "check_written", lambda fd: steps.append("written") or real_written(fd))
+    real_written, real_replace = fsutil.check_written, ds.os.replace
+    monkeypatch.setattr(fsutil, "check_written", lambda fd: steps.append("written") or real_written(fd))
     monkeypatch.setattr(ds.os, "replace", lambda a, b: steps.append("rename") or real_replace(a, b))
-    real_syncfs = ds.syncfs
-    monkeypatch.setattr(ds, "syncfs", lambda path: steps.append("syncfs") or real_syncfs(path))
+    real_syncfs = fsutil.syncfs
+    monkeypatch.setattr(fsutil, "syncfs", lambda path: steps.append("syncfs") or real_syncfs(path))
     with store.batch():
         for k, b in blobs.items():
             store.put(k, b, MemoryCheckpoint())
@@ -154,7 +156,7 @@ def _none_named(store: DirStore, blobs: dict[str, Blob]) -> None:
 
 def test_a_batch_whose_flush_fails_names_nothing_and_leaves_nothing(tmp_path, monkeypatch):
     store, blobs = DirStore(tmp_path / "store"), _blobs(tmp_path, 3)
-    monkeypatch.setattr(ds, "syncfs", _eio)
+    monkeypatch.setattr(fsutil, "syncfs", _eio)
     _failed_batch(store, blobs)
     _none_named(store, blobs)
 
@@ -171,7 +173,7 @@ def test_a_write_error_only_a_files_own_fd_sees_names_nothing(tmp_path, monkeypa
         if len(calls) == 3:
             _eio()
 
-    monkeypatch.setattr(ds, "check_written", check_written)
+    monkeypatch.setattr(fsutil, "check_written", check_written)
     _failed_batch(store, blobs)
     _none_named(store, blobs)
     assert len(calls) == 3

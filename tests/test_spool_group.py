@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from dockd import fsutil
+
 from dockd.age import decrypt, generate_identity
 from dockd.device.events import CameraDocked
 from dockd.engine import Station
@@ -46,14 +48,14 @@ def _spool_all(group: GroupCommit, files: list[Path]) -> None:
 def test_small_files_are_committed_together_and_decrypt(tmp_path, ident, monkeypatch):
     spool = Spool(tmp_path / "spool", [ident.public()])
     flushes = []
-    real = spool_mod.syncfs
+    real = fsutil.syncfs
 
     def watched(path):
         # at the flush, the files are whole in partial/ and none has its final name yet
         flushes.append((len(list((spool.root / "partial").iterdir())), len(list(spool.root.glob("*.age")))))
         real(path)
 
-    monkeypatch.setattr(spool_mod, "syncfs", watched)
+    monkeypatch.setattr(fsutil, "syncfs", watched)
     files = _files(tmp_path / "cam", [65536] * (GROUP_FILES + 5))
     groups: list[list] = []
     group = GroupCommit(spool, groups.append)
@@ -90,7 +92,7 @@ def test_a_failed_flush_leaves_no_final_name_and_says_so(tmp_path, ident, monkey
     def broken(path):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(spool_mod, "syncfs", broken)
+    monkeypatch.setattr(fsutil, "syncfs", broken)
     groups: list[list] = []
     group = GroupCommit(spool, groups.append)
     with pytest.raises(SpoolError, match="Input/output error"):
@@ -118,7 +120,7 @@ def test_a_write_error_only_the_files_own_fd_sees_fails_the_group(tmp_path, iden
         if len(seen) == 2:
             raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(spool_mod, "check_written", check_written)
+    monkeypatch.setattr(fsutil, "check_written", check_written)
     before = _open_fds()
     groups: list[list] = []
     group = GroupCommit(spool, groups.append)

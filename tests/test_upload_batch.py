@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from dockd import fsutil
+
 from dockd.age import generate_identity
 from dockd.errors import PermanentStoreError, TransientStoreError
 from dockd.ledger import Ledger
@@ -272,31 +274,29 @@ def test_a_proof_the_listing_gives_is_still_refused_when_the_put_failed(tmp_path
 def test_a_batch_to_file_store_shares_one_flush(tmp_path, monkeypatch):
     """file://: the batch's objects are written, then one syncfs and one directory
     fsync make them all durable, before any is proven."""
-    import dockd.store.dirstore as ds
-
+    store = tmp_path / "store"
     flushes = []
-    real = ds.syncfs
-    monkeypatch.setattr(ds, "syncfs", lambda path: flushes.append(path) or real(path))
-    rig = Rig(tmp_path, 8, ScriptedStore(tmp_path / "store"))
+    real = fsutil.syncfs
+    monkeypatch.setattr(fsutil, "syncfs", lambda path: (path == store and flushes.append(path)) or real(path))
+    rig = Rig(tmp_path, 8, ScriptedStore(store))
     rig.run()
     assert [rig.state(i) for i in rig.ids] == [RecState.VERIFIED] * 8
-    assert flushes == [tmp_path / "store"]
+    assert flushes == [store]                              # the spool's own flushes not counted
 
 
 def test_a_batch_whose_flush_fails_is_put_again_and_verified(tmp_path, monkeypatch, capsys):
     import errno
 
-    import dockd.store.dirstore as ds
-
-    real, failures = ds.syncfs, [OSError(errno.EIO, "Input/output error")]
+    store = tmp_path / "store"
+    real, failures = fsutil.syncfs, [OSError(errno.EIO, "Input/output error")]
 
     def syncfs(path) -> None:  # noqa: ANN001
-        if failures:
+        if failures and path == store:                     # the store's flush, not the spool's
             raise failures.pop()
         real(path)
 
-    monkeypatch.setattr(ds, "syncfs", syncfs)
-    rig = Rig(tmp_path, 5, ScriptedStore(tmp_path / "store"))
+    monkeypatch.setattr(fsutil, "syncfs", syncfs)
+    rig = Rig(tmp_path, 5, ScriptedStore(store))
     rig.run(stop=False)                                    # the failed ones come back (transient)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(rig.state(i) != RecState.VERIFIED for i in rig.ids):

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 from ..age import Encryptor
 from ..age.stream import CHUNK_SIZE, TAG_SIZE
 from ..errors import DeviceGoneError, FileChangedError, SourceError, SpoolError, SpoolFullError
-from ..fsutil import HashingWriter, check_written, close_quietly, fsync_dir, syncfs
+from ..fsutil import HashingWriter, close_quietly, fsync_dir, make_durable
 
 BLOCK = 1 << 20                      # 16 age chunks per read: few syscalls, small memory
 GONE_ERRNOS = {errno.EIO, errno.ENODEV, errno.ENXIO, errno.ENOTCONN, errno.ESHUTDOWN, errno.ESTALE}
@@ -198,12 +198,7 @@ class Spool:
         if not todo:
             return []
         try:
-            if len(todo) == 1:
-                os.fsync(todo[0].fd)
-            else:
-                syncfs(self.root)
-                for sp in todo:
-                    check_written(sp.fd)
+            make_durable(self.root, [sp.fd for sp in todo])
             for sp in todo:
                 os.replace(sp.path, self.path_for(sp.rec_id))
             fsync_dir(self.root)

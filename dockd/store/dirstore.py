@@ -33,7 +33,7 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
-from ..fsutil import check_written, close_quietly, fsync_dir, syncfs
+from ..fsutil import close_quietly, fsync_dir, make_durable
 from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, ObjectInfo, Store, sha256_stream
 
 BLOCK = 1 << 20
@@ -194,12 +194,7 @@ class DirStore(Store):
         renamed: list[_Pending] = []
         try:
             try:
-                if len(pending) == 1:
-                    os.fsync(pending[0].fd)
-                else:
-                    syncfs(self.root)           # all their pages and inodes: one journal commit
-                    for p in pending:           # the errors a syncfs may not report (fsutil)
-                        check_written(p.fd)
+                make_durable(self.root, [p.fd for p in pending])
                 for p in pending:
                     os.replace(p.tmp, p.dest)
                     renamed.append(p)
