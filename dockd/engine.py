@@ -301,11 +301,7 @@ class Station:
                 failed.clear()
             self._set_phase(sid, live, Phase.WIPING, lg)
             recs.update(self._deleted_unconfirmed(sid, ev, recs))
-            # never one a worker holds: its batch may have committed verified and not yet
-            # removed its spool copy (wipe after spooled waits for no upload); the next dock
-            # wipes it
-            result = wipe(ev.mount, _complete_groups(self.ledger.get_many(recs), live.primary_of,
-                                                     self.uploader.active_ids()),
+            result = wipe(ev.mount, _complete_groups(self.ledger.get_many(recs), live.primary_of),
                           self.ledger, lg, root_dev)
             refused += [(r.name, why) for r, why in result.refused]
             failed += [(r.name, why) for r, why in result.failed]
@@ -584,9 +580,10 @@ class Station:
                     self.uploader.submit(r)   # spooled but held by nobody: never strand it
                 pending.append(r.id)
             # one a worker is still finishing is not settled either, though the ledger says
-            # verified: its batch has committed, but not yet removed its spool copy (a wipe
-            # now could leave a wiped recording's copy behind). Only those: moments of work,
-            # where an upload still under way is waited for above, or (after spooled) not at all
+            # verified: its batch has committed but not yet logged it and removed its spool
+            # copy. Only those, moments of work: an upload still under way is waited for
+            # above, or (after spooled) not at all. (A wipe in that window would be harmless:
+            # a wiped recording's leftover copy is removed at the next start.)
             finishing = [i for i in self.uploader.active_ids() if i in recs and i not in pending]
             if finishing:
                 pending += [r.id for r in self.ledger.get_many(finishing) if r.state in SETTLED]
@@ -644,15 +641,13 @@ def spool_order(rec: Recording) -> tuple[bool, int, bytes]:
     return (not rec.flagged, rec.mtime_ns, rec.rel_path)
 
 
-def _complete_groups(recs: list[Recording], primary_of: dict[bytes, bytes],
-                     held: set[int] | frozenset[int] = frozenset()) -> list[Recording]:
+def _complete_groups(recs: list[Recording], primary_of: dict[bytes, bytes]) -> list[Recording]:
     """The recordings the wipe may touch: a recording goes only together with all of
     its sidecars (each verified), so no sidecar is ever left on the camera without the
-    recording that makes the next scan see it as ours. ``held``: recordings an upload
-    worker holds, not to be touched now (as if not verified yet)."""
+    recording that makes the next scan see it as ours."""
     blocked = {primary_of[r.rel_path] for r in recs
-               if r.rel_path in primary_of and (r.state != RecState.VERIFIED or r.id in held)}
-    return [r for r in recs if r.rel_path not in blocked and r.id not in held]
+               if r.rel_path in primary_of and r.state != RecState.VERIFIED}
+    return [r for r in recs if r.rel_path not in blocked]
 
 
 def _is_mounted(path: Path) -> bool:

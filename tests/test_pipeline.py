@@ -577,21 +577,6 @@ def test_a_wipe_notes_only_the_files_it_deletes(tmp_path, monkeypatch):
     assert ledger.unconfirmed_wipes("CAMX") == []          # neither is taken for a deletion later
 
 
-def test_no_recording_a_worker_holds_is_handed_to_the_wipe():
-    """A held sidecar holds back its recording (a sidecar is never left alone on the
-    camera); a held recording is skipped; the rest go."""
-    from dockd.engine import _complete_groups
-
-    def rec(i, rel, role="recording"):
-        return Recording(id=i, serial="C", rel_path=rel, size=1, mtime_ns=1, role=role, state=RecState.VERIFIED)
-
-    recs = [rec(1, b"A.MP4"), rec(2, b"A.XML", "sidecar"), rec(3, b"B.MP4"), rec(4, b"C.MP4")]
-    primary_of = {b"A.XML": b"A.MP4"}
-    assert [r.id for r in _complete_groups(recs, primary_of)] == [1, 2, 3, 4]
-    assert [r.id for r in _complete_groups(recs, primary_of, {2, 3})] == [4]
-    assert [r.id for r in _complete_groups(recs, primary_of, {1})] == [2, 3, 4]
-
-
 def test_a_session_that_fails_inside_shows_attention_not_its_last_phase(make_cfg, camera, monkeypatch):
     """A bug (or a ledger that cannot be written) ends the session: the bay must say a
     human must look, not show "wiping" until the camera is pulled, and the error
