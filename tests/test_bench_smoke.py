@@ -40,7 +40,7 @@ def test_bench_tiny_run(tmp_path: Path) -> None:
         stdout, _ = proc.communicate()
     assert proc.returncode == 0, stdout[-4000:]
     text = (out / "RESULTS.md").read_text()
-    for row in ("| cat |", "| cp + sync |", "| sha256sum + age |", "rclone move crypt → local",
+    for row in ("| cat |", "| cp + sync |", "| age alone (no hashes, reference) |", "| sha256sum + age |", "rclone move crypt → local",
                 "dockd ingest → file://", "dockd spool stage", "## Several cameras at once",
                 "## Small files", "## Memory", "## Targets"):
         assert row in text, row
