@@ -47,6 +47,10 @@ MAX_SCAN_PASSES = 3
 SPOOL_WAIT_SECONDS = 2.0
 # the session error when the daemon, not the camera, ended a session; it resumes at the next start
 STOPPED_ERROR = "dockd stopped; resumes at the next start"
+# how long a session whose camera stopped answering waits for the source to report the undock
+# (a pull-out fails the camera's I/O a moment before udev says so); a camera still in its bay
+# after that has failed where it sits
+UNDOCK_GRACE_SECONDS = 5.0
 # recording states nothing more happens to in a session: what its wait for uploads ends on
 SETTLED = frozenset({RecState.VERIFIED, RecState.WIPED, RecState.ATTENTION, RecState.SUPERSEDED})
 
@@ -265,7 +269,9 @@ class Station:
         reader: threading.Semaphore | None = None,
     ) -> SessionOutcome:
         """``reader`` caps how many cameras are read at once (held while scanning
-        and spooling only; waiting for uploads holds no slot)."""
+        and spooling only; waiting for uploads holds no slot). A caller that passes
+        ``cancel`` sets it when the camera leaves its bay."""
+        watched = cancel is not None
         cancel = cancel or threading.Event()
         reader = reader or threading.Semaphore(1)
         profile = self.profiles.get(ev.profile)
@@ -286,6 +292,7 @@ class Station:
         refused: list[tuple[str, str]] = []
         recs: dict[int, Recording] = {}
         phase = Phase.DONE
+        camera_failed: str | None = None
         try:
             try:
                 root_dev: int | None = os.stat(ev.mount).st_dev
@@ -308,13 +315,20 @@ class Station:
             if cancel.is_set():
                 raise DeviceGoneError("camera undocked")
         except DeviceGoneError as exc:
-            phase = Phase.INTERRUPTED
             if self.stopping:
                 # not an undock: the ledger keeps the phase reached (the camera is still in its
                 # bay), and the next start interrupts it and opens a fresh session
+                phase = Phase.INTERRUPTED
                 live.last_error = STOPPED_ERROR
                 self.ledger.set_phase(sid, Phase(live.phase), error=STOPPED_ERROR)
+            elif watched and not cancel.wait(UNDOCK_GRACE_SECONDS):
+                # still in its bay: the camera failed where it sits (a failing card, a filesystem
+                # its helper gave up on). Nothing more is asked of it; the session ends below, in
+                # attention, and the bay says it is safe to undock, not "interrupted" for ever
+                camera_failed = str(exc)
+                log.emit(lg, "session.camera_failed", error=camera_failed)
             else:
+                phase = Phase.INTERRUPTED
                 live.last_error = str(exc)
                 live.phase = phase.value
                 self.ledger.set_phase(sid, Phase.INTERRUPTED, error=str(exc))
@@ -349,12 +363,14 @@ class Station:
                     continue          # reported once, as refused
                 if (r.name, r.last_error or r.state.value) not in failed:
                     failed.append((r.name, r.last_error or f"still {r.state.value}"))
-            phase = Phase.ATTENTION if (failed or refused) else Phase.DONE
+            phase = Phase.ATTENTION if (failed or refused or camera_failed) else Phase.DONE
             if release:
                 release()
             error = None
             if phase == Phase.ATTENTION:
                 error = f"{len(failed)} recording(s) not verified and wiped, {len(refused)} wipe(s) refused"
+                if camera_failed:
+                    error = f"camera failed: {camera_failed}; {error}"
             live.phase = phase.value
             live.safe_to_undock = True
             self.ledger.set_phase(sid, phase, error=error)

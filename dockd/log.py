@@ -40,6 +40,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "session.done": ("info", "every recording is verified and wiped; safe to undock", "camera, session, recordings, bytes"),
     "session.interrupted": ("warning", "the camera left before the session finished", "camera, session, error"),
     "session.attention": ("error", "a human must look at this camera", "camera, session, error"),
+    "session.camera_failed": ("error", "the camera's I/O failed while it stayed in its bay; the session ends in attention", "camera, session, error"),
     "scan.done": ("info", "recordings found on the camera", "camera, recordings, sidecars, bytes, ignored"),
     "scan.skipped": ("warning", "a camera entry was not read (symlink, special file, bad name...)", "camera, path, reason"),
     "recording.found": ("debug", "a new recording was recorded in the ledger", "camera, recording, size"),

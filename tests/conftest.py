@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +29,15 @@ FIXTURE_CAMERA = REPO / "fixtures" / "cameras" / "BWC0001"
 
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_logs() -> None:
+    log.configure("warning", "json")
+
+
+@pytest.fixture
+def logs() -> Any:
+    """The JSON log lines written so far (level info and up), as dicts."""
+    buf = io.StringIO()
+    log.configure("info", "json", stream=buf)
+    yield lambda: [json.loads(x) for x in buf.getvalue().splitlines() if x.startswith("{")]
     log.configure("warning", "json")
 
 

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import time
 
-import pytest
-
-from dockd import log
 from dockd.device.events import CameraDocked
 from dockd.engine import Station
 from dockd.hooks import HookRunner
@@ -21,14 +17,6 @@ with open(sys.argv[1], "a") as f:
     f.write(json.dumps({k: v for k, v in os.environ.items() if k.startswith("DOCKD_")} |
                        {"_has_secret": "SECRET_TOKEN" in os.environ}) + "\\n")
 """
-
-
-@pytest.fixture
-def logs():
-    buf = io.StringIO()
-    log.configure("info", "json", stream=buf)
-    yield lambda: [json.loads(x) for x in buf.getvalue().splitlines() if x.startswith("{")]
-    log.configure("warning", "json")
 
 
 def _wait(pred, timeout=10.0):

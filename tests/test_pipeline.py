@@ -468,6 +468,86 @@ def test_deletions_a_failed_flush_left_unconfirmed_are_confirmed_at_the_next_doc
     assert {r.object_key for r in recs2 if r.id in recordings} <= listed
 
 
+def _camera_eio_on_fsync(camera: Path, monkeypatch, then=None) -> None:
+    """The camera's card fails its flushes (EIO), as a failing card does; ``then`` runs at the first."""
+    import errno
+
+    real = os.fsync
+    cam_prefix = os.path.realpath(camera)
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(cam_prefix):
+            if then is not None:
+                then()
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_a_camera_that_fails_in_its_bay_ends_in_attention_and_says_safe_to_undock(
+        make_cfg, camera, monkeypatch, logs):
+    """The card fails (EIO) while the camera stays docked: no undock follows. The bay
+    must not say "interrupted" (not safe) until someone pulls it: the session ends in
+    attention with the card's error, the camera is released, the ledger still has it
+    docked, and nothing unproven is wiped. Docked again, it finishes."""
+    from dockd import engine as engine_mod
+    from dockd.status import SAFE_PHASES
+
+    monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 0.2)
+    _camera_eio_on_fsync(camera, monkeypatch)
+    released = []
+    cfg = make_cfg()
+    st = Station(cfg, policy=RetryPolicy.immediate(3), patient=False)
+    st.start()
+    try:
+        out = st.run_session(CameraDocked("BWC0001", "generic", camera), cancel=threading.Event(),
+                             release=lambda: released.append(True))
+        session = st.ledger.session(out.session_id)
+        recs = st.ledger.recordings(serial="BWC0001")
+        live = st.live["BWC0001"]
+    finally:
+        st.close()
+    monkeypatch.undo()
+    assert out.phase == Phase.ATTENTION and not out.ok and out.wiped == 0
+    assert session["phase"] in SAFE_PHASES and live.safe_to_undock
+    assert session["error"].startswith("camera failed: ") and "Input/output error" in session["error"]
+    assert session["undocked_at"] is None                      # it is still in its bay
+    assert released == [True]
+    assert recs and all(r.state == RecState.VERIFIED for r in recs)
+    lines = logs()
+    failed = [e for e in lines if e["event"] == "session.camera_failed"]
+    assert len(failed) == 1 and failed[0]["camera"] == "BWC0001"
+    assert [e["event"] for e in lines if e["event"].startswith("session.")][-1] == "session.attention"
+    assert not [e for e in lines if e["event"] == "session.interrupted"]
+
+    out2, recs2, _, _ = ingest(make_cfg(), camera)
+    assert out2.ok and all(r.state == RecState.WIPED for r in recs2)
+
+
+def test_a_camera_pulled_out_while_its_io_fails_is_interrupted(make_cfg, camera, monkeypatch):
+    """A pull-out fails the camera's I/O a moment before the source reports the undock:
+    when the undock follows within the grace, the session is interrupted, as before."""
+    from dockd import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 30)
+    cancel = threading.Event()
+    _camera_eio_on_fsync(camera, monkeypatch, then=lambda: threading.Timer(0.1, cancel.set).start())
+    cfg = make_cfg()
+    st = Station(cfg, policy=RetryPolicy.immediate(3), patient=False)
+    st.start()
+    try:
+        t0 = time.monotonic()
+        out = st.run_session(CameraDocked("BWC0001", "generic", camera), cancel=cancel)
+        waited = time.monotonic() - t0
+        session = st.ledger.session(out.session_id)
+    finally:
+        st.close()
+    assert out.phase == Phase.INTERRUPTED and out.wiped == 0
+    assert session["phase"] == "interrupted" and session["undocked_at"] is not None
+    assert waited < 25                                         # it went on at the undock, not the grace's end
+
+
 def test_a_file_gone_from_the_camera_that_no_wipe_began_to_delete_stays_verified(
         make_cfg, camera, tmp_path, monkeypatch):
     """Only dockd's own deletions are confirmed at the next dock: a verified recording
