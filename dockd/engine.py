@@ -293,6 +293,7 @@ class Station:
         recs: dict[int, Recording] = {}
         phase = Phase.DONE
         camera_failed: str | None = None
+        notes: dict[int, str] = {}          # recording id → what the manifest must say of it
         try:
             try:
                 root_dev: int | None = os.stat(ev.mount).st_dev
@@ -307,7 +308,10 @@ class Station:
                     break
                 failed.clear()
             self._set_phase(sid, live, Phase.WIPING, lg)
-            recs.update(self._deleted_unconfirmed(sid, ev, recs))
+            absent = self._deleted_unconfirmed(sid, ev, recs)
+            recs.update({r.id: r for r in self.ledger.get_many(absent)})
+            notes = {i: (f"not on the camera at this dock: the wipe of session {was} deleted it "
+                         "and could not confirm the deletion") for i, was in absent.items()}
             result = wipe(ev.mount, _complete_groups(self.ledger.get_many(recs), live.primary_of),
                           self.ledger, lg, root_dev)
             refused += [(r.name, why) for r, why in result.refused]
@@ -351,7 +355,7 @@ class Station:
                 self._docked.pop(ev.serial, None)
         final = self.ledger.get_many(recs)
         if phase != Phase.INTERRUPTED:
-            self._store_manifest(sid, final, lg)
+            self._store_manifest(sid, final, lg, notes)
             want = RecState.WIPED if self.cfg.wipe.after == "verified" else None
             not_done = [r for r in final if r.state not in (RecState.WIPED, RecState.VERIFIED)
                         or (want is not None and r.state != want)]
@@ -392,13 +396,14 @@ class Station:
             failed, refused, sum(r.size for r in final),
         )
 
-    def _deleted_unconfirmed(self, sid: int, ev: CameraDocked, recs: dict[int, Recording]) -> dict[int, Recording]:
+    def _deleted_unconfirmed(self, sid: int, ev: CameraDocked, recs: dict[int, Recording]) -> dict[int, int]:
         """This camera's recordings an earlier wipe began deleting (the ledger says so,
         durably, before any unlink) but never confirmed (the camera was pulled out, or
         failed its flush), whose files the scan no longer finds. Handed to this session's
         wipe, which finds each absent on this camera and records it wiped; this session
         takes them, and its manifest lists them. A file dockd never began deleting that
-        has gone (a camera formatted by hand) stays verified: dockd did not delete it."""
+        has gone (a camera formatted by hand) stays verified: dockd did not delete it.
+        Returns their ids, each with the session whose wipe began deleting it."""
         scanned = {r.rel_path for r in recs.values()}
         root = os.fsencode(ev.mount)
         gone: dict[int, Recording] = {}
@@ -413,7 +418,7 @@ class Station:
                 pass            # unreadable (EIO, EACCES): absence unproven, not ours to record
         if gone:
             self.ledger.claim(gone, sid)
-        return {r.id: r for r in self.ledger.get_many(gone)}
+        return {i: r.session_id for i, r in gone.items()}
 
     def _set_phase(self, sid: int, live: LiveSession, phase: Phase, lg: Any) -> None:
         if live.phase != phase.value:
@@ -612,13 +617,15 @@ class Station:
             self.uploader.wait_idle(pending, timeout=0.5)
             cancel.wait(0.05)
 
-    def _store_manifest(self, sid: int, recs: list[Recording], lg: Any) -> None:
+    def _store_manifest(self, sid: int, recs: list[Recording], lg: Any,
+                        notes: dict[int, str] | None = None) -> None:
         session = self.ledger.session(sid)
         if session is None:
             return
         head = self.ledger.events(limit=1)
         markers = {r.id: m for r in recs if (m := self.marker(r)) is not None}
         doc = manifest.build(self.cfg.station.id, session, recs, released_at=time.time(), markers=markers,
+                             notes=notes,
                              retention_class=self.cfg.store.retention_class,
                              signer=self.station_key.fingerprint,
                              audit_head={"event": head[-1]["id"], "hash": head[-1]["hash"]} if head else None)

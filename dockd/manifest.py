@@ -28,11 +28,15 @@ def iso(ts: float | None) -> str | None:
 def build(station: str, session: dict[str, Any], recs: Iterable[Recording],
           released_at: float | None = None, *, markers: Mapping[int, str] | None = None,
           retention_class: str | None = None, signer: str | None = None,
-          audit_head: Mapping[str, Any] | None = None) -> dict[str, Any]:
+          audit_head: Mapping[str, Any] | None = None,
+          notes: Mapping[int, str] | None = None) -> dict[str, Any]:
     """``markers``: recording id → the camera's event marker. ``signer``: the
     station key's fingerprint (a hint; the auditor's own copy of the key decides).
-    ``audit_head``: the ledger's last event when signed, anchoring its hash chain."""
+    ``audit_head``: the ledger's last event when signed, anchoring its hash chain.
+    ``notes``: recording id → what an auditor must be told of it beyond its state
+    (a ``note`` key, present only where there is one)."""
     markers = markers or {}
+    notes = notes or {}
     items = []
     for r in recs:
         item: dict[str, Any] = {
@@ -50,6 +54,8 @@ def build(station: str, session: dict[str, Any], recs: Iterable[Recording],
             "event_marker": markers.get(r.id),
             "retention_class": EVIDENTIAL if r.flagged else retention_class,
         }
+        if r.id in notes:
+            item["note"] = notes[r.id]
         if os.fsencode(r.name) != r.rel_path:   # name was escaped: keep the exact bytes too
             item["path_b64"] = base64.b64encode(r.rel_path).decode()
         items.append(item)

@@ -464,8 +464,17 @@ def test_deletions_a_failed_flush_left_unconfirmed_are_confirmed_at_the_next_doc
     assert len(done) == len(recordings)
     manifests = sorted((tmp_path / "store").rglob("*.manifest.json"))
     assert manifests, "the second session stores a manifest"
-    listed = {r["object_key"] for r in json_.loads(manifests[-1].read_text())["recordings"]}
+    items = json_.loads(manifests[-1].read_text())["recordings"]
+    listed = {r["object_key"] for r in items}
     assert {r.object_key for r in recs2 if r.id in recordings} <= listed
+    # and says where each came from: it was not on the camera at this dock
+    ours = {r.object_key for r in recs2 if r.id in recordings}
+    for item in items:
+        if item["object_key"] in ours:
+            assert item["note"] == (f"not on the camera at this dock: the wipe of session {out1.session_id} "
+                                    "deleted it and could not confirm the deletion")
+        else:
+            assert "note" not in item
 
 
 def _camera_eio_on_fsync(camera: Path, monkeypatch, then=None) -> None:
