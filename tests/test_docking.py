@@ -440,6 +440,51 @@ def test_pull_out_mid_copy_then_reattach_completes(rig):
     rig.assert_ingested(image, files, WIPED | {BIG})
 
 
+def test_camera_whose_filesystem_dies_in_its_bay_ends_in_attention_and_says_safe(rig):
+    """The camera's filesystem helper dies mid-copy while the camera stays in its bay
+    (the loop device stays attached, so no undock follows). The bay must not say
+    "interrupted, not safe" until someone pulls it: the session ends in attention with
+    the error, the dead mount is released, and `dockd status` says safe to undock.
+    Nothing is deleted; pulled out and docked again, the camera finishes."""
+    size = 400 * MiB
+    files = camera_files(**{BIG: size})
+    image = rig.image("cam", files)
+    with loopcam.tag_rule(label=rig.label, profile="generic", tag=rig.tag):
+        d = rig.daemon("udev")
+        cam = rig.attach(image)
+        d.wait("device.docked", device=cam.dev)
+        assert cam.dev
+        fuse = loopcam.wait_for(lambda: loopcam.holders(cam.dev), timeout=10)
+        loopcam.wait_for(lambda: 16 * MiB < partial_bytes(rig), timeout=60, interval=0.005)
+        if d.events("recording.spooled", recording=BIG):
+            pytest.fail("the big file was spooled before its filesystem could be killed")
+        for pid in fuse:
+            os.kill(pid, signal.SIGKILL)
+        failed = d.wait("session.camera_failed", timeout=60)
+        attention = d.wait("session.attention", timeout=30)
+        d.wait("device.released", timeout=30)
+        assert "camera failed: " in attention[0]["error"]
+        assert d.events("session.interrupted") == [] and d.events("wipe.done") == []
+        loopcam.wait_for(lambda: rig.mounts_under_mount_dir() == [], timeout=15)
+        bays = {b["session"]: b for b in rig.status()["bays"]}
+        bay = bays[failed[0]["session"]]
+        assert bay["phase"] == "attention" and bay["safe_to_undock"], bay
+        assert bay["last_error"].startswith("camera failed: ")
+        cam.detach()
+        loopcam.wait_detached(cam.dev, timeout=30)
+        d.wait("device.undocked", device=cam.dev, timeout=30)
+    assert loopcam.read_image(image) == materialise(files)       # nothing was deleted
+    drop_cache(image)
+    with loopcam.tag_rule(label=rig.label, profile="generic", tag=rig.tag):
+        again = rig.attach(image)
+        d.wait("device.docked", count=2, timeout=30, session=...)
+        d.wait("session.done", timeout=90)
+        d.wait("device.released", count=2, timeout=30)
+        d.stop()
+    again.detach()
+    rig.assert_ingested(image, files, WIPED | {BIG})
+
+
 def test_sigterm_mid_copy_then_restart_resumes(rig):
     # a daemon stop is not an undock: the camera stays, and the next start finishes it
     files = camera_files(**{BIG: 300 * MiB})
