@@ -180,39 +180,34 @@ def test_a_write_error_only_a_files_own_fd_sees_names_nothing(tmp_path, monkeypa
     assert set(os.listdir("/proc/self/fd")) == before       # the temp files' fds are closed
 
 
-def test_names_whose_directory_fsync_failed_are_not_proven_until_their_directory_is_synced(tmp_path, monkeypatch):
-    """A batch renamed its objects, then its directory fsync failed: the names may not
-    survive a power cut. verify refuses them while the directory cannot be synced,
-    and accepts them once it has been."""
+def test_names_whose_directory_fsync_failed_are_refused_until_put_again(tmp_path, monkeypatch):
     store, blobs = DirStore(tmp_path / "store"), _blobs(tmp_path, 2)
     real = ds.fsync_dir
     monkeypatch.setattr(ds, "fsync_dir", _eio)
     _failed_batch(store, blobs)
+    monkeypatch.setattr(ds, "fsync_dir", real)
     k, b = next(iter(blobs.items()))
     assert (tmp_path / "store" / k).exists()                 # renamed, but the name may not last
-    with pytest.raises(StoreError, match="making it durable"):
-        store.verify(k, b)                                   # the directory still fails
-    synced: list[str] = []
-    monkeypatch.setattr(ds, "fsync_dir", lambda d: (synced.append(str(d)), real(d)))
-    assert store.verify(k, b).sha256 == b.sha256
-    assert synced == [str((tmp_path / "store" / k).parent)]
+    with pytest.raises(ObjectMissingError, match="not made durable"):
+        store.verify(k, b)
+    store.put(k, b, MemoryCheckpoint())                      # put again, alone: fsynced
+    store.verify(k, b)
 
 
 def test_an_object_found_after_a_restart_is_made_durable_before_it_is_proven(tmp_path, monkeypatch):
     """After a crash or a restart, an object under its key was put by another process,
-    whose last flush may not have reached the disk: verify hashes it, then fsyncs it
-    and its directory; one that cannot be made durable is not proven."""
+    which may have died before its directory fsync: verify hashes it, then fsyncs its
+    directory; one whose name cannot be made durable is not proven."""
     blobs = _blobs(tmp_path, 1)
     k, b = next(iter(blobs.items()))
     DirStore(tmp_path / "store").put(k, b, MemoryCheckpoint())
     store = DirStore(tmp_path / "store")                    # a new process: nothing proven in memory
     path = tmp_path / "store" / k
     fsynced: list[str] = []
-    real_fsync_path, real_fsync_dir = ds.fsync_path, ds.fsync_dir
-    monkeypatch.setattr(ds, "fsync_path", lambda q, *a: (fsynced.append(("file", str(q))), real_fsync_path(q, *a)))
-    monkeypatch.setattr(ds, "fsync_dir", lambda q: (fsynced.append(("dir", str(q))), real_fsync_dir(q)))
+    real_fsync_dir = ds.fsync_dir
+    monkeypatch.setattr(ds, "fsync_dir", lambda q: (fsynced.append(str(q)), real_fsync_dir(q)))
     assert store.verify(k, b).size == b.size
-    assert fsynced == [("file", str(path)), ("dir", str(path.parent))]
+    assert fsynced == [str(path.parent)]
     monkeypatch.setattr(ds, "fsync_dir", _eio)
     with pytest.raises(StoreError, match="making it durable"):
         store.verify(k, b)

@@ -10,10 +10,13 @@ errors are collected through its own fd, open since before its writes, and
 only then is each renamed and each directory fsynced once. Before that no object
 of the batch has its name.
 
-``verify`` of an object this process did not put and settle (one from before a
-crash or a restart, or one whose directory fsync failed) fsyncs the file and its
-directory once its bytes are proven: a name that has not reached the disk would
-not survive a power cut, and an object is not proven until it would.
+An object whose directory fsync failed is refused by ``verify`` until it is put
+again: a second fsync after a failed one may report success without writing
+anything, so only a fresh rename and fsync can make that name durable. An object
+this process finds but did not put (left by an earlier one: a crash, a restart)
+has its directory fsynced by ``verify`` once its bytes are proven, since that
+process may have died before its own directory fsync. (Its bytes were durable
+before it had its name.)
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
-from ..fsutil import close_quietly, fsync_dir, fsync_path, make_durable
+from ..fsutil import close_quietly, fsync_dir, make_durable
 from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, ObjectInfo, Store, sha256_stream
 
 BLOCK = 1 << 20
@@ -96,6 +99,9 @@ class DirStore(Store):
         # key -> (inode, size, mtime_ns, sha256) of objects this process put and read back
         self._proven: dict[str, tuple[int, int, int, str]] = {}
         self._batch = threading.local()        # .pending: this thread's puts awaiting their flush
+        # keys renamed into place by a batch whose directory fsync failed: verify refuses
+        # them (the name may not survive a power cut) until they are put again
+        self._unsettled: dict[str, str] = {}
 
     @classmethod
     def from_url(cls, url: str) -> "DirStore":
@@ -170,6 +176,7 @@ class DirStore(Store):
 
     def _settled(self, key: str, proof: tuple[int, int, int, str]) -> None:
         with self._lock:
+            self._unsettled.pop(key, None)
             self._proven[key] = proof
             while len(self._proven) > MAX_PROOFS_KEPT:
                 self._proven.pop(next(iter(self._proven)))
@@ -189,8 +196,7 @@ class DirStore(Store):
     def _flush(self, pending: list["_Pending"]) -> None:
         """Make a batch's temp files durable (one ``syncfs``), then give them their
         names and fsync each directory once. If the flush fails no name is given;
-        if a directory fsync fails, the names given are not settled: ``verify``
-        fsyncs their directory again before it accepts them."""
+        if a directory fsync fails, its names are refused by ``verify`` until put again."""
         if not pending:
             return
         renamed: list[_Pending] = []
@@ -204,6 +210,9 @@ class DirStore(Store):
                     fsync_dir(d)
             except OSError as exc:
                 err = _classify(exc, f"flush of {len(pending)} objects")
+                with self._lock:
+                    for p in renamed:
+                        self._unsettled[p.key] = str(err)
                 for p in pending:
                     if p not in renamed:
                         with contextlib.suppress(OSError):   # a dead temp file: swept at the next start
@@ -240,11 +249,15 @@ class DirStore(Store):
     def verify(self, key: str, blob: Blob) -> ObjectInfo:
         """Size and SHA-256 of the object. An object this store put and read back,
         whose inode, size and mtime are unchanged since, is not hashed twice. Any
-        other is hashed, then made durable, file and name (see the module's doc)."""
+        other is hashed, then its name made durable (see the module's doc)."""
         path = self._path(key)
         with self._lock:
             proof = self._proven.pop(key, None)     # used once: a later verify hashes again
             self._remove_dead_temps(path)   # a crash mid-put, then "already there": no put follows
+            unsettled = self._unsettled.get(key)
+        if unsettled is not None:
+            # as good as absent: a power cut could lose the name, so it is put again
+            raise ObjectMissingError(f"{key}: its name was not made durable ({unsettled})")
         if proof is not None:
             try:
                 st = os.stat(path)
@@ -264,7 +277,6 @@ class DirStore(Store):
                 f"expected {blob.size} bytes sha256 {blob.sha256[:16]}"
             )
         try:
-            fsync_path(path)
             fsync_dir(path.parent)
         except FileNotFoundError:
             raise ObjectMissingError(f"{key}: not in store") from None
@@ -307,6 +319,7 @@ class DirStore(Store):
     def delete(self, key: str) -> None:
         with self._lock:
             self._proven.pop(key, None)
+            self._unsettled.pop(key, None)
         try:
             self._path(key).unlink(missing_ok=True)
         except OSError as exc:
