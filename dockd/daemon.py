@@ -137,9 +137,9 @@ class Daemon:
         if cur:
             cur[1].set()
             live: LiveSession | None = self.station.live.get(ev.serial)
-            if live is not None and not cur[0].is_alive():
-                # finished earlier: the ledger learns the bay is empty (a running session
-                # records its own interruption)
+            if live is not None and (live.safe_to_undock or not cur[0].is_alive()):
+                # done with the camera: the ledger learns the bay is empty (a session still
+                # working records its own interruption, or its end sees the undock)
                 self.station.ledger.mark_undocked(live.session_id)
 
     def _forget_previous_run(self) -> int:

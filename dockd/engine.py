@@ -319,13 +319,15 @@ class Station:
             if cancel.is_set():
                 raise DeviceGoneError("camera undocked")
         except DeviceGoneError as exc:
+            # a pull-out fails the camera's I/O a moment before its undock is reported
+            gone = not watched or self.stopping or cancel.wait(UNDOCK_GRACE_SECONDS)
             if self.stopping:
                 # not an undock: the ledger keeps the phase reached (the camera is still in its
                 # bay), and the next start interrupts it and opens a fresh session
                 phase = Phase.INTERRUPTED
                 live.last_error = STOPPED_ERROR
                 self.ledger.set_phase(sid, Phase(live.phase), error=STOPPED_ERROR)
-            elif watched and not cancel.wait(UNDOCK_GRACE_SECONDS):
+            elif not gone:
                 # still in its bay: the camera failed where it sits (a failing card, a filesystem
                 # its helper gave up on). Nothing more is asked of it; the session ends below, in
                 # attention, and the bay says it is safe to undock, not "interrupted" for ever
@@ -340,47 +342,24 @@ class Station:
                 self.ledger.mark_undocked(sid)
                 self._changed(live, phase.value)
         except Exception as exc:
-            # a bug, or a ledger that cannot be written: a human must look, and the bay must
-            # not show its last phase for ever. Nothing here touches the camera again (an
-            # unconfirmed deletion is confirmed at its next dock)
-            live.last_error = f"internal error: {exc}"
-            live.phase = Phase.ATTENTION.value
-            live.safe_to_undock = True
-            with contextlib.suppress(Exception):
-                self.ledger.set_phase(sid, Phase.ATTENTION, error=live.last_error)
-            self._changed(live, live.phase)
+            self._crashed(sid, live, exc, release)
             raise
         finally:
             with self._lock:
                 self._docked.pop(ev.serial, None)
-        final = self.ledger.get_many(recs)
-        if phase != Phase.INTERRUPTED:
-            self._store_manifest(sid, final, lg, notes)
-            want = RecState.WIPED if self.cfg.wipe.after == "verified" else None
-            not_done = [r for r in final if r.state not in (RecState.WIPED, RecState.VERIFIED)
-                        or (want is not None and r.state != want)]
-            if self.cfg.wipe.after == "spooled":
-                not_done = [r for r in final if not r.is_durable]
-            refused_names = {name for name, _why in refused}
-            for r in not_done:
-                if r.name in refused_names:
-                    continue          # reported once, as refused
-                if (r.name, r.last_error or r.state.value) not in failed:
-                    failed.append((r.name, r.last_error or f"still {r.state.value}"))
-            phase = Phase.ATTENTION if (failed or refused or camera_failed) else Phase.DONE
-            if release:
-                release()
-            error = None
-            if phase == Phase.ATTENTION:
-                error = f"{len(failed)} recording(s) not verified and wiped, {len(refused)} wipe(s) refused"
-                if camera_failed:
-                    error = f"camera failed: {camera_failed}; {error}"
-            live.phase = phase.value
-            live.safe_to_undock = True
-            self.ledger.set_phase(sid, phase, error=error)
-            log.emit(lg, f"session.{phase.value}", recordings=len(final),
-                     bytes=sum(r.size for r in final), error=error)
-            self._changed(live, phase.value)
+        released = False
+        try:
+            final = self.ledger.get_many(recs)
+            if phase != Phase.INTERRUPTED:
+                phase = self._finish(sid, live, final, lg, notes, failed, refused, camera_failed, release)
+                released = True
+        except Exception as exc:
+            self._crashed(sid, live, exc, None if released else release)
+            raise
+        if watched and cancel.is_set() and not self.stopping:
+            # pulled out after the session was done with the camera (or during its grace):
+            # the daemon skips a session still running, so the bay's emptiness is recorded here
+            self.ledger.mark_undocked(sid)
         # a settled recording's marker has done its work (object metadata, manifest): a daemon
         # that runs for months must not keep one for every recording it has ever seen
         for r in final:
@@ -395,6 +374,55 @@ class Station:
             sum(1 for r in final if r.state == RecState.WIPED),
             failed, refused, sum(r.size for r in final),
         )
+
+    def _crashed(self, sid: int, live: LiveSession, exc: Exception, release: Callable[[], None] | None) -> None:
+        """A bug, or a ledger that cannot be written: a human must look, and the bay must
+        not show its last phase for ever. The camera is released (synced, unmounted);
+        nothing else touches it again (an unconfirmed deletion is confirmed at its next
+        dock). The caller re-raises."""
+        live.last_error = f"internal error: {exc}"
+        live.phase = Phase.ATTENTION.value
+        with contextlib.suppress(Exception):
+            self.ledger.set_phase(sid, Phase.ATTENTION, error=live.last_error)
+        if release is not None:
+            with contextlib.suppress(Exception):
+                release()
+        live.safe_to_undock = True
+        self._changed(live, live.phase)
+
+    def _finish(self, sid: int, live: LiveSession, final: list[Recording], lg: Any, notes: dict[int, str],
+                failed: list[tuple[str, str]], refused: list[tuple[str, str]], camera_failed: str | None,
+                release: Callable[[], None] | None) -> Phase:
+        """A session that kept its camera to the end: its manifest, what was not done,
+        the camera released, and the phase it ends in (done or attention)."""
+        self._store_manifest(sid, final, lg, notes)
+        want = RecState.WIPED if self.cfg.wipe.after == "verified" else None
+        not_done = [r for r in final if r.state not in (RecState.WIPED, RecState.VERIFIED)
+                    or (want is not None and r.state != want)]
+        if self.cfg.wipe.after == "spooled":
+            not_done = [r for r in final if not r.is_durable]
+        refused_names = {name for name, _why in refused}
+        for r in not_done:
+            if r.name in refused_names:
+                continue          # reported once, as refused
+            if (r.name, r.last_error or r.state.value) not in failed:
+                failed.append((r.name, r.last_error or f"still {r.state.value}"))
+        phase = Phase.ATTENTION if (failed or refused or camera_failed) else Phase.DONE
+        if release:
+            release()
+        error = None
+        if phase == Phase.ATTENTION:
+            error = f"{len(failed)} recording(s) not verified and wiped, {len(refused)} wipe(s) refused"
+            if camera_failed:
+                error = f"camera failed: {camera_failed}; {error}"
+            live.last_error = error
+        live.phase = phase.value
+        live.safe_to_undock = True
+        self.ledger.set_phase(sid, phase, error=error)
+        log.emit(lg, f"session.{phase.value}", recordings=len(final),
+                 bytes=sum(r.size for r in final), error=error)
+        self._changed(live, phase.value)
+        return phase
 
     def _deleted_unconfirmed(self, sid: int, ev: CameraDocked, recs: dict[int, Recording]) -> dict[int, int]:
         """This camera's recordings an earlier wipe began deleting (the ledger says so,
@@ -651,7 +679,7 @@ class Station:
                                      sha256=hashlib.sha256(data).hexdigest(), signature=sig_key,
                                      signer=self.station_key.fingerprint)
             log.emit(lg, "manifest.uploaded", key=key, signer=self.station_key.fingerprint)
-        except DockdError as exc:
+        except (DockdError, OSError) as exc:      # OSError: the manifest's spool copy (a full disk)
             log.emit(lg, "manifest.failed", error=str(exc))
         finally:
             path.unlink(missing_ok=True)

@@ -557,6 +557,105 @@ def test_a_camera_pulled_out_while_its_io_fails_is_interrupted(make_cfg, camera,
     assert waited < 25                                         # it went on at the undock, not the grace's end
 
 
+def test_a_daemon_stopping_during_the_grace_is_not_an_undock(make_cfg, camera, monkeypatch):
+    """The daemon stops (stopping, then every session's cancel) while a session waits to
+    learn whether its camera left: the camera is still in its bay, so the session keeps
+    the phase it reached and is not recorded undocked (the next start resumes it)."""
+    from dockd import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 30)
+    cancel = threading.Event()
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+
+    def stop() -> None:                     # what the daemon's shutdown does
+        st.stopping = True
+        cancel.set()
+
+    _camera_eio_on_fsync(camera, monkeypatch, then=lambda: threading.Timer(0.2, stop).start())
+    st.start()
+    try:
+        out = st.run_session(CameraDocked("BWC0001", "generic", camera), cancel=cancel)
+        session = st.ledger.session(out.session_id)
+    finally:
+        st.close()
+    assert session["undocked_at"] is None and session["phase"] == "wiping"
+    assert session["error"] == engine_mod.STOPPED_ERROR
+
+
+def test_a_camera_pulled_out_as_its_session_ends_is_recorded_undocked(make_cfg, camera):
+    """The undock arrives while the session is finishing (storing its manifest): the
+    daemon leaves a running session to record it, so the session's end does."""
+    cancel = threading.Event()
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    real = st._store_manifest
+
+    def store_manifest(*a, **k):
+        cancel.set()                        # pulled out now
+        return real(*a, **k)
+
+    st._store_manifest = store_manifest
+    st.start()
+    try:
+        out = st.run_session(CameraDocked("BWC0001", "generic", camera), cancel=cancel)
+        session = st.ledger.session(out.session_id)
+    finally:
+        st.close()
+    assert out.phase == Phase.DONE and session["undocked_at"] is not None
+
+
+def test_a_session_whose_end_fails_still_releases_the_camera_and_says_safe(make_cfg, camera, monkeypatch):
+    """Something fails after the wipe (here, marking the session done): the camera is
+    released all the same, the bay says attention and safe, and the error reaches the
+    caller."""
+    released = []
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    real = st.ledger.set_phase
+
+    def set_phase(sid, phase, **k):
+        if phase in (Phase.DONE, Phase.ATTENTION) and "internal error" not in (k.get("error") or ""):
+            raise RuntimeError("disk I/O error")
+        return real(sid, phase, **k)
+
+    monkeypatch.setattr(st.ledger, "set_phase", set_phase)
+    st.start()
+    try:
+        with pytest.raises(RuntimeError, match="disk I/O error"):
+            st.run_session(CameraDocked("BWC0001", "generic", camera), release=lambda: released.append(True))
+        live = st.live["BWC0001"]
+        session = st.ledger.session(live.session_id)
+    finally:
+        st.close()
+    assert released                                            # released once or twice: idempotent
+    assert live.safe_to_undock and live.phase == "attention" and "disk I/O error" in live.last_error
+    assert session["phase"] == "attention"
+
+
+def test_a_manifest_that_cannot_be_written_to_the_spool_does_not_end_the_session(make_cfg, camera, monkeypatch,
+                                                                                 logs):
+    """A full spool disk while the manifest is written: the manifest fails (logged),
+    the session still ends, releases its camera and says so."""
+    import errno
+    from pathlib import Path as P
+
+    real = P.write_bytes
+
+    def write_bytes(self, data):
+        if self.name.startswith("manifest-"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, data)
+
+    monkeypatch.setattr(P, "write_bytes", write_bytes)
+    released = []
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    st.start()
+    try:
+        out = st.run_session(CameraDocked("BWC0001", "generic", camera), release=lambda: released.append(True))
+    finally:
+        st.close()
+    assert out.phase == Phase.DONE and released == [True]
+    assert [e for e in logs() if e["event"] == "manifest.failed"]
+
+
 def test_a_file_gone_from_the_camera_that_no_wipe_began_to_delete_stays_verified(
         make_cfg, camera, tmp_path, monkeypatch):
     """Only dockd's own deletions are confirmed at the next dock: a verified recording
