@@ -370,14 +370,17 @@ class Ledger:
 
     def upsert_found(self, serial: str, session_id: int, profile: str, rel_path: bytes,
                      size: int, mtime_ns: int, role: str, flagged: bool = False) -> Recording:
-        """Record a file seen on the camera; an already-known identity keeps its state."""
+        """Record a file seen on the camera; an already-known identity keeps its state.
+        A file seen is not deleted: a note that a wipe began deleting it is withdrawn
+        (its unlink never reached the camera), so no later absence is taken for that
+        wipe's, and the note never names a session other than the one that wrote it."""
         now = time.time()
         with self.tx() as db:
             db.execute(
                 "INSERT INTO recordings(serial, rel_path, size, mtime_ns, role, profile, session_id,"
                 " state, flagged, created_at, updated_at) VALUES(?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT(serial, rel_path, size, mtime_ns) DO UPDATE SET"
-                " session_id=excluded.session_id, flagged=MAX(flagged, excluded.flagged)",
+                " session_id=excluded.session_id, flagged=MAX(flagged, excluded.flagged), wipe_started=NULL",
                 (serial, rel_path, size, mtime_ns, role, profile, session_id,
                  RecState.FOUND.value, int(flagged), now, now),
             )

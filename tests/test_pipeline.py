@@ -701,6 +701,29 @@ def test_an_unreadable_path_is_not_taken_for_a_deletion(make_cfg, camera, tmp_pa
         st.close()
 
 
+def test_a_file_a_later_dock_still_finds_is_no_longer_noted_for_deletion(make_cfg, camera):
+    """A wipe noted a file, but its unlink never reached the card: the next dock's scan
+    finds it. That note is withdrawn there, so if the file later vanishes some other
+    way, dockd does not record it wiped, nor name a session that did not delete it."""
+    from dockd.device.events import CameraDocked as Docked
+
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    try:
+        st.start()
+        a = st.ledger.open_session("CAMX", "generic", str(camera), None, None, {})
+        rec = _verify(st.ledger, a, b"DCIM/KEPT.MP4", 5, 1)
+        st.ledger.mark_wipe_started([rec.id])                  # session A's wipe, cut short
+        assert [r.id for r in st.ledger.unconfirmed_wipes("CAMX")] == [rec.id]
+        b = st.ledger.open_session("CAMX", "generic", str(camera), None, None, {})
+        st.ledger.upsert_found("CAMX", b, "generic", b"DCIM/KEPT.MP4", 5, 1, "recording")   # B sees it
+        assert st.ledger.unconfirmed_wipes("CAMX") == []
+        c = st.ledger.open_session("CAMX", "generic", str(camera), None, None, {})
+        assert st._deleted_unconfirmed(c, Docked("CAMX", "generic", camera), {}) == {}   # gone since: not ours
+        assert st.ledger.get(rec.id).state == RecState.VERIFIED
+    finally:
+        st.close()
+
+
 def test_wipe_after_spooled_does_not_hold_the_camera_for_refused_credentials(make_cfg, camera, tmp_path,
                                                                             monkeypatch):
     """With ``wipe.after = "spooled"`` a camera is done once its recordings are safe in
