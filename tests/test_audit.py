@@ -247,13 +247,17 @@ def test_a_ledger_from_before_wipe_intents_is_migrated_and_keeps_its_chain(tmp_p
     monkeypatch.setattr(L, "SCHEMA_VERSION", 1)
     old = L.Ledger(path)
     sid = old.open_session("CAMX", "generic", "/mnt", None, None, {})
-    rec = old.upsert_found("CAMX", sid, "generic", b"DCIM/A.MP4", 1, 1, "recording")
+    with old.tx() as db:                                  # the row as v1 wrote it (v1's own SQL)
+        rec_id = db.execute(
+            "INSERT INTO recordings(serial, rel_path, size, mtime_ns, role, profile, session_id, state,"
+            " flagged, created_at, updated_at) VALUES('CAMX', ?, 1, 1, 'recording', 'generic', ?, 'found',"
+            " 0, 0, 0)", (b"DCIM/A.MP4", sid)).lastrowid
     old.close()
     monkeypatch.undo()
     led = L.Ledger(path)
     assert led.schema_version == len(v2) == 2
-    assert led.get(rec.id).state == RecState.FOUND and led.verify_chain() >= 1
-    led.mark_wipe_started([rec.id])                       # the new column is there (a no-op: not verified)
+    assert led.get(rec_id).state == RecState.FOUND and led.verify_chain() >= 1
+    led.mark_wipe_started([rec_id])                       # the new column is there (a no-op: not verified)
     assert led.unconfirmed_wipes("CAMX") == []
     led.close()
     monkeypatch.setattr(L, "MIGRATIONS", v2[:1])
