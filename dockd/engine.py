@@ -319,8 +319,10 @@ class Station:
             if cancel.is_set():
                 raise DeviceGoneError("camera undocked")
         except DeviceGoneError as exc:
-            # a pull-out fails the camera's I/O a moment before its undock is reported
-            gone = not watched or self.stopping or cancel.wait(UNDOCK_GRACE_SECONDS)
+            # a pull-out fails the camera's I/O a moment before its undock is reported; a
+            # device node the kernel has removed is gone whether or not that report came
+            gone = (not watched or self.stopping or cancel.wait(UNDOCK_GRACE_SECONDS)
+                    or (ev.device is not None and not os.path.exists(ev.device)))
             if self.stopping:
                 # not an undock: the ledger keeps the phase reached (the camera is still in its
                 # bay), and the next start interrupts it and opens a fresh session

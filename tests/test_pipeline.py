@@ -557,6 +557,25 @@ def test_a_camera_pulled_out_while_its_io_fails_is_interrupted(make_cfg, camera,
     assert waited < 25                                         # it went on at the undock, not the grace's end
 
 
+def test_a_camera_whose_device_node_is_gone_is_interrupted_without_its_undock_report(
+        make_cfg, camera, monkeypatch):
+    """The undock report is late (a busy udev), but the kernel has removed the camera's
+    device node: it was pulled out, not failed in its bay."""
+    from dockd import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 0.2)
+    _camera_eio_on_fsync(camera, monkeypatch)
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    st.start()
+    try:
+        out = st.run_session(CameraDocked("BWC0001", "generic", camera, device=str(camera.parent / "sdz1")),
+                             cancel=threading.Event())
+        session = st.ledger.session(out.session_id)
+    finally:
+        st.close()
+    assert out.phase == Phase.INTERRUPTED and session["undocked_at"] is not None
+
+
 def test_a_daemon_stopping_during_the_grace_is_not_an_undock(make_cfg, camera, monkeypatch):
     """The daemon stops (stopping, then every session's cancel) while a session waits to
     learn whether its camera left: the camera is still in its bay, so the session keeps
