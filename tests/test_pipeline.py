@@ -16,7 +16,7 @@ from dockd.age import decrypt
 from dockd.config import StoreConfig, WipeConfig
 from dockd.device.events import CameraDocked
 from dockd.engine import Station, spool_order
-from dockd.errors import PermanentStoreError, StoreAuthError
+from dockd.errors import DeviceGoneError, PermanentStoreError, StoreAuthError
 from dockd.model import Phase, RecState, Recording
 from dockd.store.retry import RetryPolicy
 
@@ -329,7 +329,6 @@ def test_growing_file_is_never_spooled_as_whole(make_cfg, tmp_path):
 def test_wipe_never_trusts_absence_on_a_mount_point_that_lost_its_camera(make_cfg, tmp_path):
     """After a pull-out, a lazily unmounted mount point shows the empty directory
     beneath it: every file looks 'already absent'. That must not count as wiped."""
-    from dockd.errors import DeviceGoneError
     from dockd.ledger import Ledger
     from dockd.pipeline.wipe import wipe
     from dockd import log as dlog
@@ -397,7 +396,6 @@ def test_wipe_confirms_nothing_when_the_camera_fails_its_flush(tmp_path, monkeyp
     """A deletion the camera did not make durable (its media failing, or pulled out
     during the flush) is not recorded as wiped: the bay must not say safe."""
     import errno
-    from dockd.errors import DeviceGoneError
     from dockd.pipeline import wipe as wipe_mod
     from dockd import log as dlog
 
@@ -805,6 +803,35 @@ def test_a_wipe_notes_only_the_files_it_deletes(tmp_path, monkeypatch):
     assert [r.id for r in res.wiped] == [gone.id]
     assert [r.id for r, _ in res.refused] == [recs[1].id] and [r.id for r, _ in res.failed] == [recs[2].id]
     assert ledger.unconfirmed_wipes("CAMX") == []          # neither is taken for a deletion later
+
+
+def test_a_wipe_cut_short_notes_only_the_unlinks_it_tried(tmp_path, monkeypatch):
+    """The camera leaves in the middle of the unlinks: the files after that point were
+    never touched, and their notes are withdrawn. Only the files already unlinked, and
+    the one whose unlink failed with the camera (it may have landed), stay noted for
+    the next dock to confirm; a camera formatted by hand before then does not have the
+    untouched files recorded wiped."""
+    import errno
+    from dockd.pipeline import wipe as wipe_mod
+    from dockd import log as dlog
+
+    cam, ledger, first = _verified_on_camera(tmp_path)
+    recs = [first]
+    for n in range(2, 5):
+        f = cam / "DCIM" / f"F{n}.MP4"
+        f.write_bytes(b"y" * n)
+        st_ = f.stat()
+        recs.append(_verify(ledger, first.session_id, f"DCIM/F{n}.MP4".encode(), st_.st_size, st_.st_mtime_ns,
+                            f"k{n}"))
+    order = [r.id for r in sorted(recs, key=lambda r: r.role != "sidecar")]
+    monkeypatch.setattr(os, "unlink", _failing_for(os.unlink, "F3.MP4", errno.ENOTCONN))
+    with pytest.raises(DeviceGoneError):
+        wipe_mod.wipe(cam, recs, ledger, dlog.get(), root_dev=os.stat(cam).st_dev)
+    by_id = {r.id: r for r in recs}
+    cut = order.index(next(r.id for r in recs if r.name.endswith("F3.MP4")))
+    noted = {r.id for r in ledger.unconfirmed_wipes("CAMX")}
+    assert noted == set(order[:cut + 1]), [by_id[i].name for i in noted]
+    assert all(ledger.get(i).state == RecState.VERIFIED for i in order)
 
 
 def test_a_session_that_fails_inside_shows_attention_not_its_last_phase(make_cfg, camera, monkeypatch):

@@ -16,6 +16,7 @@ docked again (the engine hands the wipe such recordings, which no scan finds).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from dataclasses import dataclass, field
@@ -100,20 +101,29 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
     dirs: set[bytes] = set()
     unlinked: list[tuple[Recording, bytes]] = []
     kept: list[int] = []                # noted, but not deleted: the note is withdrawn
-    for rec, path, lg in doomed:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            _same_camera(root_b, root_dev)
-        except OSError as exc:
-            if exc.errno in GONE_ERRNOS:
-                raise DeviceGoneError(f"camera gone during wipe: {exc.strerror}") from exc
-            result.failed.append((rec, exc.strerror or str(exc)))
-            log.emit(lg, "wipe.failed", error=exc.strerror)
-            kept.append(rec.id)
-            continue
-        dirs.add(os.path.dirname(path))
-        unlinked.append((rec, path))
+    i = -1
+    try:
+        for i, (rec, path, lg) in enumerate(doomed):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                _same_camera(root_b, root_dev)
+            except OSError as exc:
+                if exc.errno in GONE_ERRNOS:
+                    raise DeviceGoneError(f"camera gone during wipe: {exc.strerror}") from exc
+                result.failed.append((rec, exc.strerror or str(exc)))
+                log.emit(lg, "wipe.failed", error=exc.strerror)
+                kept.append(rec.id)
+                continue
+            dirs.add(os.path.dirname(path))
+            unlinked.append((rec, path))
+    except DeviceGoneError:
+        # the unlinks never tried deleted nothing: their notes are withdrawn, so a camera
+        # formatted by hand before its next dock does not have those files recorded wiped
+        # (best effort: the ledger may be what failed, and a kept note is the old answer)
+        with contextlib.suppress(Exception):
+            ledger.clear_wipe_started([rec.id for rec, _p, _l in doomed[i + 1:]] + kept)
+        raise
     for d in dirs:
         _fsync_dir(d)
     if unlinked:
