@@ -194,6 +194,23 @@ def test_names_whose_directory_fsync_failed_are_refused_until_put_again(tmp_path
     store.verify(k, b)
 
 
+def test_a_single_put_whose_directory_fsync_failed_is_refused_until_put_again(tmp_path, monkeypatch):
+    """Outside a batch (a manifest, say) the same rule holds: renamed, but its directory
+    fsync failed, so its name may not last."""
+    store, blobs = DirStore(tmp_path / "store"), _blobs(tmp_path, 1)
+    k, b = next(iter(blobs.items()))
+    real = ds.fsync_dir
+    monkeypatch.setattr(ds, "fsync_dir", _eio)
+    with pytest.raises(StoreError):
+        store.put(k, b, MemoryCheckpoint())
+    monkeypatch.setattr(ds, "fsync_dir", real)
+    assert (tmp_path / "store" / k).exists()
+    with pytest.raises(ObjectMissingError, match="not made durable"):
+        store.verify(k, b)
+    store.put(k, b, MemoryCheckpoint())
+    store.verify(k, b)
+
+
 def test_an_object_found_after_a_restart_is_made_durable_before_it_is_proven(tmp_path, monkeypatch):
     """After a crash or a restart, an object under its key was put by another process,
     which may have died before its directory fsync: verify hashes it, then fsyncs its

@@ -16,7 +16,9 @@ anything, so only a fresh rename and fsync can make that name durable. An object
 this process finds but did not put (left by an earlier one: a crash, a restart)
 has its directory fsynced by ``verify`` once its bytes are proven, since that
 process may have died before its own directory fsync. (Its bytes were durable
-before it had its name.)
+before it had its name.) The refusal is kept in memory: after a restart, a name
+whose directory fsync failed before it is fsynced again like any other, and a
+filesystem that dropped the first error may report that second fsync a success.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ class DirStore(Store):
         # unique per call: two recordings with identical content share a key
         tmp = dest.with_name(f"{TMP_PREFIX}{dest.name}.{uuid.uuid4().hex[:12]}")
         pending: list[_Pending] | None = getattr(self._batch, "pending", None)
-        deferred = False
+        deferred = named = False
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             with self._lock:
@@ -164,11 +166,16 @@ class DirStore(Store):
                 if not deferred:
                     os.close(fd)
             os.replace(tmp, dest)
+            named = True
             fsync_dir(dest.parent)
             self._settled(key, (st.st_ino, st.st_size, st.st_mtime_ns, digest))
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise _classify(exc, f"put {key}") from exc
+            err = _classify(exc, f"put {key}")
+            if named:                           # its name may not last: refused until put again
+                with self._lock:
+                    self._unsettled[key] = str(err)
+            raise err from exc
         finally:
             if not deferred:
                 with self._lock:
