@@ -130,10 +130,13 @@ class Daemon:
         t.start()
 
     def _undocked(self, ev: CameraUndocked) -> None:
-        with self._present_lock:
-            self._present.discard(ev.serial)
         cur = self.sessions.get(ev.serial)
         log.emit(self.log.bind(camera=ev.serial), "device.undocked", device=ev.device)
+        if cur and ev.device and cur[2].device and ev.device != cur[2].device:
+            # another device carrying the same serial left: the camera served is still here
+            return
+        with self._present_lock:
+            self._present.discard(ev.serial)
         if cur:
             cur[1].set()
             live: LiveSession | None = self.station.live.get(ev.serial)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -150,3 +151,25 @@ def test_bad_config_on_reload_keeps_running(tmp_path, identity, notify_sock):
     finally:
         d.kill()
     assert rc == 0 and took < 5
+
+
+def test_the_undock_of_another_device_with_the_same_serial_leaves_the_session_alone(make_cfg, tmp_path):
+    """Two devices carry one serial (a clash the mounter names apart): the one that
+    leaves must not cancel, or mark undocked, the session of the one still docked."""
+    from dockd.daemon import Daemon
+    from dockd.device.events import CameraDocked, CameraUndocked
+
+    d = Daemon(None, make_cfg())
+    try:
+        cancel = threading.Event()
+        alive = threading.Thread(target=cancel.wait, daemon=True)
+        alive.start()
+        d.sessions["CAMX"] = (alive, cancel, CameraDocked("CAMX", "generic", tmp_path, device="/dev/sdb1"))
+        d._present.add("CAMX")
+        d._undocked(CameraUndocked("CAMX", device="/dev/sdc1"))
+        assert not cancel.is_set() and d.present_cameras() == {"CAMX"}
+        d._undocked(CameraUndocked("CAMX", device="/dev/sdb1"))
+        assert cancel.is_set() and d.present_cameras() == set()
+    finally:
+        cancel.set()
+        d.station.close()
