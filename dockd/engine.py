@@ -273,6 +273,7 @@ class Station:
         ``cancel`` sets it when the camera leaves its bay."""
         watched = cancel is not None
         cancel = cancel or threading.Event()
+        release = _once(release)
         reader = reader or threading.Semaphore(1)
         profile = self.profiles.get(ev.profile)
         lg = self.log.bind(camera=ev.serial)
@@ -308,55 +309,60 @@ class Station:
                     break
                 failed.clear()
             self._set_phase(sid, live, Phase.WIPING, lg)
-            absent = self._deleted_unconfirmed(sid, ev, recs)
+            absent = self._deleted_unconfirmed(ev, recs)
             recs.update({r.id: r for r in self.ledger.get_many(absent)})
             notes = {i: (f"not on the camera at this dock: the wipe of session {was} deleted it "
                          "and could not confirm the deletion") for i, was in absent.items()}
             result = wipe(ev.mount, _complete_groups(self.ledger.get_many(recs), live.primary_of),
                           self.ledger, lg, root_dev)
+            # only now: a wipe that stopped before confirming them leaves them to the session
+            # whose wipe deleted them, which the next dock's note must still name
+            self.ledger.claim([r.id for r in result.wiped if r.id in absent], sid)
             refused += [(r.name, why) for r, why in result.refused]
             failed += [(r.name, why) for r, why in result.failed]
             if cancel.is_set():
                 raise DeviceGoneError("camera undocked")
         except DeviceGoneError as exc:
-            # a pull-out fails the camera's I/O a moment before its undock is reported; a
-            # device node the kernel has removed is gone whether or not that report came
-            gone = (not watched or self.stopping or cancel.wait(UNDOCK_GRACE_SECONDS)
-                    or (ev.device is not None and not os.path.exists(ev.device)))
-            if self.stopping:
-                # not an undock: the ledger keeps the phase reached (the camera is still in its
-                # bay), and the next start interrupts it and opens a fresh session
-                phase = Phase.INTERRUPTED
-                live.last_error = STOPPED_ERROR
-                self.ledger.set_phase(sid, Phase(live.phase), error=STOPPED_ERROR)
-            elif not gone:
-                # still in its bay: the camera failed where it sits (a failing card, a filesystem
-                # its helper gave up on). Nothing more is asked of it; the session ends below, in
-                # attention, and the bay says it is safe to undock, not "interrupted" for ever
-                camera_failed = str(exc)
-                log.emit(lg, "session.camera_failed", error=camera_failed)
-            else:
-                phase = Phase.INTERRUPTED
-                live.last_error = str(exc)
-                live.phase = phase.value
-                self.ledger.set_phase(sid, Phase.INTERRUPTED, error=str(exc))
-                log.emit(lg, "session.interrupted", error=str(exc))
-                self.ledger.mark_undocked(sid)
-                self._changed(live, phase.value)
+            try:
+                # a pull-out fails the camera's I/O a moment before its undock is reported; a
+                # device node the kernel has removed is gone whether or not that report came
+                gone = (not watched or self.stopping or cancel.wait(UNDOCK_GRACE_SECONDS)
+                        or (ev.device is not None and not os.path.exists(ev.device)))
+                if self.stopping:
+                    # not an undock: the ledger keeps the phase reached (the camera is still in its
+                    # bay), and the next start interrupts it and opens a fresh session
+                    phase = Phase.INTERRUPTED
+                    live.last_error = STOPPED_ERROR
+                    self.ledger.set_phase(sid, Phase(live.phase), error=STOPPED_ERROR)
+                elif not gone:
+                    # still in its bay: the camera failed where it sits (a failing card, a filesystem
+                    # its helper gave up on). Nothing more is asked of it; the session ends below, in
+                    # attention, and the bay says it is safe to undock, not "interrupted" for ever
+                    camera_failed = str(exc)
+                    log.emit(lg, "session.camera_failed", error=camera_failed)
+                else:
+                    phase = Phase.INTERRUPTED
+                    live.last_error = str(exc)
+                    live.phase = phase.value
+                    self.ledger.set_phase(sid, Phase.INTERRUPTED, error=str(exc))
+                    log.emit(lg, "session.interrupted", error=str(exc))
+                    self.ledger.mark_undocked(sid)
+                    self._changed(live, phase.value)
+            except Exception as inner:     # the ledger failed recording it: as in the middle
+                self._crashed(sid, live, inner, release)
+                raise
         except Exception as exc:
             self._crashed(sid, live, exc, release)
             raise
         finally:
             with self._lock:
                 self._docked.pop(ev.serial, None)
-        released = False
         try:
             final = self.ledger.get_many(recs)
             if phase != Phase.INTERRUPTED:
                 phase = self._finish(sid, live, final, lg, notes, failed, refused, camera_failed, release)
-                released = True
         except Exception as exc:
-            self._crashed(sid, live, exc, None if released else release)
+            self._crashed(sid, live, exc, release)
             raise
         if watched and cancel.is_set() and not self.stopping:
             # pulled out after the session was done with the camera (or during its grace):
@@ -426,14 +432,15 @@ class Station:
         self._changed(live, phase.value)
         return phase
 
-    def _deleted_unconfirmed(self, sid: int, ev: CameraDocked, recs: dict[int, Recording]) -> dict[int, int]:
+    def _deleted_unconfirmed(self, ev: CameraDocked, recs: dict[int, Recording]) -> dict[int, int]:
         """This camera's recordings an earlier wipe began deleting (the ledger says so,
         durably, before any unlink) but never confirmed (the camera was pulled out, or
         failed its flush), whose files the scan no longer finds. Handed to this session's
         wipe, which finds each absent on this camera and records it wiped; this session
-        takes them, and its manifest lists them. A file dockd never began deleting that
-        has gone (a camera formatted by hand) stays verified: dockd did not delete it.
-        Returns their ids, each with the session whose wipe began deleting it."""
+        takes those (see run_session), and its manifest lists them. A file dockd never
+        began deleting that has gone (a camera formatted by hand) stays verified: dockd
+        did not delete it. Returns their ids, each with the session whose wipe began
+        deleting it."""
         scanned = {r.rel_path for r in recs.values()}
         root = os.fsencode(ev.mount)
         gone: dict[int, Recording] = {}
@@ -446,8 +453,6 @@ class Station:
                 gone[r.id] = r
             except OSError:
                 pass            # unreadable (EIO, EACCES): absence unproven, not ours to record
-        if gone:
-            self.ledger.claim(gone, sid)
         return {i: r.session_id for i, r in gone.items()}
 
     def _set_phase(self, sid: int, live: LiveSession, phase: Phase, lg: Any) -> None:
@@ -686,6 +691,19 @@ class Station:
         finally:
             path.unlink(missing_ok=True)
             sig_path.unlink(missing_ok=True)
+
+
+def _once(fn: Callable[[], None] | None) -> Callable[[], None] | None:
+    """``fn``, run at most once however often it is called: a camera is released once."""
+    if fn is None:
+        return None
+    called: list[bool] = []
+
+    def once() -> None:
+        if not called:
+            called.append(True)
+            fn()
+    return once
 
 
 def spool_order(rec: Recording) -> tuple[bool, int, bytes]:

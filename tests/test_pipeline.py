@@ -642,9 +642,55 @@ def test_a_session_whose_end_fails_still_releases_the_camera_and_says_safe(make_
         session = st.ledger.session(live.session_id)
     finally:
         st.close()
-    assert released                                            # released once or twice: idempotent
+    assert released == [True]                                  # once, though two steps asked
     assert live.safe_to_undock and live.phase == "attention" and "disk I/O error" in live.last_error
     assert session["phase"] == "attention"
+
+
+def test_a_ledger_failing_as_the_camera_leaves_still_ends_safe(make_cfg, camera, monkeypatch):
+    """The camera fails, and recording its interruption fails too (the ledger's disk):
+    the session ends as any failure inside it does, attention, released, safe."""
+    _camera_eio_on_fsync(camera, monkeypatch)
+    released = []
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    real = st.ledger.set_phase
+
+    def set_phase(sid, phase, **k):
+        if phase == Phase.INTERRUPTED:
+            raise RuntimeError("disk I/O error")
+        return real(sid, phase, **k)
+
+    monkeypatch.setattr(st.ledger, "set_phase", set_phase)
+    st.start()
+    try:
+        with pytest.raises(RuntimeError, match="disk I/O error"):
+            st.run_session(CameraDocked("BWC0001", "generic", camera), release=lambda: released.append(True))
+        live = st.live["BWC0001"]
+    finally:
+        st.close()
+    assert released == [True] and live.safe_to_undock and live.phase == "attention"
+
+
+def test_a_camera_failing_in_its_bay_with_its_device_node_present_ends_in_attention(
+        make_cfg, camera, tmp_path, monkeypatch):
+    """The device node is still there (the kernel has not removed the camera) and no
+    undock came: the camera failed in its bay."""
+    from dockd import engine as engine_mod
+
+    node = tmp_path / "sdz1"
+    node.write_bytes(b"")
+    monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 0.2)
+    _camera_eio_on_fsync(camera, monkeypatch)
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    st.start()
+    try:
+        out = st.run_session(CameraDocked("BWC0001", "generic", camera, device=str(node)),
+                             cancel=threading.Event())
+        session = st.ledger.session(out.session_id)
+    finally:
+        st.close()
+    assert out.phase == Phase.ATTENTION and session["undocked_at"] is None
+    assert session["error"].startswith("camera failed: ")
 
 
 def test_a_manifest_that_cannot_be_written_to_the_spool_does_not_end_the_session(make_cfg, camera, monkeypatch,
@@ -671,6 +717,40 @@ def test_a_manifest_that_cannot_be_written_to_the_spool_does_not_end_the_session
         st.close()
     assert out.phase == Phase.DONE and released == [True]
     assert [e for e in logs() if e["event"] == "manifest.failed"]
+
+
+def test_the_note_names_the_session_whose_wipe_deleted_it_after_another_stops_short(
+        make_cfg, camera, tmp_path, monkeypatch):
+    """Session A's flush fails after its unlinks; session B finds the files absent but
+    stops before its wipe confirms anything; session C confirms them. C's manifest must
+    name A's wipe, not B's, which deleted nothing."""
+    import json as json_
+    from dockd import engine as engine_mod
+
+    cfg = make_cfg()
+    _camera_eio_on_fsync(camera, monkeypatch)
+    out_a, recs_a, _, _ = ingest(cfg, camera)
+    monkeypatch.undo()
+    noted = {r.id for r in recs_a if r.state == RecState.VERIFIED}
+    assert noted and out_a.phase == Phase.INTERRUPTED
+
+    def wipe_stops_short(*a, **k):
+        raise DeviceGoneError("camera gone during wipe: its mount point no longer holds it")
+
+    monkeypatch.setattr(engine_mod, "wipe", wipe_stops_short)
+    out_b, recs_b, _, _ = ingest(cfg, camera)
+    monkeypatch.undo()
+    assert out_b.phase == Phase.INTERRUPTED
+    assert {r.session_id for r in recs_b if r.id in noted} == {out_a.session_id}
+
+    out_c, recs_c, _, _ = ingest(cfg, camera)
+    assert out_c.ok and {r.id for r in recs_c if r.state == RecState.WIPED} >= noted
+    assert {r.session_id for r in recs_c if r.id in noted} == {out_c.session_id}    # C took them
+    items = json_.loads(sorted((tmp_path / "store").rglob("*.manifest.json"))[-1].read_text())["recordings"]
+    keys = {r.object_key for r in recs_c if r.id in noted}
+    notes = {i["note"] for i in items if i["object_key"] in keys}
+    assert notes == {f"not on the camera at this dock: the wipe of session {out_a.session_id} deleted it "
+                     "and could not confirm the deletion"}
 
 
 def test_a_file_gone_from_the_camera_that_no_wipe_began_to_delete_stays_verified(
@@ -710,10 +790,10 @@ def test_an_unreadable_path_is_not_taken_for_a_deletion(make_cfg, camera, tmp_pa
         st.ledger.mark_wipe_started([rec.id])
         ev = Docked("CAMX", "generic", camera)
         monkeypatch.setattr(os, "lstat", _failing_for(os.lstat, "GONE.MP4", errno.EIO))
-        assert st._deleted_unconfirmed(sid, ev, {}) == {}
+        assert st._deleted_unconfirmed(ev, {}) == {}
         monkeypatch.undo()
-        got = st._deleted_unconfirmed(sid, ev, {})          # really absent: ENOENT
-        assert list(got) == [rec.id] and st.ledger.get(rec.id).session_id == sid
+        got = st._deleted_unconfirmed(ev, {})          # really absent: ENOENT
+        assert got == {rec.id: sid}                         # with the session whose wipe noted it
     finally:
         st.close()
 
@@ -734,8 +814,8 @@ def test_a_file_a_later_dock_still_finds_is_no_longer_noted_for_deletion(make_cf
         b = st.ledger.open_session("CAMX", "generic", str(camera), None, None, {})
         st.ledger.upsert_found("CAMX", b, "generic", b"DCIM/KEPT.MP4", 5, 1, "recording")   # B sees it
         assert st.ledger.unconfirmed_wipes("CAMX") == []
-        c = st.ledger.open_session("CAMX", "generic", str(camera), None, None, {})
-        assert st._deleted_unconfirmed(c, Docked("CAMX", "generic", camera), {}) == {}   # gone since: not ours
+        st.ledger.open_session("CAMX", "generic", str(camera), None, None, {})
+        assert st._deleted_unconfirmed(Docked("CAMX", "generic", camera), {}) == {}   # gone since: not ours
         assert st.ledger.get(rec.id).state == RecState.VERIFIED
     finally:
         st.close()
