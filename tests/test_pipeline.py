@@ -914,6 +914,55 @@ def test_a_wipe_cut_short_notes_only_the_unlinks_it_tried(tmp_path, monkeypatch)
     assert all(ledger.get(i).state == RecState.VERIFIED for i in order)
 
 
+def test_a_failed_flush_withdraws_the_notes_of_unlinks_that_were_refused(tmp_path, monkeypatch):
+    """One unlink is refused (EACCES), the others land, then the camera fails its flush:
+    only the deletions made stay noted for the next dock."""
+    import errno
+    from dockd.pipeline import wipe as wipe_mod
+    from dockd import log as dlog
+
+    cam, ledger, first = _verified_on_camera(tmp_path)
+    f = cam / "DCIM" / "F2.MP4"
+    f.write_bytes(b"yy")
+    st_ = f.stat()
+    second = _verify(ledger, first.session_id, b"DCIM/F2.MP4", st_.st_size, st_.st_mtime_ns, "k2")
+    monkeypatch.setattr(os, "unlink", _failing_for(os.unlink, "F2.MP4", errno.EACCES))
+    monkeypatch.setattr(wipe_mod, "syncfs", lambda _root: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+    with pytest.raises(DeviceGoneError):
+        wipe_mod.wipe(cam, [first, second], ledger, dlog.get(), root_dev=os.stat(cam).st_dev)
+    assert [r.id for r in ledger.unconfirmed_wipes("CAMX")] == [first.id]
+
+
+def test_an_unlink_on_a_mount_point_that_lost_its_camera_withdraws_its_note(tmp_path, monkeypatch):
+    """The unlink answers ENOENT because the mount point no longer holds the camera:
+    that unlink reached nothing, so its note goes with those never tried."""
+    import errno
+    from dockd.pipeline import wipe as wipe_mod
+    from dockd import log as dlog
+
+    cam, ledger, first = _verified_on_camera(tmp_path)
+    real_stat = os.stat
+    swapped: list[bool] = []
+
+    def unlink(path, *a, **k):
+        swapped.append(True)
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+
+    def stat_(path, *a, **k):
+        st = real_stat(path, *a, **k)
+        if swapped and os.fsencode(path) == os.fsencode(cam):
+            return os.stat_result((st.st_mode, st.st_ino, st.st_dev + 1, *tuple(st)[3:]))
+        return st
+
+    root_dev = os.stat(cam).st_dev
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(os, "stat", stat_)
+    with pytest.raises(DeviceGoneError, match="no longer holds it"):
+        wipe_mod.wipe(cam, [first], ledger, dlog.get(), root_dev=root_dev)
+    monkeypatch.undo()
+    assert ledger.unconfirmed_wipes("CAMX") == []
+
+
 def test_a_session_that_fails_inside_shows_attention_not_its_last_phase(make_cfg, camera, monkeypatch):
     """A bug (or a ledger that cannot be written) ends the session: the bay must say a
     human must look, not show "wiping" until the camera is pulled, and the error

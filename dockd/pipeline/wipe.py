@@ -6,8 +6,10 @@ mtime differ from what was spooled and verified, it is refused
 deletions the directories are fsynced, the camera's filesystem is synced, and
 the files are listed again; only then is a deletion recorded (``wipe.done``).
 A camera that fails the flush (gone, or its media failing) confirms none of
-this pass's deletions: the session is interrupted and the bay does not say it
-is safe to undock.
+this pass's deletions: the wipe raises ``DeviceGoneError``, and the session is
+interrupted (pulled out) or ends in attention (failed in its bay, see the engine).
+Before its first unlink the wipe notes, durably, what it is about to delete; cut
+short, it withdraws the notes of the files it never tried or could not delete.
 
 Idempotent: a verified file that is already gone (a crash, a pull-out or a
 failed flush between unlink and commit) counts as wiped once the camera is
@@ -101,13 +103,16 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
     dirs: set[bytes] = set()
     unlinked: list[tuple[Recording, bytes]] = []
     kept: list[int] = []                # noted, but not deleted: the note is withdrawn
-    i = -1
+    untried = 0                         # doomed[untried:] no unlink can have reached
     try:
         for i, (rec, path, lg) in enumerate(doomed):
+            untried = i + 1             # this unlink may land, whatever it answers
             try:
                 os.unlink(path)
             except FileNotFoundError:
+                untried = i             # a mount point that no longer holds the camera: it did not
                 _same_camera(root_b, root_dev)
+                untried = i + 1
             except OSError as exc:
                 if exc.errno in GONE_ERRNOS:
                     raise DeviceGoneError(f"camera gone during wipe: {exc.strerror}") from exc
@@ -117,19 +122,20 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
                 continue
             dirs.add(os.path.dirname(path))
             unlinked.append((rec, path))
+        for d in dirs:
+            _fsync_dir(d)
+        if unlinked:
+            _same_camera(root_b, root_dev)  # after a pull-out the sync would flush the disk beneath
+            _sync_camera(root)      # before any deletion is confirmed: a failed flush confirms none
+        _same_camera(root_b, root_dev)      # a deletion is only confirmed on the camera itself
     except DeviceGoneError:
-        # the unlinks never tried deleted nothing: their notes are withdrawn, so a camera
-        # formatted by hand before its next dock does not have those files recorded wiped
-        # (best effort: the ledger may be what failed, and a kept note is the old answer)
+        # the unlinks never tried, and those refused, deleted nothing: their notes are
+        # withdrawn, so a camera formatted by hand before its next dock does not have those
+        # files recorded wiped (best effort: the ledger may be what failed, and a kept note
+        # is the old answer). The deletions made stay noted, for the next dock to confirm.
         with contextlib.suppress(Exception):
-            ledger.clear_wipe_started([rec.id for rec, _p, _l in doomed[i + 1:]] + kept)
+            ledger.clear_wipe_started([rec.id for rec, _p, _l in doomed[untried:]] + kept)
         raise
-    for d in dirs:
-        _fsync_dir(d)
-    if unlinked:
-        _same_camera(root_b, root_dev)  # after a pull-out the sync would flush the disk beneath
-        _sync_camera(root)      # before any deletion is confirmed: a failed flush confirms none
-    _same_camera(root_b, root_dev)      # a deletion is only confirmed on the camera itself
     with ledger.tx():               # one commit for the batch, after the deletions are durable
         for rec, path in unlinked:
             lg = logger.bind(camera=rec.serial, recording=rec.name, sha256=rec.plain_sha256)
