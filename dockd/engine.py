@@ -339,6 +339,8 @@ class Station:
                     # its helper gave up on). Nothing more is asked of it; the session ends below, in
                     # attention, and the bay says it is safe to undock, not "interrupted" for ever
                     camera_failed = str(exc)
+                    self.ledger.append_event("session.camera_failed", serial=ev.serial, session_id=sid,
+                                             error=camera_failed)
                     log.emit(lg, "session.camera_failed", error=camera_failed)
                 else:
                     phase = Phase.INTERRUPTED

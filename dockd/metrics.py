@@ -27,7 +27,7 @@ from .model import RecState
 FAILURE_EVENTS = (
     "recording.read_failed", "recording.changed", "recording.spool_corrupt", "recording.attention",
     "upload.failed", "upload.integrity_failed", "wipe.refused", "wipe.failed", "manifest.failed",
-    "session.interrupted", "session.attention",
+    "session.interrupted", "session.attention", "session.camera_failed",
 )
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -513,6 +513,7 @@ def test_a_camera_that_fails_in_its_bay_ends_in_attention_and_says_safe_to_undoc
         session = st.ledger.session(out.session_id)
         recs = st.ledger.recordings(serial="BWC0001")
         live = st.live["BWC0001"]
+        audit_events = st.ledger.events(limit=10000)
     finally:
         st.close()
     monkeypatch.undo()
@@ -525,6 +526,8 @@ def test_a_camera_that_fails_in_its_bay_ends_in_attention_and_says_safe_to_undoc
     lines = logs()
     failed = [e for e in lines if e["event"] == "session.camera_failed"]
     assert len(failed) == 1 and failed[0]["camera"] == "BWC0001"
+    audit = [e for e in audit_events if e["event"] == "session.camera_failed"]   # the chain has it too
+    assert len(audit) == 1 and audit[0]["serial"] == "BWC0001" and audit[0]["session_id"] == out.session_id
     assert [e["event"] for e in lines if e["event"].startswith("session.")][-1] == "session.attention"
     assert not [e for e in lines if e["event"] == "session.interrupted"]
 
