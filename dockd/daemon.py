@@ -18,6 +18,7 @@ once); a bad file is logged and the old one kept.
 
 from __future__ import annotations
 
+import faulthandler
 import queue
 import signal
 import threading
@@ -174,6 +175,8 @@ class Daemon:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        # a daemon that seems stuck: `kill -USR1` writes every thread's stack to stderr (the journal)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         self.station.start()
         self._forget_previous_run()
         self.hooks.start()

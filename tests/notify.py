@@ -140,7 +140,16 @@ class DaemonProcess:
         """SIGTERM; returns (exit code, seconds it took)."""
         t0 = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # say where it is stuck: the daemon dumps every thread's stack on SIGUSR1
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            self.kill()
+            self._err.join(5)
+            raise AssertionError(f"dockd did not stop within {timeout}s of SIGTERM; last lines "
+                                 f"{self.raw[-8:]}; stacks:\n{self.stderr.decode(errors='replace')[-6000:]}") from None
         self._out.join(5)
         self._err.join(5)
         return rc, time.monotonic() - t0

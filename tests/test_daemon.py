@@ -147,10 +147,16 @@ def test_bad_config_on_reload_keeps_running(tmp_path, identity, notify_sock):
         failed = d.wait_event("daemon.reload_failed", 10)
         assert "nonsense" in failed[0]["error"]
         assert d.proc.poll() is None
+        # a daemon that seems stuck can be asked where: SIGUSR1 dumps every thread's stack
+        d.proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        assert d.proc.poll() is None
         rc, took = d.terminate()
     finally:
         d.kill()
     assert rc == 0 and took < 5
+    dump = d.stderr.decode(errors="replace")
+    assert "most recent call first" in dump and "daemon.py" in dump
 
 
 def test_the_undock_of_another_device_with_the_same_serial_leaves_the_session_alone(make_cfg, tmp_path):
