@@ -72,7 +72,7 @@ def test_ready_watchdog_sigterm_mid_file_and_resume(tmp_path, identity, notify_s
         ready = notify_sock.wait_for(lambda m: m.get("READY") == "1", 30)
         # READY comes once the source listens: the control socket already answers
         assert "docked" in ready.get("STATUS", "")
-        assert d.events("daemon.started")
+        d.wait_event("daemon.started", 10)           # logged before READY; its pipe may lag
         # keepalives at half of WATCHDOG_USEC (0.2 s) from the main loop
         t_ready = notify_sock.times("READY")[0]
         time.sleep(0.6)
