@@ -51,6 +51,9 @@ STOPPED_ERROR = "dockd stopped; resumes at the next start"
 # (a pull-out fails the camera's I/O a moment before udev says so); a camera still in its bay
 # after that has failed where it sits
 UNDOCK_GRACE_SECONDS = 5.0
+# how long a read error waits for an undock report before the camera is asked whether it still
+# answers (a pull-out fails reads a moment before it is reported)
+READ_ERROR_GRACE_SECONDS = 1.0
 # recording states nothing more happens to in a session: what its wait for uploads ends on
 SETTLED = frozenset({RecState.VERIFIED, RecState.WIPED, RecState.ATTENTION, RecState.SUPERSEDED})
 
@@ -574,9 +577,15 @@ class Station:
                 log.emit(rlg, "recording.changed", error=str(exc))
                 self.ledger.transition(rec.id, RecState.FAILED, error=str(exc), count_attempt=True)
                 return "changed"
-            except DeviceGoneError:
+            except DeviceGoneError as exc:
                 live.spooled_bytes = before
-                raise
+                if cancel.is_set() or cancel.wait(READ_ERROR_GRACE_SECONDS) or not _camera_answers(ev):
+                    raise
+                # the camera is still here and answering: this file is unreadable (a bad sector),
+                # the camera is not gone. Its other recordings are still worth copying; one bad
+                # file must not stop every dock of this camera at the same place
+                self._fail_read(rec, rlg, exc, failed)
+                return "failed"
             except SourceError as exc:
                 live.spooled_bytes = before
                 if not _is_mounted(ev.mount):
@@ -721,6 +730,11 @@ def _complete_groups(recs: list[Recording], primary_of: dict[bytes, bytes]) -> l
     blocked = {primary_of[r.rel_path] for r in recs
                if r.rel_path in primary_of and r.state != RecState.VERIFIED}
     return [r for r in recs if r.rel_path not in blocked]
+
+
+def _camera_answers(ev: CameraDocked) -> bool:
+    """Still mounted and listing its root, and its device node (where it has one) still there."""
+    return _is_mounted(ev.mount) and (ev.device is None or os.path.exists(ev.device))
 
 
 def _is_mounted(path: Path) -> bool:

@@ -577,6 +577,43 @@ def test_a_camera_whose_device_node_is_gone_is_interrupted_without_its_undock_re
     assert out.phase == Phase.INTERRUPTED and session["undocked_at"] is not None
 
 
+def test_one_unreadable_file_does_not_stop_the_rest_of_the_camera(make_cfg, tmp_path, monkeypatch):
+    """A bad sector: one recording fails every read with EIO while the camera stays
+    docked and answering. That recording is failed (and left on the camera); every
+    other one is copied, verified and wiped. Before, the session ended at that file,
+    and every later dock of the camera stopped at the same place."""
+    import errno
+    from dockd import engine as engine_mod
+
+    cam = tmp_path / "cams" / "BAD1"
+    (cam / "DCIM").mkdir(parents=True)
+    files = [cam / "DCIM" / f"V{i}.MP4" for i in range(3)]
+    for i, f in enumerate(files):
+        f.write_bytes(os.urandom(30_000 + 10_000 * i))
+    bad = files[1]
+    real_readv = os.readv
+
+    def readv(fd, bufs):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(bad):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_readv(fd, bufs)
+
+    monkeypatch.setattr(engine_mod, "READ_ERROR_GRACE_SECONDS", 0.05)
+    monkeypatch.setattr(os, "readv", readv)
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    st.start()
+    try:
+        out = st.run_session(CameraDocked("BAD1", "generic", cam), cancel=threading.Event())
+        states = {r.name: r.state for r in st.ledger.recordings(serial="BAD1")}
+    finally:
+        st.close()
+    name = f"DCIM/{bad.name}"
+    assert out.phase == Phase.ATTENTION and [n for n, _ in out.failed] == [name]
+    assert states.pop(name) == RecState.FAILED and bad.exists()
+    assert set(states.values()) == {RecState.WIPED} and len(states) == 2
+    assert not any(f.exists() for f in files if f != bad)
+
+
 def test_a_daemon_stopping_during_the_grace_is_not_an_undock(make_cfg, camera, monkeypatch):
     """The daemon stops (stopping, then every session's cancel) while a session waits to
     learn whether its camera left: the camera is still in its bay, so the session keeps
