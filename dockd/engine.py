@@ -10,8 +10,10 @@ rest.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import mmap
 import os
 import threading
 import time
@@ -54,6 +56,9 @@ UNDOCK_GRACE_SECONDS = 5.0
 # how long a read error waits for an undock report before the camera is asked whether it still
 # answers (a pull-out fails reads a moment before it is reported)
 READ_ERROR_GRACE_SECONDS = 1.0
+# files in a row that fail with a device error, the camera still answering, before the camera
+# itself is taken for failed: a bad sector spoils a file, a dead card spoils them all
+MAX_UNREADABLE_IN_A_ROW = 3
 # recording states nothing more happens to in a session: what its wait for uploads ends on
 SETTLED = frozenset({RecState.VERIFIED, RecState.WIPED, RecState.ATTENTION, RecState.SUPERSEDED})
 
@@ -76,6 +81,8 @@ class LiveSession:
     safe_to_undock: bool = False
     primary_of: dict[bytes, bytes] = field(default_factory=dict)   # sidecar -> its recording
     docked_at: float = field(default_factory=time.time)
+    root_dev: int | None = None       # the camera root's st_dev when the session began
+    unreadable_in_a_row: int = 0      # files failed with a device error since the last good read
 
 
 @dataclass
@@ -303,6 +310,7 @@ class Station:
                 root_dev: int | None = os.stat(ev.mount).st_dev
             except OSError as exc:
                 raise DeviceGoneError(f"camera root unreadable: {exc.strerror}") from exc
+            live.root_dev = root_dev
             for _pass in range(MAX_SCAN_PASSES):
                 with reader:
                     changed = self._scan_and_spool(ev, profile, sid, lg, live, cancel, recs, failed,
@@ -561,6 +569,7 @@ class Station:
             try:
                 group.spool(ev.mount / os.fsdecode(rec.rel_path), rec.id, rec.size, rec.mtime_ns,
                             cancel, on_bytes)
+                live.unreadable_in_a_row = 0
                 return "ok"
             except SpoolFullError as exc:
                 live.spooled_bytes = before
@@ -579,11 +588,14 @@ class Station:
                 return "changed"
             except DeviceGoneError as exc:
                 live.spooled_bytes = before
-                if cancel.is_set() or cancel.wait(READ_ERROR_GRACE_SECONDS) or not _camera_answers(ev):
+                if (cancel.is_set() or self.stopping or cancel.wait(READ_ERROR_GRACE_SECONDS)
+                        or live.unreadable_in_a_row + 1 >= MAX_UNREADABLE_IN_A_ROW
+                        or not _camera_answers(ev, live.root_dev)):
                     raise
                 # the camera is still here and answering: this file is unreadable (a bad sector),
                 # the camera is not gone. Its other recordings are still worth copying; one bad
                 # file must not stop every dock of this camera at the same place
+                live.unreadable_in_a_row += 1
                 self._fail_read(rec, rlg, exc, failed)
                 return "failed"
             except SourceError as exc:
@@ -732,9 +744,38 @@ def _complete_groups(recs: list[Recording], primary_of: dict[bytes, bytes]) -> l
     return [r for r in recs if r.rel_path not in blocked]
 
 
-def _camera_answers(ev: CameraDocked) -> bool:
-    """Still mounted and listing its root, and its device node (where it has one) still there."""
-    return _is_mounted(ev.mount) and (ev.device is None or os.path.exists(ev.device))
+def _camera_answers(ev: CameraDocked, root_dev: int | None) -> bool:
+    """Still mounted at its mount point and listing its root, and its device (where it has
+    one) still reads its first block past every cache. A FUSE helper answers listings from
+    memory, so the device itself is asked."""
+    if not _is_mounted(ev.mount):
+        return False
+    try:
+        if root_dev is not None and os.stat(ev.mount).st_dev != root_dev:
+            return False            # an emptied mount point (lazily unmounted) is not the camera
+    except OSError:
+        return False
+    return ev.device is None or _device_reads(ev.device)
+
+
+def _device_reads(device: str) -> bool:
+    """One 4 KiB read of the device's first block with O_DIRECT (the page cache cannot
+    answer for a dead card). Where O_DIRECT or opening the device is refused (an
+    unprivileged dockd), the node's presence is all we can ask."""
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECT", 0))
+    except OSError as exc:
+        return exc.errno in (errno.EINVAL, errno.EACCES, errno.EPERM) and os.path.exists(device)
+    try:
+        buf = mmap.mmap(-1, 4096)          # page-aligned, as O_DIRECT needs
+        try:
+            return os.preadv(fd, [buf], 0) > 0
+        finally:
+            buf.close()
+    except OSError as exc:
+        return exc.errno == errno.EINVAL   # O_DIRECT refused for this read: not a device error
+    finally:
+        os.close(fd)
 
 
 def _is_mounted(path: Path) -> bool:

@@ -614,6 +614,47 @@ def test_one_unreadable_file_does_not_stop_the_rest_of_the_camera(make_cfg, tmp_
     assert not any(f.exists() for f in files if f != bad)
 
 
+def test_a_card_that_fails_every_read_is_a_failed_camera_not_a_list_of_bad_files(make_cfg, tmp_path,
+                                                                                   monkeypatch):
+    """Every file fails with EIO while the mount still answers (a FUSE helper lists from
+    memory): after a few files in a row the camera itself is taken for failed, and the
+    session ends as one that failed in its bay, not after a wait for every file."""
+    import errno
+    from dockd import engine as engine_mod
+
+    cam = tmp_path / "cams" / "DEAD1"
+    (cam / "DCIM").mkdir(parents=True)
+    for i in range(8):
+        (cam / "DCIM" / f"V{i}.MP4").write_bytes(os.urandom(20_000))
+
+    def readv(fd, bufs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(engine_mod, "READ_ERROR_GRACE_SECONDS", 0.01)
+    monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 0.05)
+    monkeypatch.setattr(os, "readv", readv)
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    st.start()
+    try:
+        out = st.run_session(CameraDocked("DEAD1", "generic", cam), cancel=threading.Event())
+        session = st.ledger.session(out.session_id)
+        states = [r.state for r in st.ledger.recordings(serial="DEAD1")]
+    finally:
+        st.close()
+    assert out.phase == Phase.ATTENTION and session["error"].startswith("camera failed: ")
+    assert states.count(RecState.FAILED) == engine_mod.MAX_UNREADABLE_IN_A_ROW - 1
+    assert all(f.exists() for f in (cam / "DCIM").iterdir())
+
+
+def test_the_device_probe_reads_past_the_cache_and_tolerates_what_it_may_not_open(tmp_path):
+    from dockd.engine import _device_reads
+
+    node = tmp_path / "node"
+    node.write_bytes(b"\0" * 8192)
+    assert _device_reads(str(node))                     # readable (O_DIRECT or not): answers
+    assert not _device_reads(str(tmp_path / "gone"))     # no node: gone
+
+
 def test_a_daemon_stopping_during_the_grace_is_not_an_undock(make_cfg, camera, monkeypatch):
     """The daemon stops (stopping, then every session's cancel) while a session waits to
     learn whether its camera left: the camera is still in its bay, so the session keeps
