@@ -701,16 +701,15 @@ def test_a_camera_pulled_out_as_its_session_ends_is_recorded_undocked(make_cfg, 
     assert out.phase == Phase.DONE and session["undocked_at"] is not None
 
 
-def test_a_session_whose_end_fails_still_releases_the_camera_and_says_safe(make_cfg, camera, monkeypatch):
-    """Something fails after the wipe (here, marking the session done): the camera is
-    released all the same, the bay says attention and safe, and the error reaches the
-    caller."""
-    released = []
+def _session_whose_ledger_refuses(make_cfg, camera, monkeypatch, refuses):
+    """Run a session whose ledger fails (``refuses(phase, error)``) to record a phase; the
+    error must reach the caller. Returns (release calls, live session, session row)."""
+    released: list[bool] = []
     st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
     real = st.ledger.set_phase
 
     def set_phase(sid, phase, **k):
-        if phase in (Phase.DONE, Phase.ATTENTION) and "internal error" not in (k.get("error") or ""):
+        if refuses(phase, k.get("error") or ""):
             raise RuntimeError("disk I/O error")
         return real(sid, phase, **k)
 
@@ -720,9 +719,18 @@ def test_a_session_whose_end_fails_still_releases_the_camera_and_says_safe(make_
         with pytest.raises(RuntimeError, match="disk I/O error"):
             st.run_session(CameraDocked("BWC0001", "generic", camera), release=lambda: released.append(True))
         live = st.live["BWC0001"]
-        session = st.ledger.session(live.session_id)
+        return released, live, st.ledger.session(live.session_id)
     finally:
         st.close()
+
+
+def test_a_session_whose_end_fails_still_releases_the_camera_and_says_safe(make_cfg, camera, monkeypatch):
+    """Something fails after the wipe (here, marking the session done): the camera is
+    released all the same, the bay says attention and safe, and the error reaches the
+    caller."""
+    released, live, session = _session_whose_ledger_refuses(
+        make_cfg, camera, monkeypatch,
+        lambda phase, error: phase in (Phase.DONE, Phase.ATTENTION) and "internal error" not in error)
     assert released == [True]                                  # once, though two steps asked
     assert live.safe_to_undock and live.phase == "attention" and "disk I/O error" in live.last_error
     assert session["phase"] == "attention"
@@ -732,23 +740,8 @@ def test_a_ledger_failing_as_the_camera_leaves_still_ends_safe(make_cfg, camera,
     """The camera fails, and recording its interruption fails too (the ledger's disk):
     the session ends as any failure inside it does, attention, released, safe."""
     _camera_eio_on_fsync(camera, monkeypatch)
-    released = []
-    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
-    real = st.ledger.set_phase
-
-    def set_phase(sid, phase, **k):
-        if phase == Phase.INTERRUPTED:
-            raise RuntimeError("disk I/O error")
-        return real(sid, phase, **k)
-
-    monkeypatch.setattr(st.ledger, "set_phase", set_phase)
-    st.start()
-    try:
-        with pytest.raises(RuntimeError, match="disk I/O error"):
-            st.run_session(CameraDocked("BWC0001", "generic", camera), release=lambda: released.append(True))
-        live = st.live["BWC0001"]
-    finally:
-        st.close()
+    released, live, _ = _session_whose_ledger_refuses(make_cfg, camera, monkeypatch,
+                                                      lambda phase, error: phase == Phase.INTERRUPTED)
     assert released == [True] and live.safe_to_undock and live.phase == "attention"
 
 
