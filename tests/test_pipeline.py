@@ -577,36 +577,47 @@ def test_a_camera_whose_device_node_is_gone_is_interrupted_without_its_undock_re
     assert out.phase == Phase.INTERRUPTED and session["undocked_at"] is not None
 
 
+def _dock_with_reads_failing(make_cfg, tmp_path, monkeypatch, serial: str, sizes: list[int], fails):
+    """A camera of ``len(sizes)`` recordings whose reads fail with EIO where ``fails(path)``,
+    docked with a cancel the test never sets (still in its bay), short graces. Returns
+    (its files, the outcome, the session row, its recordings)."""
+    import errno
+    from dockd import engine as engine_mod
+
+    cam = tmp_path / "cams" / serial
+    (cam / "DCIM").mkdir(parents=True)
+    files = [cam / "DCIM" / f"V{i}.MP4" for i in range(len(sizes))]
+    for f, n in zip(files, sizes):
+        f.write_bytes(os.urandom(n))
+    real_readv = os.readv
+
+    def readv(fd, bufs):
+        if fails(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_readv(fd, bufs)
+
+    monkeypatch.setattr(engine_mod, "READ_ERROR_GRACE_SECONDS", 0.01)
+    monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 0.05)
+    monkeypatch.setattr(os, "readv", readv)
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    st.start()
+    try:
+        out = st.run_session(CameraDocked(serial, "generic", cam), cancel=threading.Event())
+        return files, out, st.ledger.session(out.session_id), st.ledger.recordings(serial=serial)
+    finally:
+        st.close()
+        monkeypatch.undo()
+
+
 def test_one_unreadable_file_does_not_stop_the_rest_of_the_camera(make_cfg, tmp_path, monkeypatch):
     """A bad sector: one recording fails every read with EIO while the camera stays
     docked and answering. That recording is failed (and left on the camera); every
     other one is copied, verified and wiped. Before, the session ended at that file,
     and every later dock of the camera stopped at the same place."""
-    import errno
-    from dockd import engine as engine_mod
-
-    cam = tmp_path / "cams" / "BAD1"
-    (cam / "DCIM").mkdir(parents=True)
-    files = [cam / "DCIM" / f"V{i}.MP4" for i in range(3)]
-    for i, f in enumerate(files):
-        f.write_bytes(os.urandom(30_000 + 10_000 * i))
+    files, out, _, recs = _dock_with_reads_failing(make_cfg, tmp_path, monkeypatch, "BAD1",
+                                                   [30_000, 40_000, 50_000], lambda p: p.endswith("/V1.MP4"))
     bad = files[1]
-    real_readv = os.readv
-
-    def readv(fd, bufs):
-        if os.readlink(f"/proc/self/fd/{fd}") == str(bad):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_readv(fd, bufs)
-
-    monkeypatch.setattr(engine_mod, "READ_ERROR_GRACE_SECONDS", 0.05)
-    monkeypatch.setattr(os, "readv", readv)
-    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
-    st.start()
-    try:
-        out = st.run_session(CameraDocked("BAD1", "generic", cam), cancel=threading.Event())
-        states = {r.name: r.state for r in st.ledger.recordings(serial="BAD1")}
-    finally:
-        st.close()
+    states = {r.name: r.state for r in recs}
     name = f"DCIM/{bad.name}"
     assert out.phase == Phase.ATTENTION and [n for n, _ in out.failed] == [name]
     assert states.pop(name) == RecState.FAILED and bad.exists()
@@ -619,31 +630,13 @@ def test_a_card_that_fails_every_read_is_a_failed_camera_not_a_list_of_bad_files
     """Every file fails with EIO while the mount still answers (a FUSE helper lists from
     memory): after a few files in a row the camera itself is taken for failed, and the
     session ends as one that failed in its bay, not after a wait for every file."""
-    import errno
     from dockd import engine as engine_mod
 
-    cam = tmp_path / "cams" / "DEAD1"
-    (cam / "DCIM").mkdir(parents=True)
-    for i in range(8):
-        (cam / "DCIM" / f"V{i}.MP4").write_bytes(os.urandom(20_000))
-
-    def readv(fd, bufs):
-        raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-    monkeypatch.setattr(engine_mod, "READ_ERROR_GRACE_SECONDS", 0.01)
-    monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 0.05)
-    monkeypatch.setattr(os, "readv", readv)
-    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
-    st.start()
-    try:
-        out = st.run_session(CameraDocked("DEAD1", "generic", cam), cancel=threading.Event())
-        session = st.ledger.session(out.session_id)
-        states = [r.state for r in st.ledger.recordings(serial="DEAD1")]
-    finally:
-        st.close()
+    files, out, session, recs = _dock_with_reads_failing(make_cfg, tmp_path, monkeypatch, "DEAD1",
+                                                         [20_000] * 8, lambda p: True)
     assert out.phase == Phase.ATTENTION and session["error"].startswith("camera failed: ")
-    assert states.count(RecState.FAILED) == engine_mod.MAX_UNREADABLE_IN_A_ROW - 1
-    assert all(f.exists() for f in (cam / "DCIM").iterdir())
+    assert [r.state for r in recs].count(RecState.FAILED) == engine_mod.MAX_UNREADABLE_IN_A_ROW - 1
+    assert all(f.exists() for f in files)
 
 
 def test_the_device_probe_reads_past_the_cache_and_tolerates_what_it_may_not_open(tmp_path):
