@@ -486,42 +486,34 @@ def measure_main(env: Env, cam: Camera, r: int) -> dict[str, Measure]:
         clean(dst)
         return Sample("cp + sync", r, w, B, c, m)
 
-    def sha_age(r: int) -> Sample:
-        dst = out / "shaage"
+    def per_file_script(r: int, name: str, tag: str, steps: Callable[[str, Path, int], list[str]]) -> Sample:
+        """A shell script of ``steps(quoted source, dst, i)`` for every camera file, then
+        ``sync -f``, timed with caches dropped."""
+        dst = out / tag
         clean(dst)
         dst.mkdir()
         with cam.mounted(fresh=False) as mnt:
             lines = ["set -e"]
             for i, p in enumerate(cam.list(mnt)):
-                q = shlex.quote(str(p))
-                lines.append(f"sha256sum -- {q} >> {dst}/SHA256SUMS")
-                lines.append(f"age -r {env.recipient} -o {dst}/{i}.age -- {q}")
+                lines += steps(shlex.quote(str(p)), dst, i)
             lines.append(f"sync -f {dst}")
-            script = out / "shaage.sh"
+            script = out / f"{tag}.sh"
             script.write_text("\n".join(lines) + "\n")
             drop_caches()
-            w, c, m = timed([["sh", str(script)]], env.logs / "shaage.log")
+            w, c, m = timed([["sh", str(script)]], env.logs / f"{tag}.log")
         clean(dst)
-        return Sample("sha256sum + age", r, w, B, c, m)
+        return Sample(name, r, w, B, c, m)
+
+    def sha_age(r: int) -> Sample:
+        return per_file_script(r, "sha256sum + age", "shaage", lambda q, dst, i: [
+            f"sha256sum -- {q} >> {dst}/SHA256SUMS", f"age -r {env.recipient} -o {dst}/{i}.age -- {q}"])
 
     def age_alone(r: int) -> Sample:
         # A reference, not a peer: the spool stage's encryption pass alone, by the reference age
         # binary, without either SHA-256, then made durable like cp + sync. No implementation of the
         # stage (both hashes, the cipher, the flush) can be faster than this on the same machine.
-        dst = out / "agealone"
-        clean(dst)
-        dst.mkdir()
-        with cam.mounted(fresh=False) as mnt:
-            lines = ["set -e"]
-            for i, p in enumerate(cam.list(mnt)):
-                lines.append(f"age -r {env.recipient} -o {dst}/{i}.age -- {shlex.quote(str(p))}")
-            lines.append(f"sync -f {dst}")
-            script = out / "agealone.sh"
-            script.write_text("\n".join(lines) + "\n")
-            drop_caches()
-            w, c, m = timed([["sh", str(script)]], env.logs / "agealone.log")
-        clean(dst)
-        return Sample(AGE_ALONE, r, w, B, c, m)
+        return per_file_script(r, AGE_ALONE, "agealone", lambda q, dst, i: [
+            f"age -r {env.recipient} -o {dst}/{i}.age -- {q}"])
 
     def rclone(verb: str, where: str) -> Measure:
         def run(r: int) -> Sample:
