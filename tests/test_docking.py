@@ -391,8 +391,9 @@ def partial_bytes(rig: Rig) -> int:
     return max(sizes)
 
 
-def _yank_mid_copy(rig: Rig, d: Daemon, cam: loopcam.LoopCamera, size: int) -> int:
-    """Pull the camera out while the big file is being spooled; returns the bytes then written."""
+def _yank_mid_copy(rig: Rig, d: Daemon, cam: loopcam.LoopCamera, size: int, yank: bool = True) -> int:
+    """Kill the camera's FUSE helper while the big file is being spooled, then pull the
+    camera out (``yank``) or leave it in its bay; returns the bytes then written."""
     assert cam.dev
     fuse = loopcam.wait_for(lambda: loopcam.holders(cam.dev), timeout=10)   # the FUSE helper
     deadline = time.monotonic() + 60
@@ -401,7 +402,8 @@ def _yank_mid_copy(rig: Rig, d: Daemon, cam: loopcam.LoopCamera, size: int) -> i
         if 16 * MiB < n < size // 2:
             for pid in fuse:                 # the device dies now; yank does the rest
                 os.kill(pid, signal.SIGKILL)
-            cam.yank()
+            if yank:
+                cam.yank()
             return n
         if d.events("recording.spooled", recording=BIG):
             pytest.fail("the big file was spooled before it could be pulled out")
@@ -453,13 +455,7 @@ def test_camera_whose_filesystem_dies_in_its_bay_ends_in_attention_and_says_safe
         d = rig.daemon("udev")
         cam = rig.attach(image)
         d.wait("device.docked", device=cam.dev)
-        assert cam.dev
-        fuse = loopcam.wait_for(lambda: loopcam.holders(cam.dev), timeout=10)
-        loopcam.wait_for(lambda: 16 * MiB < partial_bytes(rig), timeout=60, interval=0.005)
-        if d.events("recording.spooled", recording=BIG):
-            pytest.fail("the big file was spooled before its filesystem could be killed")
-        for pid in fuse:
-            os.kill(pid, signal.SIGKILL)
+        _yank_mid_copy(rig, d, cam, size, yank=False)          # its filesystem dies; it stays
         failed = d.wait("session.camera_failed", timeout=60)
         attention = d.wait("session.attention", timeout=30)
         d.wait("device.released", timeout=30)
