@@ -61,7 +61,9 @@ class Daemon:
         self.cfg = cfg
         self.log = log.get()
         self.notify = Notifier()
-        self.events: queue.Queue[DeviceEvent | str] = queue.Queue()
+        # a SimpleQueue: its put is reentrant, so a signal handler may call it while the main
+        # loop, in the same thread, is inside get() (a Queue's lock would deadlock there)
+        self.events: queue.SimpleQueue[DeviceEvent | str] = queue.SimpleQueue()
         self.station = Station(cfg, policy=policy, backend=backend, logger=self.log)
         self.readers = threading.Semaphore(cfg.devices.max_readers)
         self.sessions: dict[str, tuple[threading.Thread, threading.Event, CameraDocked]] = {}

@@ -179,3 +179,28 @@ def test_the_undock_of_another_device_with_the_same_serial_leaves_the_session_al
     finally:
         cancel.set()
         d.station.close()
+
+
+def test_a_signal_arriving_inside_the_main_loops_wait_cannot_deadlock(make_cfg):
+    """A signal handler runs in the main thread, between two bytecodes of whatever it
+    interrupted: here the main loop's wait for the next event. A full run caught
+    `dockd run` hung for good that way (the handler's put waiting for the lock its
+    own get held). The handler may take no lock that the interrupted wait can hold."""
+    from dockd.daemon import Daemon
+
+    d = Daemon(None, make_cfg())
+    try:
+        held = getattr(d.events, "mutex", None)          # a queue.Queue's lock, held inside get()
+        done = threading.Event()
+
+        def interrupted_wait() -> None:
+            if held is not None:
+                held.acquire()                          # the state get() is in when the signal lands
+            d._on_signal(signal.SIGTERM, None)
+            done.set()
+
+        threading.Thread(target=interrupted_wait, daemon=True).start()
+        assert done.wait(5), "the signal handler deadlocked on the event queue"
+        assert d.events.get(timeout=1) == "stop:SIGTERM"
+    finally:
+        d.station.close()
