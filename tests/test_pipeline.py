@@ -492,6 +492,16 @@ def _camera_eio_on_fsync(camera: Path, monkeypatch, then=None) -> None:
     monkeypatch.setattr(os, "fsync", fsync)
 
 
+def _run_session(st: Station, docked: CameraDocked, **kw) -> tuple:
+    """Start ``st``, run one session, close it: the outcome and the session's ledger row."""
+    st.start()
+    try:
+        out = st.run_session(docked, **kw)
+        return out, st.ledger.session(out.session_id)
+    finally:
+        st.close()
+
+
 def test_a_camera_that_fails_in_its_bay_ends_in_attention_and_says_safe_to_undock(
         make_cfg, camera, monkeypatch, logs):
     """The card fails (EIO) while the camera stays docked: no undock follows. The bay
@@ -567,13 +577,7 @@ def test_a_camera_whose_device_node_is_gone_is_interrupted_without_its_undock_re
     monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 0.2)
     _camera_eio_on_fsync(camera, monkeypatch)
     st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
-    st.start()
-    try:
-        out = st.run_session(CameraDocked("BWC0001", "generic", camera, device=str(camera.parent / "sdz1")),
-                             cancel=threading.Event())
-        session = st.ledger.session(out.session_id)
-    finally:
-        st.close()
+    out, session = _run_session(st, CameraDocked("BWC0001", "generic", camera, device=str(camera.parent / "sdz1")), cancel=threading.Event())
     assert out.phase == Phase.INTERRUPTED and session["undocked_at"] is not None
 
 
@@ -663,12 +667,7 @@ def test_a_daemon_stopping_during_the_grace_is_not_an_undock(make_cfg, camera, m
         cancel.set()
 
     _camera_eio_on_fsync(camera, monkeypatch, then=lambda: threading.Timer(0.2, stop).start())
-    st.start()
-    try:
-        out = st.run_session(CameraDocked("BWC0001", "generic", camera), cancel=cancel)
-        session = st.ledger.session(out.session_id)
-    finally:
-        st.close()
+    out, session = _run_session(st, CameraDocked("BWC0001", "generic", camera), cancel=cancel)
     assert session["undocked_at"] is None and session["phase"] == "wiping"
     assert session["error"] == engine_mod.STOPPED_ERROR
 
@@ -685,12 +684,7 @@ def test_a_camera_pulled_out_as_its_session_ends_is_recorded_undocked(make_cfg, 
         return real(*a, **k)
 
     st._store_manifest = store_manifest
-    st.start()
-    try:
-        out = st.run_session(CameraDocked("BWC0001", "generic", camera), cancel=cancel)
-        session = st.ledger.session(out.session_id)
-    finally:
-        st.close()
+    out, session = _run_session(st, CameraDocked("BWC0001", "generic", camera), cancel=cancel)
     assert out.phase == Phase.DONE and session["undocked_at"] is not None
 
 
@@ -749,13 +743,7 @@ def test_a_camera_failing_in_its_bay_with_its_device_node_present_ends_in_attent
     monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 0.2)
     _camera_eio_on_fsync(camera, monkeypatch)
     st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
-    st.start()
-    try:
-        out = st.run_session(CameraDocked("BWC0001", "generic", camera, device=str(node)),
-                             cancel=threading.Event())
-        session = st.ledger.session(out.session_id)
-    finally:
-        st.close()
+    out, session = _run_session(st, CameraDocked("BWC0001", "generic", camera, device=str(node)), cancel=threading.Event())
     assert out.phase == Phase.ATTENTION and session["undocked_at"] is None
     assert session["error"].startswith("camera failed: ")
 
