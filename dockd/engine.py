@@ -539,7 +539,7 @@ class Station:
         with self.ledger.tx():
             for sp, rec in zip(group, self.ledger.get_many(sp.rec_id for sp in group)):
                 key = naming.object_key(self.cfg.store.prefix, self.cfg.station.id, rec.serial, rec.rel_path,
-                                        rec.mtime_ns, sp.plain_sha256)
+                                        rec.mtime_ns, sp.plain_sha256, rec.id)
                 done.append((sp, self.ledger.transition(
                     rec.id, RecState.SPOOLED, event="recording.spooled", plain_sha256=sp.plain_sha256,
                     cipher_sha256=sp.cipher_sha256, cipher_size=sp.cipher_size, object_key=key,

@@ -57,7 +57,7 @@ def test_whole_path_verifies_wipes_and_leaves_other_files(make_cfg, camera, iden
     for r in recs:
         obj = store / r.object_key
         assert obj.is_file()
-        assert r.object_key.endswith(f".{r.plain_sha256[:16]}.age")
+        assert r.object_key.endswith(f".{r.plain_sha256[:16]}.{r.id}.age")
         buf = io.BytesIO()
         with open(obj, "rb") as f:
             decrypt(f, buf, [identity])

@@ -1,10 +1,17 @@
 """Deterministic, sanitised object keys: one place for this fact.
 
-``{prefix}/{station}/{camera}/{YYYY-MM-DD}/{name}.{sha256[:16]}.age``
+``{prefix}/{station}/{camera}/{YYYY-MM-DD}/{name}.{sha256[:16]}.{recording}.age``
 
-The same recording always maps to the same key, so a retry can never make a
-second copy. Keys never contain ``..``, control characters or separators from
-the camera's names, and their length is bounded.
+A recording's key is made once, when it is spooled, and kept in the ledger:
+every retry uploads to it, so a retry can never make a second copy. It names
+the recording (the ledger's id, unique on this station), not only its name and
+content: two camera files never share a key, even with the same name and the
+same bytes (``100BWC/VID0001.MP4`` and ``101BWC/VID0001.MP4``, or a clip that
+reuses a wiped clip's name), so no upload overwrites another recording's
+object. Keys made before the id was part of them (``{name}.{sha256[:16]}.age``)
+stay where they are: the ledger and the manifests name them.
+Keys never contain ``..``, control characters or separators from the camera's
+names, and their length is bounded.
 """
 
 from __future__ import annotations
@@ -28,11 +35,11 @@ def _day(ts: float) -> str:
 
 
 def object_key(prefix: str, station: str, camera: str, rel_path: bytes, mtime_ns: int,
-               plain_sha256: str) -> str:
+               plain_sha256: str, recording_id: int) -> str:
     name = safe_component(os.path.basename(os.fsdecode(rel_path)))
     parts = [p for p in prefix.split("/") if p] + [
         safe_component(station), safe_component(camera), _day(mtime_ns / 1e9),
-        f"{name}.{plain_sha256[:16]}.age",
+        f"{name}.{plain_sha256[:16]}.{int(recording_id)}.age",
     ]
     return "/".join(parts)
 
