@@ -37,6 +37,7 @@ from .errors import (
 from .ledger import Ledger
 from .model import Phase, RecState, Recording
 from .pipeline import naming
+from .pipeline.content import Sample, rehash
 from .pipeline.scan import scan
 from .pipeline.spool import GroupCommit, Spool, Spooled
 from .pipeline.upload import Uploader
@@ -83,6 +84,15 @@ class LiveSession:
     docked_at: float = field(default_factory=time.time)
     root_dev: int | None = None       # the camera root's st_dev when the session began
     unreadable_in_a_row: int = 0      # files failed with a device error since the last good read
+    # each recording's content sample, taken as this session read its file: the wipe deletes
+    # only files whose sample still matches (pipeline/content.py)
+    samples: dict[int, Sample] = field(default_factory=dict)
+    # recordings whose file the camera replaced with different content under the same
+    # identity (their copy stays): id → what the manifest says of them
+    replaced: dict[int, str] = field(default_factory=dict)
+    # what the session was started with; a reload applies to sessions that start after it
+    recipients: list[Any] = field(default_factory=list)
+    wipe_after: str = "verified"
 
 
 @dataclass
@@ -294,7 +304,8 @@ class Station:
                                        ev.usb.as_dict())
         lg = lg.bind(session=sid)
         log.emit(lg, "device.docked", profile=profile.name, device=ev.device, bay=ev.bay, mount=str(ev.mount))
-        live = LiveSession(sid, ev.serial, profile.name, bay=ev.bay)
+        live = LiveSession(sid, ev.serial, profile.name, bay=ev.bay, recipients=self.recipients,
+                           wipe_after=self.cfg.wipe.after)
         with self._lock:
             self._docked[ev.serial] = sid
             self.live[ev.serial] = live
@@ -325,7 +336,7 @@ class Station:
             notes = {i: (f"not on the camera at this dock: the wipe of session {was} deleted it "
                          "and could not confirm the deletion") for i, was in absent.items()}
             result = wipe(ev.mount, _complete_groups(self.ledger.get_many(recs), live.primary_of),
-                          self.ledger, lg, root_dev)
+                          self.ledger, lg, root_dev, live.samples)
             # only now: a wipe that stopped before confirming them leaves them to the session
             # whose wipe deleted them, which the next dock's note must still name
             self.ledger.claim([r.id for r in result.wiped if r.id in absent], sid)
@@ -415,12 +426,13 @@ class Station:
                 failed: list[tuple[str, str]], refused: list[tuple[str, str]], camera_failed: str | None,
                 release: Callable[[], None] | None) -> Phase:
         """A session that kept its camera to the end: its manifest, what was not done,
-        the camera released, and the phase it ends in (done or attention)."""
-        self._store_manifest(sid, final, lg, notes)
-        want = RecState.WIPED if self.cfg.wipe.after == "verified" else None
+        the camera released, and the phase it ends in (done or attention). The manifest also
+        names the recordings whose file the camera replaced under their identity."""
+        self._store_manifest(sid, final + self.ledger.get_many(live.replaced), lg, notes | live.replaced)
+        want = RecState.WIPED if live.wipe_after == "verified" else None
         not_done = [r for r in final if r.state not in (RecState.WIPED, RecState.VERIFIED)
                     or (want is not None and r.state != want)]
-        if self.cfg.wipe.after == "spooled":
+        if live.wipe_after == "spooled":
             not_done = [r for r in final if not r.is_durable]
         refused_names = {name for name, _why in refused}
         for r in not_done:
@@ -509,10 +521,10 @@ class Station:
                  ignored=res.ignored, skipped=len(res.skipped))
         live.total = len(recs)
         live.total_bytes = res.bytes
-        live.spooled_bytes = sum(r.size for r in recs.values() if r.state.is_safe)
         self._set_phase(sid, live, Phase.SPOOLING, lg)
-        changed = False
-        group = GroupCommit(self.spool, lambda done: self._commit_spooled(done, lg))
+        changed = self._recheck(ev, profile, sid, lg, live, cancel, recs, found_markers)
+        live.spooled_bytes = sum(r.size for r in recs.values() if r.state.is_safe)
+        group = GroupCommit(self.spool, lambda done: self._commit_spooled(done, lg), live.recipients)
         try:
             # one read of every state; only this session spools this camera's recordings
             for rec in sorted(self.ledger.get_many(recs), key=spool_order):
@@ -567,8 +579,10 @@ class Station:
         while True:
             self._wait_for_spool_space(cancel, rlg, live, group)
             try:
-                group.spool(ev.mount / os.fsdecode(rec.rel_path), rec.id, rec.size, rec.mtime_ns,
-                            cancel, on_bytes)
+                sp = group.spool(ev.mount / os.fsdecode(rec.rel_path), rec.id, rec.size, rec.mtime_ns,
+                                 cancel, on_bytes)
+                if sp.sample is not None:
+                    live.samples[rec.id] = sp.sample
                 live.unreadable_in_a_row = 0
                 return "ok"
             except SpoolFullError as exc:
@@ -588,14 +602,8 @@ class Station:
                 return "changed"
             except DeviceGoneError as exc:
                 live.spooled_bytes = before
-                if (cancel.is_set() or self.stopping or cancel.wait(READ_ERROR_GRACE_SECONDS)
-                        or live.unreadable_in_a_row + 1 >= MAX_UNREADABLE_IN_A_ROW
-                        or not _camera_answers(ev, live.root_dev)):
+                if self._is_camera_lost(ev, live, cancel):
                     raise
-                # the camera is still here and answering: this file is unreadable (a bad sector),
-                # the camera is not gone. Its other recordings are still worth copying; one bad
-                # file must not stop every dock of this camera at the same place
-                live.unreadable_in_a_row += 1
                 self._fail_read(rec, rlg, exc, failed)
                 return "failed"
             except SourceError as exc:
@@ -604,6 +612,72 @@ class Station:
                     raise DeviceGoneError(f"camera gone: {exc}") from exc
                 self._fail_read(rec, rlg, exc, failed)
                 return "failed"
+
+    def _is_camera_lost(self, ev: CameraDocked, live: LiveSession, cancel: threading.Event) -> bool:
+        """After a read failed as a dead device would: True if the camera is gone (or failed
+        as a whole), False if this one file is unreadable (a bad sector) while the camera
+        still answers. Its other recordings are still worth copying; one bad file must not
+        stop every dock of this camera at the same place."""
+        if (cancel.is_set() or self.stopping or cancel.wait(READ_ERROR_GRACE_SECONDS)
+                or live.unreadable_in_a_row + 1 >= MAX_UNREADABLE_IN_A_ROW
+                or not _camera_answers(ev, live.root_dev)):
+            return True
+        live.unreadable_in_a_row += 1
+        return False
+
+    def _recheck(self, ev: CameraDocked, profile: Profile, sid: int, lg: Any, live: LiveSession,
+                 cancel: threading.Event, recs: dict[int, Recording], markers: dict[bytes, str]) -> bool:
+        """Re-read in full, and re-hash, every file whose copy was made at an earlier dock,
+        before anything else happens to it: its identity (path, size, mtime) says it is the
+        file copied then, which proves nothing about its content. A match gives the file
+        its sample for the wipe. A file that differs is a new recording under an old
+        identity: the old one keeps its copy and no longer stands for the file
+        (``Ledger.mark_replaced``), and the file is found anew, to be copied in this pass.
+        A file that cannot be read now keeps no sample: the wipe refuses it, and says why.
+        True if a file changed while it was read (scan again)."""
+        changed = False
+        for rec in sorted(self.ledger.get_many(recs), key=spool_order):
+            if rec.id in live.samples or not (rec.is_durable and rec.plain_sha256):
+                continue
+            if cancel.is_set():
+                raise DeviceGoneError("camera undocked")
+            rlg = lg.bind(recording=rec.name, sha256=rec.plain_sha256)
+            live.current = rec.name
+            try:
+                digest, sample = rehash(os.path.join(os.fsencode(ev.mount), rec.rel_path), rec.size,
+                                        rec.mtime_ns)
+            except FileChangedError as exc:
+                log.emit(rlg, "recording.changed", error=str(exc))
+                changed = True
+                continue
+            except DeviceGoneError as exc:
+                if self._is_camera_lost(ev, live, cancel):
+                    raise
+                log.emit(rlg, "recording.read_failed", error=str(exc))
+                continue
+            except SourceError as exc:
+                if not _is_mounted(ev.mount):
+                    raise DeviceGoneError(f"camera gone: {exc}") from exc
+                log.emit(rlg, "recording.read_failed", error=str(exc))
+                continue
+            live.unreadable_in_a_row = 0
+            if digest == rec.plain_sha256:
+                live.samples[rec.id] = sample
+                continue
+            why = (f"the camera holds different content (sha256 {digest[:16]}) under this recording's"
+                   f" path, size and mtime; the copy of session {rec.session_id} stays in the store as it was")
+            self.ledger.mark_replaced(rec.id, why)
+            log.emit(rlg, "recording.replaced", object_key=rec.object_key, error=why)
+            live.replaced[rec.id] = why
+            del recs[rec.id]
+            marker = markers.get(rec.rel_path)
+            new = self.ledger.upsert_found(ev.serial, sid, profile.name, rec.rel_path, rec.size, rec.mtime_ns,
+                                           rec.role, flagged=flags.is_event(marker))
+            if marker is not None:
+                self._note_marker(new, marker, lg)
+            recs[new.id] = new
+        live.current = None
+        return changed
 
     def _note_marker(self, rec: Recording, marker: str, lg: Any) -> None:
         """Remember the marker; a flagged recording gets one ``recording.flagged`` audit
@@ -633,7 +707,7 @@ class Station:
         whatever its ledger state says: after a restart, recordings that had given
         up are queued again while still ``failed``."""
         self._set_phase(sid, live, Phase.UPLOADING, lg)
-        after_spooled = self.cfg.wipe.after == "spooled"
+        after_spooled = live.wipe_after == "spooled"
         unsettled = [s for s in RecState if s not in SETTLED]
         while True:
             busy = self.uploader.busy_ids()

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import AuditChainError, LedgerError
-from .model import TRANSITIONS, Phase, RecState, Recording
+from .model import TRANSITIONS, Phase, RecState, Recording, display_path
 
 GENESIS = "0" * 64
 
@@ -108,7 +108,53 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE recordings ADD COLUMN wipe_started REAL;
     """,
+    # v3: (serial, path, size, mtime) is a hint, not a proof of content. A camera whose
+    # clock reset and whose file counter restarted writes a different clip under an identity
+    # already seen, so an identity is unique only among the recordings still standing for a
+    # file on the camera: not one wiped or superseded, nor one whose file the camera replaced
+    # with different content (``replaced_at``: the copy stays, verified in the store).
+    """
+    CREATE TABLE recordings_v3(
+        id INTEGER PRIMARY KEY,
+        serial TEXT NOT NULL,
+        rel_path BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        role TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        session_id INTEGER REFERENCES sessions(id),
+        state TEXT NOT NULL,
+        plain_sha256 TEXT,
+        cipher_sha256 TEXT,
+        cipher_size INTEGER,
+        object_key TEXT,
+        spool_path TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        next_attempt_at REAL,
+        flagged INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        wipe_started REAL,
+        replaced_at REAL
+    );
+    INSERT INTO recordings_v3(id, serial, rel_path, size, mtime_ns, role, profile, session_id, state,
+        plain_sha256, cipher_sha256, cipher_size, object_key, spool_path, attempts, last_error,
+        next_attempt_at, flagged, created_at, updated_at, wipe_started)
+      SELECT id, serial, rel_path, size, mtime_ns, role, profile, session_id, state,
+        plain_sha256, cipher_sha256, cipher_size, object_key, spool_path, attempts, last_error,
+        next_attempt_at, flagged, created_at, updated_at, wipe_started FROM recordings;
+    DROP TABLE recordings;
+    ALTER TABLE recordings_v3 RENAME TO recordings;
+    CREATE INDEX recordings_state ON recordings(state);
+    CREATE INDEX recordings_identity ON recordings(serial, rel_path, size, mtime_ns);
+    CREATE UNIQUE INDEX recordings_standing ON recordings(serial, rel_path, size, mtime_ns)
+        WHERE state NOT IN ('wiped', 'superseded') AND replaced_at IS NULL;
+    """,
 ]
+
+# a recording that still stands for its file on the camera (see v3)
+STANDING = "state NOT IN ('wiped', 'superseded') AND replaced_at IS NULL"
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -158,7 +204,6 @@ class Ledger:
         self._late_durable = False
         self._tx_durable = False            # the open outer transaction commits FULL
         self._session_usb: dict[int, tuple[str, Any]] = {}
-        self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
 
     # -- plumbing -----------------------------------------------------------
@@ -196,15 +241,24 @@ class Ledger:
                 self._db.execute("PRAGMA wal_checkpoint(FULL)")
 
     def _migrate(self) -> None:
-        with self.tx() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise LedgerError(
-                    f"ledger {self.path} has schema v{version}, newer than this dockd (v{SCHEMA_VERSION})")
-            for v in range(version, SCHEMA_VERSION):
-                for stmt in _split_sql(MIGRATIONS[v]):
-                    db.execute(stmt)
-                db.execute(f"PRAGMA user_version={v + 1}")
+        """Bring the schema up to date in one transaction. Foreign keys are off while it
+        runs (SQLite's procedure for rebuilding a table others refer to: the switch only
+        takes outside a transaction), and checked before the commit."""
+        self._db.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with self.tx() as db:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise LedgerError(
+                        f"ledger {self.path} has schema v{version}, newer than this dockd (v{SCHEMA_VERSION})")
+                for v in range(version, SCHEMA_VERSION):
+                    for stmt in _split_sql(MIGRATIONS[v]):
+                        db.execute(stmt)
+                    db.execute(f"PRAGMA user_version={v + 1}")
+                if version < SCHEMA_VERSION and db.execute("PRAGMA foreign_key_check").fetchone():
+                    raise LedgerError(f"ledger {self.path}: migration left a dangling reference")
+        finally:
+            self._db.execute("PRAGMA foreign_keys=ON")
 
     def close(self) -> None:
         with self._lock:
@@ -370,25 +424,42 @@ class Ledger:
 
     def upsert_found(self, serial: str, session_id: int, profile: str, rel_path: bytes,
                      size: int, mtime_ns: int, role: str, flagged: bool = False) -> Recording:
-        """Record a file seen on the camera; an already-known identity keeps its state.
+        """Record a file seen on the camera. The recording standing for that identity keeps
+        its state; one that was wiped, superseded or replaced stands for nothing on the
+        camera any more, so a file seen under its identity is a new recording, copied like
+        any other (a camera whose clock reset and whose file counter restarted).
         A file seen is not deleted: a note that a wipe began deleting it is withdrawn
         (its unlink never reached the camera), so no later absence is taken for that
         wipe's, and the note never names a session other than the one that wrote it."""
         now = time.time()
+        where = "serial=? AND rel_path=? AND size=? AND mtime_ns=? AND " + STANDING
+        ident = (serial, rel_path, size, mtime_ns)
         with self.tx() as db:
-            db.execute(
-                "INSERT INTO recordings(serial, rel_path, size, mtime_ns, role, profile, session_id,"
-                " state, flagged, created_at, updated_at) VALUES(?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT(serial, rel_path, size, mtime_ns) DO UPDATE SET"
-                " session_id=excluded.session_id, flagged=MAX(flagged, excluded.flagged), wipe_started=NULL",
-                (serial, rel_path, size, mtime_ns, role, profile, session_id,
-                 RecState.FOUND.value, int(flagged), now, now),
-            )
-            row = db.execute(
-                f"SELECT {_REC_COLS} FROM recordings WHERE serial=? AND rel_path=? AND size=? AND mtime_ns=?",
-                (serial, rel_path, size, mtime_ns),
-            ).fetchone()
+            row = db.execute(f"UPDATE recordings SET session_id=?, flagged=MAX(flagged, ?), wipe_started=NULL"
+                             f" WHERE {where} RETURNING {_REC_COLS}",
+                             (session_id, int(flagged), *ident)).fetchone()
+            if row is None:
+                row = db.execute(
+                    "INSERT INTO recordings(serial, rel_path, size, mtime_ns, role, profile, session_id,"
+                    f" state, flagged, created_at, updated_at) VALUES(?,?,?,?,?,?,?,?,?,?,?) RETURNING {_REC_COLS}",
+                    (*ident, role, profile, session_id, RecState.FOUND.value, int(flagged), now, now),
+                ).fetchone()
         return _row_to_rec(row)
+
+    def mark_replaced(self, rec_id: int, reason: str) -> None:
+        """The camera holds different content under this recording's identity: the
+        recording keeps its state and its copy (the store's, or the spool's on its way
+        there) but no longer stands for the camera's file, which a wipe must never delete
+        on its strength. The file is a new recording (``upsert_found``)."""
+        with self.tx() as db:
+            row = db.execute("UPDATE recordings SET replaced_at=?, wipe_started=NULL WHERE id=? AND replaced_at"
+                             " IS NULL RETURNING serial, session_id, rel_path, plain_sha256, object_key, state",
+                             (time.time(), rec_id)).fetchone()
+            if row is not None:
+                self.append_event("recording.replaced", serial=row["serial"], session_id=row["session_id"],
+                                  recording_id=rec_id, path=display_path(bytes(row["rel_path"])),
+                                  sha256=row["plain_sha256"], object_key=row["object_key"],
+                                  state=row["state"], reason=reason)
 
     def supersede(self, serial: str, rel_path: bytes, current_id: int) -> int:
         """Older versions of a camera file that were never copied and no longer exist

@@ -47,6 +47,9 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "recording.spooled": ("info", "encrypted copy durable in the spool", "camera, recording, sha256, size, cipher_sha256, seconds"),
     "recording.read_failed": ("warning", "a camera file could not be read; skipped, not wiped", "camera, recording, error"),
     "recording.changed": ("warning", "a camera file changed while being read; copied again later", "camera, recording"),
+    "recording.replaced": ("warning", "the camera holds different content under a copied recording's path, size"
+                           " and mtime; the copy stays, the file is copied as a new recording",
+                           "camera, recording, sha256, object_key, error"),
     "recording.superseded": ("info", "an uncopied version of a file was replaced on the camera", "camera, recording"),
     "recording.spool_corrupt": ("error", "a spooled ciphertext no longer matches its hash", "camera, recording, sha256"),
     "recording.flagged": ("info", "the camera marked this recording as an event; retained as evidential", "camera, recording, marker"),

@@ -255,7 +255,7 @@ def test_a_ledger_from_before_wipe_intents_is_migrated_and_keeps_its_chain(tmp_p
     old.close()
     monkeypatch.undo()
     led = L.Ledger(path)
-    assert led.schema_version == len(v2) == 2
+    assert led.schema_version == len(v2) == L.SCHEMA_VERSION
     assert led.get(rec_id).state == RecState.FOUND and led.verify_chain() >= 1
     led.mark_wipe_started([rec_id])                       # the new column is there (a no-op: not verified)
     assert led.unconfirmed_wipes("CAMX") == []

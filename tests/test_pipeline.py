@@ -43,6 +43,22 @@ def ingest(cfg, camera: Path, backend=None, serial="BWC0001", **kw):
     return out, recs, events, chain
 
 
+
+def _samples(root, recs):
+    """The content samples a session takes as it reads the files: what the wipe checks."""
+    from dockd.errors import DockdError
+    from dockd.pipeline.content import rehash
+
+    out = {}
+    for r in recs:
+        path = os.path.join(os.fsencode(root), r.rel_path)
+        try:
+            out[r.id] = rehash(path, r.size, r.mtime_ns)[1]
+        except DockdError:
+            pass              # gone, or no longer what was copied: no sample
+    return out
+
+
 def test_whole_path_verifies_wipes_and_leaves_other_files(make_cfg, camera, identity, tmp_path):
     before = files(camera)
     out, recs, events, chain = ingest(make_cfg(), camera)
@@ -343,10 +359,10 @@ def test_wipe_never_trusts_absence_on_a_mount_point_that_lost_its_camera(make_cf
     empty_mount_point.mkdir()
     scanned_dev = os.stat(empty_mount_point).st_dev + 1          # the camera's filesystem, now gone
     with pytest.raises(DeviceGoneError):
-        wipe(empty_mount_point, [rec], ledger, dlog.get(), root_dev=scanned_dev)
+        wipe(empty_mount_point, [rec], ledger, dlog.get(), root_dev=scanned_dev, samples=_samples(empty_mount_point, [rec]))
     assert ledger.get(rec.id).state == RecState.VERIFIED
     # on the camera itself, an absent verified file is wiped (idempotent after a crash)
-    res = wipe(empty_mount_point, [rec], ledger, dlog.get(), root_dev=os.stat(empty_mount_point).st_dev)
+    res = wipe(empty_mount_point, [rec], ledger, dlog.get(), root_dev=os.stat(empty_mount_point).st_dev, samples=_samples(empty_mount_point, [rec]))
     assert [r.id for r in res.wiped] == [rec.id] and ledger.get(rec.id).state == RecState.WIPED
 
 
@@ -402,7 +418,7 @@ def test_wipe_confirms_nothing_when_the_camera_fails_its_flush(tmp_path, monkeyp
     cam, ledger, rec = _verified_on_camera(tmp_path)
     monkeypatch.setattr(os, "fsync", _failing_dir_fsync(errno.EIO))
     with pytest.raises(DeviceGoneError, match="not confirmed"):
-        wipe_mod.wipe(cam, [rec], ledger, dlog.get(), root_dev=os.stat(cam).st_dev)
+        wipe_mod.wipe(cam, [rec], ledger, dlog.get(), root_dev=os.stat(cam).st_dev, samples=_samples(cam, [rec]))
     assert ledger.get(rec.id).state == RecState.VERIFIED
     assert "wipe.done" not in [e["event"] for e in ledger.events(limit=100)]
     monkeypatch.undo()
@@ -417,13 +433,13 @@ def test_wipe_confirms_nothing_when_the_camera_fails_its_flush(tmp_path, monkeyp
 
     monkeypatch.setattr(wipe_mod, "syncfs", failing_syncfs)
     with pytest.raises(DeviceGoneError):
-        wipe_mod.wipe(cam2, [rec2], ledger2, dlog.get(), root_dev=os.stat(cam2).st_dev)
+        wipe_mod.wipe(cam2, [rec2], ledger2, dlog.get(), root_dev=os.stat(cam2).st_dev, samples=_samples(cam2, [rec2]))
     assert synced_while == [RecState.VERIFIED]          # synced before anything is confirmed
     assert ledger2.get(rec2.id).state == RecState.VERIFIED
     monkeypatch.undo()
 
     # docked again: the file is already gone, and that counts as wiped (idempotent)
-    res = wipe_mod.wipe(cam2, [rec2], ledger2, dlog.get(), root_dev=os.stat(cam2).st_dev)
+    res = wipe_mod.wipe(cam2, [rec2], ledger2, dlog.get(), root_dev=os.stat(cam2).st_dev, samples=_samples(cam2, [rec2]))
     assert [r.id for r in res.wiped] == [rec2.id] and ledger2.get(rec2.id).state == RecState.WIPED
 
 
@@ -934,7 +950,7 @@ def test_a_wipe_notes_only_the_files_it_deletes(tmp_path, monkeypatch):
         if change:
             f.write_bytes(b"rewritten by the camera")
     monkeypatch.setattr(os, "unlink", _failing_for(os.unlink, "RO.MP4", errno.EROFS))
-    res = wipe_mod.wipe(cam, recs, ledger, dlog.get(), root_dev=os.stat(cam).st_dev)
+    res = wipe_mod.wipe(cam, recs, ledger, dlog.get(), root_dev=os.stat(cam).st_dev, samples=_samples(cam, recs))
     assert [r.id for r in res.wiped] == [gone.id]
     assert [r.id for r, _ in res.refused] == [recs[1].id] and [r.id for r, _ in res.failed] == [recs[2].id]
     assert ledger.unconfirmed_wipes("CAMX") == []          # neither is taken for a deletion later
@@ -961,7 +977,7 @@ def test_a_wipe_cut_short_notes_only_the_unlinks_it_tried(tmp_path, monkeypatch)
     order = [r.id for r in sorted(recs, key=lambda r: r.role != "sidecar")]
     monkeypatch.setattr(os, "unlink", _failing_for(os.unlink, "F3.MP4", errno.ENOTCONN))
     with pytest.raises(DeviceGoneError):
-        wipe_mod.wipe(cam, recs, ledger, dlog.get(), root_dev=os.stat(cam).st_dev)
+        wipe_mod.wipe(cam, recs, ledger, dlog.get(), root_dev=os.stat(cam).st_dev, samples=_samples(cam, recs))
     by_id = {r.id: r for r in recs}
     cut = order.index(next(r.id for r in recs if r.name.endswith("F3.MP4")))
     noted = {r.id for r in ledger.unconfirmed_wipes("CAMX")}
@@ -984,7 +1000,7 @@ def test_a_failed_flush_withdraws_the_notes_of_unlinks_that_were_refused(tmp_pat
     monkeypatch.setattr(os, "unlink", _failing_for(os.unlink, "F2.MP4", errno.EACCES))
     monkeypatch.setattr(wipe_mod, "syncfs", lambda _root: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
     with pytest.raises(DeviceGoneError):
-        wipe_mod.wipe(cam, [first, second], ledger, dlog.get(), root_dev=os.stat(cam).st_dev)
+        wipe_mod.wipe(cam, [first, second], ledger, dlog.get(), root_dev=os.stat(cam).st_dev, samples=_samples(cam, [first, second]))
     assert [r.id for r in ledger.unconfirmed_wipes("CAMX")] == [first.id]
 
 
@@ -1013,7 +1029,7 @@ def test_an_unlink_on_a_mount_point_that_lost_its_camera_withdraws_its_note(tmp_
     monkeypatch.setattr(os, "unlink", unlink)
     monkeypatch.setattr(os, "stat", stat_)
     with pytest.raises(DeviceGoneError, match="no longer holds it"):
-        wipe_mod.wipe(cam, [first], ledger, dlog.get(), root_dev=root_dev)
+        wipe_mod.wipe(cam, [first], ledger, dlog.get(), root_dev=root_dev, samples=_samples(cam, [first]))
     monkeypatch.undo()
     assert ledger.unconfirmed_wipes("CAMX") == []
 
@@ -1054,7 +1070,7 @@ def test_wipe_goes_on_where_a_filesystem_refuses_to_fsync_a_directory(tmp_path, 
     synced: list[str] = []
     real_syncfs = wipe_mod.syncfs
     monkeypatch.setattr(wipe_mod, "syncfs", lambda p: (synced.append(str(p)), real_syncfs(p)))
-    res = wipe_mod.wipe(cam, [rec], ledger, dlog.get(), root_dev=os.stat(cam).st_dev)
+    res = wipe_mod.wipe(cam, [rec], ledger, dlog.get(), root_dev=os.stat(cam).st_dev, samples=_samples(cam, [rec]))
     assert [r.id for r in res.wiped] == [rec.id] and ledger.get(rec.id).state == RecState.WIPED
     assert synced == [str(cam)] and not (cam / "DCIM" / "A.MP4").exists()
 

@@ -28,9 +28,11 @@ from ..age import Encryptor
 from ..age.stream import CHUNK_SIZE, TAG_SIZE
 from ..errors import DeviceGoneError, FileChangedError, SourceError, SpoolError, SpoolFullError
 from ..fsutil import HashingWriter, close_quietly, fsync_dir, make_durable
+from .content import GONE_ERRNOS, Sample, Sampler, read_error
+
+__all__ = ["GONE_ERRNOS", "GroupCommit", "Spool", "Spooled"]
 
 BLOCK = 1 << 20                      # 16 age chunks per read: few syscalls, small memory
-GONE_ERRNOS = {errno.EIO, errno.ENODEV, errno.ENXIO, errno.ENOTCONN, errno.ESHUTDOWN, errno.ESTALE}
 PARTIAL_DIR = "partial"
 # Group commit: files up to GROUP_FILE_MAX share one flush, up to GROUP_FILES files
 # or GROUP_BYTES bytes a group. A flush costs a journal commit (milliseconds on
@@ -50,6 +52,7 @@ class Spooled:
     rec_id: int = 0
     durable: bool = True            # False: still in partial/, waiting for Spool.commit
     fd: int = -1                    # durable=False: the file, open since before its writes
+    sample: Sample | None = None    # the plaintext's head and tail, for the wipe (content.py)
 
 
 class Spool:
@@ -113,6 +116,7 @@ class Spool:
         progress: Callable[[int], None] | None = None,
         *,
         durable: bool = True,
+        recipients: Sequence[object] | None = None,
     ) -> Spooled:
         """Encrypt ``source`` into the spool as ``<rec_id>.age``.
 
@@ -122,13 +126,15 @@ class Spool:
         the spool disk is full. Never leaves a partial file behind.
         ``durable=False`` stops short of the flush: the complete file stays in
         ``partial/`` until ``commit`` (a ``Spooled`` with ``durable=False``).
+        ``recipients``: whom to encrypt to, if not the spool's own (a session keeps the
+        recipients it started with across a reload).
         """
         t0 = time.monotonic()
         partial = self.root / PARTIAL_DIR / f"{rec_id}.age"
         try:
             src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            raise _read_error(exc, source) from exc
+            raise read_error(exc, source) from exc
         try:
             st = os.fstat(src)
             if not stat.S_ISREG(st.st_mode):
@@ -145,7 +151,8 @@ class Spool:
                 raise _spool_error(exc) from exc
             try:
                 sink = HashingWriter(out)
-                reader = _Reader(src, source, size, cancel, self.recipients)
+                reader = _Reader(src, source, size, cancel,
+                                 self.recipients if recipients is None else recipients)
                 done = 0
                 try:
                     for block, n in reader:
@@ -176,7 +183,7 @@ class Spool:
         # ``out`` stays open until the commit: opened before the writes, it is the one fd
         # sure to report their errors (see ``commit``)
         sp = Spooled(partial, plain.hexdigest(), sink.sha.hexdigest(), sink.size,
-                     time.monotonic() - t0, rec_id, durable=False, fd=out)
+                     time.monotonic() - t0, rec_id, durable=False, fd=out, sample=reader.sampler.sample())
         return self.commit([sp])[0] if durable else sp      # one way to make a file durable
 
     @staticmethod
@@ -232,9 +239,11 @@ class GroupCommit:
     copies them again), lets the handed-over ones finish, and ends the thread.
     """
 
-    def __init__(self, spool: Spool, on_commit: Callable[[list[Spooled]], None]) -> None:
+    def __init__(self, spool: Spool, on_commit: Callable[[list[Spooled]], None],
+                 recipients: Sequence[object] | None = None) -> None:
         self.spool_ = spool
         self.on_commit = on_commit
+        self.recipients = recipients
         self.pending: list[Spooled] = []
         self._bytes = 0
         self._queue: queue.Queue[list[Spooled] | None] = queue.Queue(maxsize=1)
@@ -247,7 +256,8 @@ class GroupCommit:
               cancel: threading.Event | None = None,
               progress: Callable[[int], None] | None = None) -> Spooled:
         self._raise_failure()
-        sp = self.spool_.spool(source, rec_id, size, mtime_ns, cancel, progress, durable=False)
+        sp = self.spool_.spool(source, rec_id, size, mtime_ns, cancel, progress, durable=False,
+                               recipients=self.recipients)
         if size > GROUP_FILE_MAX:
             self._hand_over()
             self._submit([sp])
@@ -363,6 +373,7 @@ class _Reader:
         self.size = size
         self.cancel = cancel
         self.sha = hashlib.sha256()
+        self.sampler = Sampler(size)
         self._done = 0
         # Buffers no larger than the file (one byte at least, to see it grow): a 64 KiB photo
         # must not pay for megabytes of freshly zeroed, page-faulted memory. A file that fits
@@ -393,6 +404,7 @@ class _Reader:
         if n:
             view = memoryview(self._plain)[:n]
             self.sha.update(view)
+            self.sampler.feed(view)
             self._enc.write(view)
         # At the scanned size, look for the end now (a file that grew fails here), so the
         # final chunk goes out in this block rather than in one of its own.
@@ -405,7 +417,7 @@ class _Reader:
         try:
             n = os.readv(self.fd, [self._plain])
         except OSError as exc:
-            raise _read_error(exc, self.source) from exc
+            raise read_error(exc, self.source) from exc
         self._done += n
         if self._done > self.size:
             raise FileChangedError(f"{self.source}: grew while being read")
@@ -469,14 +481,6 @@ class _Reader:
 
 class _Stopped(Exception):
     """The consumer gave up while the reader waited for a buffer."""
-
-
-def _read_error(exc: OSError, source: Path) -> SourceError:
-    if exc.errno in GONE_ERRNOS:
-        return DeviceGoneError(f"{source}: {exc.strerror} (camera gone?)")
-    if exc.errno == errno.ELOOP:
-        return SourceError(f"{source}: is a symlink (never followed)")
-    return SourceError(f"{source}: {exc.strerror}")
 
 
 def _spool_error(exc: OSError) -> SpoolError:

@@ -1,8 +1,9 @@
 """Wipe: delete verified recordings from the camera, and only those.
 
 Each file is re-stat'ed first (without following symlinks); if its size or
-mtime differ from what was spooled and verified, it is refused
-(``wipe.refused``), never deleted on the strength of an old copy. After the
+mtime differ from what was spooled and verified, or its head and tail blocks
+no longer match the sample taken when this session read it (``content.py``),
+it is refused (``wipe.refused``), never deleted on the strength of an old copy. After the
 deletions the directories are fsynced, the camera's filesystem is synced, and
 the files are listed again; only then is a deletion recorded (``wipe.done``).
 A camera that fails the flush (gone, or its media failing) confirms none of
@@ -30,7 +31,7 @@ from ..errors import DeviceGoneError
 from ..fsutil import close_quietly, syncfs
 from ..ledger import Ledger
 from ..model import RecState, Recording
-from .spool import GONE_ERRNOS
+from .content import GONE_ERRNOS, Sample
 
 
 @dataclass
@@ -55,8 +56,12 @@ def _same_camera(root_b: bytes, root_dev: int | None) -> None:
 
 
 def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
-         root_dev: int | None = None) -> WipeResult:
-    """``root_dev``: the camera root's st_dev when the session scanned it."""
+         root_dev: int | None = None, samples: dict[int, Sample] | None = None) -> WipeResult:
+    """``root_dev``: the camera root's st_dev when the session scanned it. ``samples``:
+    each recording's content sample, taken in this session as its file was read
+    (spooled, or re-hashed in full when its copy was made at an earlier dock); a file
+    is deleted only if its sample still matches (a file without one is refused)."""
+    samples = samples or {}
     result = WipeResult()
     root_b = os.fsencode(root)
     _same_camera(root_b, root_dev)
@@ -92,6 +97,15 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
         elif st.st_size != rec.size or st.st_mtime_ns != rec.mtime_ns:
             reason = (f"changed since it was copied (size {rec.size}→{st.st_size}, "
                       f"mtime {rec.mtime_ns}→{st.st_mtime_ns})")
+        else:
+            try:
+                reason = _content_differs(path, st, samples.get(rec.id))
+            except OSError as exc:
+                if exc.errno in GONE_ERRNOS:
+                    raise DeviceGoneError(f"camera gone during wipe: {exc.strerror}") from exc
+                result.failed.append((rec, exc.strerror or str(exc)))
+                log.emit(lg, "wipe.failed", error=exc.strerror)
+                continue
         if reason:
             ledger.append_event("wipe.refused", serial=rec.serial, recording_id=rec.id,
                                 session_id=rec.session_id, path=rec.name, reason=reason)
@@ -149,6 +163,23 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
             result.wiped.append(rec)
         ledger.clear_wipe_started(kept)
     return result
+
+
+def _content_differs(path: bytes, st: os.stat_result, sample: Sample | None) -> str | None:
+    """Why the file at ``path`` (lstat'ed as ``st``) may not be the content that was
+    copied, or None. Its size and mtime agree already; its sampled blocks must too."""
+    if sample is None:
+        return "its content was not read at this dock; it is checked in full at the next"
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            return "changed while the wipe looked at it"
+        if sample.size != st.st_size or not sample.matches(fd):
+            return "its content differs from what was copied (rewritten in place)"
+    finally:
+        close_quietly(fd)
+    return None
 
 
 def _gone(exc: OSError) -> DeviceGoneError:
