@@ -175,3 +175,108 @@ def test_same_name_and_content_in_two_folders_get_two_keys_and_verify_clean(stat
                         "-i", str(tmp / "id.txt")], capture_output=True, text=True, timeout=120)
     assert v.returncode == 0, v.stdout + v.stderr
     assert "mismatch" not in (v.stdout + v.stderr).lower()
+
+
+def test_the_wipe_refuses_a_file_rewritten_in_place_after_it_was_read(tmp_path):
+    """Within one session: the sample taken as the spool read the file no longer matches,
+    though size and mtime were restored."""
+    from dockd import log as dlog
+    from dockd.model import RecState
+    from dockd.pipeline.content import rehash
+    from dockd.pipeline.wipe import wipe
+
+    cam = tmp_path / "cam"
+    data = os.urandom(2 << 20)
+    put(cam, "DCIM/A.MP4", data)
+    led = Ledger(tmp_path / "ledger.sqlite3")
+    try:
+        sid = led.open_session("CAMX", "generic", str(cam), None, None, {})
+        st = (cam / "DCIM/A.MP4").stat()
+        rec = led.upsert_found("CAMX", sid, "generic", b"DCIM/A.MP4", st.st_size, st.st_mtime_ns, "recording")
+        sha, sample = rehash(os.fsencode(cam / "DCIM/A.MP4"), rec.size, rec.mtime_ns)
+        assert sha == hashlib.sha256(data).hexdigest()
+        for s in (RecState.SPOOLED, RecState.VERIFIED):
+            rec = led.transition(rec.id, s, plain_sha256=sha)
+        for offset in (100, len(data) - 50):          # the head block, then the tail block
+            with open(cam / "DCIM/A.MP4", "r+b") as f:
+                f.seek(offset)
+                f.write(b"TAMPERED")
+            os.utime(cam / "DCIM/A.MP4", ns=(st.st_mtime_ns, st.st_mtime_ns))
+            res = wipe(cam, [rec], led, dlog.get(), os.stat(cam).st_dev, {rec.id: sample})
+            assert res.wiped == [] and [r.id for r, _ in res.refused] == [rec.id]
+            assert "content differs" in res.refused[0][1]
+            assert (cam / "DCIM/A.MP4").exists()
+            put(cam, "DCIM/A.MP4", data)
+            os.utime(cam / "DCIM/A.MP4", ns=(st.st_mtime_ns, st.st_mtime_ns))
+        res = wipe(cam, [rec], led, dlog.get(), os.stat(cam).st_dev, {})       # no sample: refused
+        assert res.wiped == [] and (cam / "DCIM/A.MP4").exists()
+        res = wipe(cam, [rec], led, dlog.get(), os.stat(cam).st_dev, {rec.id: sample})
+        assert [r.id for r in res.wiped] == [rec.id] and not (cam / "DCIM/A.MP4").exists()
+    finally:
+        led.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 256 << 10, (256 << 10) + 1, 512 << 10, (512 << 10) + 7, 3 << 20])
+def test_a_sample_is_the_same_whatever_the_read_sizes(tmp_path, size):
+    from dockd.pipeline.content import Sampler, rehash
+
+    data = os.urandom(size)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    st = p.stat()
+    _sha, whole = rehash(os.fsencode(p), size, st.st_mtime_ns)
+    for step in (1 << 20, 4096, 65537):
+        s = Sampler(size)
+        for i in range(0, size, step):
+            s.feed(data[i:i + step])
+        assert s.sample() == whole
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert whole.matches(fd)
+    finally:
+        os.close(fd)
+
+
+def test_a_v2_ledger_migrates_and_a_wiped_identity_then_names_a_new_recording(tmp_path, monkeypatch):
+    """Stations in service hold v2 ledgers, whose identities were unique whatever their
+    state. Opened under v3, rows, upload checkpoints and the audit chain are kept, and a
+    wiped identity seen again is a new recording."""
+    from dockd import ledger as L
+    from dockd.model import RecState
+
+    path = tmp_path / "ledger.sqlite3"
+    full = L.MIGRATIONS[:]
+    monkeypatch.setattr(L, "MIGRATIONS", full[:2])
+    monkeypatch.setattr(L, "SCHEMA_VERSION", 2)
+    old = L.Ledger(path)
+    sid = old.open_session("CAMX", "generic", "/mnt", None, None, {})
+    with old.tx() as db:                # rows as v2 wrote them
+        wiped = db.execute(
+            "INSERT INTO recordings(serial, rel_path, size, mtime_ns, role, profile, session_id, state,"
+            " plain_sha256, object_key, flagged, created_at, updated_at) VALUES('CAMX', ?, 5, 1, 'recording',"
+            " 'generic', ?, 'wiped', 'aa', 'k1', 0, 0, 0)", (b"DCIM/V1.MP4", sid)).lastrowid
+        spooled = db.execute(
+            "INSERT INTO recordings(serial, rel_path, size, mtime_ns, role, profile, session_id, state,"
+            " spool_path, flagged, created_at, updated_at) VALUES('CAMX', ?, 5, 1, 'recording', 'generic', ?,"
+            " 'spooled', '/s/2.age', 0, 0, 0)", (b"DCIM/V2.MP4", sid)).lastrowid
+        db.execute("INSERT INTO uploads(recording_id, state, updated_at) VALUES(?, '{}', 0)", (spooled,))
+    chain = old.verify_chain()
+    old.close()
+    monkeypatch.undo()
+    led = L.Ledger(path)
+    try:
+        assert led.schema_version == L.SCHEMA_VERSION == 3
+        assert led.verify_chain() == chain
+        assert led.get(wiped).state == RecState.WIPED and led.checkpoint_load(spooled) == {}
+        sid2 = led.open_session("CAMX", "generic", "/mnt", None, None, {})
+        again = led.upsert_found("CAMX", sid2, "generic", b"DCIM/V1.MP4", 5, 1, "recording")
+        assert again.id != wiped and again.state == RecState.FOUND
+        same = led.upsert_found("CAMX", sid2, "generic", b"DCIM/V2.MP4", 5, 1, "recording")
+        assert same.id == spooled and same.state == RecState.SPOOLED
+        assert led.upsert_found("CAMX", sid2, "generic", b"DCIM/V1.MP4", 5, 1, "recording").id == again.id
+        led.mark_replaced(spooled, "test")       # no longer stands for the file: a new one does
+        fresh = led.upsert_found("CAMX", sid2, "generic", b"DCIM/V2.MP4", 5, 1, "recording")
+        assert fresh.id not in (spooled, again.id) and led.get(spooled).state == RecState.SPOOLED
+        assert led.integrity_check() == "ok"
+    finally:
+        led.close()
