@@ -253,3 +253,28 @@ def load(path: Path | None = None) -> Config:
     except UnicodeDecodeError:
         raise ConfigError("", f"{path}: not UTF-8") from None
     return parse(text, str(path))
+
+
+# What a reload (SIGHUP) can change. Everything else is built once, at start: the paths,
+# the store and its upload pool, the device source, the control socket and metrics
+# endpoints; a reload that changes them is refused, all of it, and says which keys.
+RELOADABLE = ("encryption", "devices.profiles_dir", "wipe", "spool", "hooks", "log", "metrics.interval")
+
+
+def needs_restart(old: Config, new: Config) -> list[str]:
+    """The dotted keys that differ between ``old`` and ``new`` and a reload cannot apply."""
+    out: list[str] = []
+
+    def walk(a: dict[str, Any], b: dict[str, Any], prefix: str) -> None:
+        for k in sorted(set(a) | set(b)):
+            key = prefix + k
+            if any(key == r or key.startswith(r + ".") for r in RELOADABLE):
+                continue
+            x, y = a.get(k), b.get(k)
+            if isinstance(x, dict) and isinstance(y, dict):
+                walk(x, y, key + ".")
+            elif x != y:
+                out.append(key)
+
+    walk(old.model_dump(), new.model_dump(), "")
+    return out

@@ -12,8 +12,11 @@ still present), start the control socket and metrics, then the source; READY=1
 once it listens. SIGTERM: stop the source, cancel sessions (the chunk being
 written finishes, the partial file is discarded, the ledger keeps the phase
 reached), let in-flight uploads finish, exit 0. SIGHUP: re-read the
-configuration (applied to sessions that start afterwards, hooks and logs at
-once); a bad file is logged and the old one kept.
+configuration, a clean cut: sessions that start afterwards use the new
+recipients, profiles and wipe rule, sessions already running finish with
+theirs, hooks and logs follow at once. A bad file, or one changing what only a
+restart can apply (``config.RELOADABLE``), is refused whole and logged
+(``daemon.reload_failed``), and the old configuration is kept.
 """
 
 from __future__ import annotations
@@ -90,11 +93,11 @@ class Daemon:
         self.notify.reloading()
         try:
             new = config_mod.load(self.config_path)
+            self.station.reconfigure(new)    # sessions that start from now on; refused whole
         except DockdError as exc:
             log.emit(self.log, "daemon.reload_failed", error=str(exc))
         else:
             self.cfg = new
-            self.station.cfg = new
             self.hooks.configure(new.hooks.command, new.hooks.timeout)
             for extra in (self.control, self.metrics):
                 if extra is not None:

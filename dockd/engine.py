@@ -205,6 +205,31 @@ class Station:
         log.emit(self.log, "daemon.recovered", **summary)
         return summary
 
+    def reconfigure(self, cfg: Config) -> None:
+        """A reload: sessions that start from now on use ``cfg`` (its recipients, profiles
+        and wipe rule); sessions already running finish with what they started with. All or
+        nothing: a configuration that cannot take effect here (a key only a restart can
+        apply, recipients or profiles that do not load) raises ``ConfigError`` and changes
+        nothing."""
+        from .config import needs_restart
+
+        stuck = needs_restart(self.cfg, cfg)
+        if stuck:
+            raise ConfigError(stuck[0], "cannot change while dockd runs; restart dockd to apply it"
+                              + (f" (also changed: {', '.join(stuck[1:])})" if stuck[1:] else ""))
+        if not cfg.encryption.recipients:
+            raise ConfigError("encryption.recipients", "no recipients: add the store's age public key")
+        recipients = [parse_recipient(r) for r in cfg.encryption.recipients]
+        profiles = load_profiles(cfg.devices.profiles_dir)
+        self.cfg = cfg
+        self.recipients = recipients
+        self.spool.recipients = recipients
+        # in place, so the device source's view follows too: one update (a single step under
+        # the GIL), then the removals; a reader never misses a profile that is in both
+        self.profiles.update(profiles)
+        for name in set(self.profiles) - set(profiles):
+            self.profiles.pop(name, None)
+
     def close(self, timeout: float = 30.0) -> None:
         self.uploader.stop(timeout)
         self.store.close()

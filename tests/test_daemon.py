@@ -204,3 +204,71 @@ def test_a_signal_arriving_inside_the_main_loops_wait_cannot_deadlock(make_cfg):
         assert d.events.get(timeout=1) == "stop:SIGTERM"
     finally:
         d.station.close()
+
+
+def _decrypts_with(path: Path, ident) -> bool:
+    import io
+
+    from dockd.age import decrypt
+    from dockd.errors import AgeError
+
+    try:
+        with open(path, "rb") as f:
+            decrypt(f, io.BytesIO(), [ident])
+    except AgeError:
+        return False
+    return True
+
+
+def test_a_reload_is_a_clean_cut_new_sessions_use_new_recipients(tmp_path, notify_sock):
+    """A real SIGHUP to a real ``dockd run`` after a key rotation: a session already running
+    finishes with the recipients it started with (its later files too); every session that
+    starts after the reload encrypts to the new ones only. A reload changing what only a
+    restart can apply is refused whole, naming the key, and nothing changes."""
+    from dockd.age import generate_identity
+
+    old, new = generate_identity(), generate_identity()
+    extra = "[spool]\nmin_free = 0\n"
+    cfg_path = write_config(tmp_path, str(old.public()), extra)
+    cfg = config_mod.load(cfg_path)
+    staged = tmp_path / "staging"
+    _big_file(staged / "CAM1" / "DCIM" / "BIG.MP4", BIG)
+    os.utime(staged / "CAM1" / "DCIM" / "BIG.MP4", (1_000_000_000, 1_000_000_000))   # copied first
+    (staged / "CAM1" / "DCIM" / "SMALL.MP4").write_bytes(b"after the reload" * 100)
+    for cam in ("CAM2", "CAM3"):
+        (staged / cam / "DCIM").mkdir(parents=True)
+        (staged / cam / "DCIM" / "CLIP.MP4").write_bytes(os.urandom(5000))
+    (tmp_path / "inbox").mkdir()
+    d = DaemonProcess(cfg_path, notify_sock)
+    try:
+        notify_sock.wait_for(lambda m: m.get("READY") == "1", 30)
+        os.rename(staged / "CAM1", tmp_path / "inbox" / "CAM1")
+        _wait_mid_copy(cfg, "CAM1")
+        write_config(tmp_path, str(new.public()), extra)          # the key rotation
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_event("daemon.reloaded", 10)
+        os.rename(staged / "CAM2", tmp_path / "inbox" / "CAM2")
+        d.wait_event("session.done", 120, where=lambda e: e.get("camera") == "CAM1")
+        d.wait_event("session.done", 60, where=lambda e: e.get("camera") == "CAM2")
+        cam2 = list((tmp_path / "store").rglob("CLIP.*.age"))
+        assert len(cam2) == 1 and _decrypts_with(cam2[0], new) and not _decrypts_with(cam2[0], old)
+        # a reload that only a restart could apply: refused whole (the recipients stay new)
+        write_config(tmp_path, str(old.public()), extra, store=tmp_path / "elsewhere")
+        d.proc.send_signal(signal.SIGHUP)
+        refused = d.wait_event("daemon.reload_failed", 10)
+        assert "store.url" in refused[0]["error"] and "restart" in refused[0]["error"]
+        os.rename(staged / "CAM3", tmp_path / "inbox" / "CAM3")
+        d.wait_event("session.done", 60, where=lambda e: e.get("camera") == "CAM3")
+        rc, _ = d.terminate()
+    finally:
+        d.kill()
+    assert rc == 0
+    assert not (tmp_path / "elsewhere").exists()
+    objs = {p.relative_to(tmp_path / "store").parts[2] + "/" + p.name.split(".")[0]: p
+            for p in (tmp_path / "store").rglob("*.age")}
+    assert set(objs) == {"CAM1/BIG", "CAM1/SMALL", "CAM2/CLIP", "CAM3/CLIP"}, sorted(objs)
+    for name, p in objs.items():
+        want = old if name.startswith("CAM1/") else new
+        other = new if want is old else old
+        assert _decrypts_with(p, want), f"{name} does not decrypt with the key its session started with"
+        assert not _decrypts_with(p, other), f"{name} also decrypts with the other key"
