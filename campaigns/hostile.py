@@ -4,6 +4,12 @@ Each layout is one ``dockd ingest`` (file:// store). For each: dockd exits
 with 0 or 1 (never a traceback), logs the expected event, reads nothing outside
 the camera (no object decrypts to the planted outside bytes), and the
 invariants hold (nothing deleted that was not verified).
+
+Redocks are cameras that lie with their identities between two docks: a new
+clip under a wiped clip's path, size and mtime; a clip replaced, or rewritten in
+place with its mtime restored, before the wipe deferred to its next dock; two
+folders holding the same name and bytes. After every dock the invariants judge
+by content: the camera's bytes at dock time are on the camera or in the store.
 """
 
 from __future__ import annotations
@@ -132,6 +138,97 @@ LAYOUTS: list[tuple[str, Callable[[Path, Path, int], None], tuple[str, str], lis
 ]
 
 
+MTIME_2000 = 946684800
+
+
+def _clip(cam: Path, rel: str, data: bytes) -> None:
+    _w(cam / rel, data, mtime=MTIME_2000)
+
+
+def reused_identity(cam: Path) -> list[Callable[[Path], None]]:
+    """Dock 1 copies and wipes a clip; the camera's clock and counter reset, and it writes a
+    different clip under the same path, size and mtime; dock 2."""
+    _clip(cam, "DCIM/V0001.MP4", os.urandom(64 << 10))
+    return [lambda c: _clip(c, "DCIM/V0001.MP4", os.urandom(64 << 10))]
+
+
+def replaced_before_wipe(cam: Path) -> list[Callable[[Path], None]]:
+    """Dock 1 copies and defers the wipe (``after = "spooled"``); before dock 2 the camera
+    holds a different clip with the same path, size and mtime."""
+    _clip(cam, "DCIM/V0001.MP4", os.urandom(64 << 10))
+    _clip(cam, "DCIM/V0002.MP4", os.urandom(3 << 20))
+    return [lambda c: (_clip(c, "DCIM/V0001.MP4", os.urandom(64 << 10)),
+                       _clip(c, "DCIM/V0002.MP4", os.urandom(3 << 20)))]
+
+
+def rewritten_in_place(cam: Path) -> list[Callable[[Path], None]]:
+    """Dock 1 defers the wipe; 8 bytes are overwritten in the head, the middle and the tail
+    of three clips, their mtimes restored; dock 2."""
+    for i in range(3):
+        _clip(cam, f"DCIM/V000{i}.MP4", os.urandom(3 << 20))
+
+    def tamper(c: Path) -> None:
+        for i, at in enumerate((100, (3 << 20) // 2, (3 << 20) - 20)):
+            p = c / f"DCIM/V000{i}.MP4"
+            with open(p, "r+b") as f:
+                f.seek(at)
+                f.write(b"TAMPERED")
+            os.utime(p, (MTIME_2000, MTIME_2000))
+    return [tamper]
+
+
+def same_name_two_folders(cam: Path) -> list[Callable[[Path], None]]:
+    """The same file name and the same bytes in two folders, on the same day."""
+    same = os.urandom(32 << 10)
+    _clip(cam, "DCIM/100BWC/VID0001.MP4", same)
+    _clip(cam, "DCIM/101BWC/VID0001.MP4", same)
+    _clip(cam, "DCIM/100BWC/EMPTY.MP4", b"")
+    _clip(cam, "DCIM/101BWC/EMPTY.MP4", b"")
+    return []
+
+
+# name: (builder returning what happens to the camera before each later dock, wipe rule of the
+# first dock)
+REDOCKS: list[tuple[str, Callable[[Path], list[Callable[[Path], None]]], str]] = [
+    ("reused-identity", reused_identity, "verified"),
+    ("replaced-before-deferred-wipe", replaced_before_wipe, "spooled"),
+    ("rewritten-in-place", rewritten_in_place, "spooled"),
+    ("same-name-two-folders", same_name_two_folders, "verified"),
+]
+
+
+def run_redock(ctx: Context, index: int) -> tuple[dict[str, int], list[str], str | None]:
+    name, build, first_rule = REDOCKS[index]
+    root = ctx.scratch(f"redock-{name}")
+    v: list[str] = []
+    try:
+        cam = root / "cams" / "CAMR"
+        cam.mkdir(parents=True)
+        steps = build(cam)
+        for dock in range(len(steps) + 1):
+            rule = first_rule if dock == 0 else "verified"
+            st = h.StationDirs(root, ctx.pub, extra=f'[wipe]\nafter = "{rule}"\n[spool]\nmin_free = 0\n')
+            st.write()
+            if dock:
+                steps[dock - 1](cam)
+            before = snapshot(cam)
+            log = root / f"ingest-{dock}.log"
+            code = h.ingest(st, cam, "CAMR", log).wait(300)
+            if code not in (0, 1):
+                v.append(f"{name}: dock {dock + 1}: dockd exited {code}")
+            if "Traceback" in log.read_text(errors="replace"):
+                v.append(f"{name}: dock {dock + 1}: a traceback in the log")
+            v += [f"{name}: dock {dock + 1}: {x}" for x in ctx.invariants.check(
+                before=before, camera_after=snapshot(cam), store=DirView(st.store_dir), spool=st.spool,
+                ledger=st.ledger, serial="CAMR")]
+        if snapshot(cam):
+            v.append(f"{name}: the last dock left {len(snapshot(cam))} file(s) on the camera")
+        return {name: 1}, v, None
+    finally:
+        if not ctx.keep:
+            subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
 def run_one(ctx: Context, index: int) -> tuple[dict[str, int], list[str], str | None]:
     name, build, (event, word), stays, finishes = LAYOUTS[index]
     root = ctx.scratch(f"hostile-{name}")
@@ -206,15 +303,17 @@ def _expected_left(name: str, rel: bytes) -> bool:
 @timed
 def campaign(ctx: Context, seed: int | None = None) -> Result:
     res = Result("hostile")
-    idx = [seed] if seed is not None else list(range(len(LAYOUTS)))
+    idx = [seed] if seed is not None else list(range(len(LAYOUTS) + len(REDOCKS)))
     for i in idx:
         t0 = time.monotonic()
+        redock = i >= len(LAYOUTS)
         try:
-            faults, v, unfinished = run_one(ctx, i)
+            faults, v, unfinished = run_redock(ctx, i - len(LAYOUTS)) if redock else run_one(ctx, i)
         except Exception as exc:  # noqa: BLE001
             faults, v, unfinished = {}, [], f"harness error: {exc!r}"
         res.add(i, faults, v, unfinished)
-        res.notes.append(f"`--seed {i}` {LAYOUTS[i][0]}: {time.monotonic() - t0:.1f} s")
+        label = REDOCKS[i - len(LAYOUTS)][0] + " (redock)" if redock else LAYOUTS[i][0]
+        res.notes.append(f"`--seed {i}` {label}: {time.monotonic() - t0:.1f} s")
     res.notes.append(f"many-files uses {'100,000' if ctx.large else '2,000'} files "
                      f"({'large' if ctx.large else 'CI'} size); EIO from the filesystem is in local-faults")
     return res

@@ -2,8 +2,12 @@
 
 1. Every file present on a camera when it docked is still there, byte-identical,
    or verified in the store: its object decrypts to bytes with the recorded SHA-256.
+   Judged twice: through the ledger, and without it, by content alone: every byte
+   sequence the camera held at dock time is still at its path on the camera, or some
+   object in the store decrypts to exactly those bytes. Identity (path, size, mtime)
+   proves nothing here: it can belong to a different clip.
 2. Nothing was deleted from a camera that is not verified in the store.
-3. No recording has two objects; no orphaned object; no multipart upload left open (S3).
+3. No two recordings share an object; no orphaned object; no multipart upload left open (S3).
 4. The spool holds nothing that is verified, and loses nothing that is not.
 5. The ledger passes ``PRAGMA integrity_check`` and its audit chain; its states
    agree with the store and the camera.
@@ -143,7 +147,14 @@ class Invariants:
             if serial is None or r["serial"] == serial:
                 by_path.setdefault(bytes(r["rel_path"]), []).append(r)
 
-        # 1 + 2: camera files
+        # 1, by content alone: the camera's bytes are on the camera or in the store
+        if camera_after is not None:
+            held = {plain_sha(k) for k in objects}
+            for rel, data in before.items():
+                if camera_after.get(rel) != data and hashlib.sha256(data).hexdigest() not in held:
+                    v.append(f"1: {rel!r}: its bytes at dock time are neither on the camera nor in the store")
+
+        # 1 + 2: camera files, through the ledger
         for rel, data in before.items():
             want = hashlib.sha256(data).hexdigest()
             now = None if camera_after is None else camera_after.get(rel)
@@ -161,19 +172,18 @@ class Invariants:
         if interim:
             return v + _proven_states(rows, plain_sha)
         # 3: objects
-        keys = {r["object_key"] for r in rows if r["object_key"]}
-        stems: dict[str, list[str]] = {}
+        owners: dict[str, list[int]] = {}
+        for r in rows:
+            if r["object_key"]:
+                owners.setdefault(r["object_key"], []).append(r["id"])
+        for k, ids in owners.items():
+            if len(ids) > 1:
+                v.append(f"3: recordings {ids} share one object {k}: one upload replaces another's")
         for k in objects:
             if "/.tmp-" in "/" + k:
                 v.append(f"3: temp object left in the store: {k}")
-                continue
-            stem = k.rsplit(".", 2)[0]
-            stems.setdefault(stem, []).append(k)
-            if k not in keys:
+            elif k not in owners:
                 v.append(f"3: orphan object {k} (no recording names it)")
-        for stem, ks in stems.items():
-            if len(ks) > 1:
-                v.append(f"3: one recording, {len(ks)} objects: {sorted(ks)}")
         for k in store.open_multipart():
             v.append(f"3: multipart upload left open for {k}")
 

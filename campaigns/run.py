@@ -44,7 +44,9 @@ FAULTS_DESCRIBED = {
     "store-faults": "connection resets, 503/500 bursts, 429 bursts, stalls, an outage, credentials revoked (403)",
     "local-faults": "spool disk full (loop ext4), a flipped bit in a spool file, camera pulled mid-read, EIO (dm error target)",
     "hostile": "symlinks, `..`, control chars, invalid UTF-8, 255-byte names, FIFOs, device nodes, many files, "
-               "zero-byte, growing file, 1,000-deep tree, 1970/2100 mtimes, unreadable directory",
+               "zero-byte, growing file, 1,000-deep tree, 1970/2100 mtimes, unreadable directory; redocks: "
+               "a new clip under a wiped clip's identity, a clip replaced or rewritten in place (mtime "
+               "restored) before a deferred wipe, one name and content in two folders",
     "non-camera": "an untagged exFAT USB stick on a loop device under `dockd run` (udev source)",
     "fuzz": "hypothesis: `dockd.config.parse` and the age decryptor on arbitrary and mutated input",
 }

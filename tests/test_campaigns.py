@@ -43,3 +43,29 @@ def test_the_checker_catches_a_wiped_file_that_was_never_verified(ctx, tmp_path)
     v = ctx.invariants.check(before=before, camera_after=snapshot(cam), store=DirView(tmp_path / "store"),
                              spool=tmp_path / "spool", ledger=tmp_path / "none.sqlite3")
     assert any(x.startswith("2:") and "VID_0002" in x for x in v)
+
+
+def test_the_checker_judges_by_content_not_by_the_ledger(ctx, tmp_path):
+    """A clip replaced under the identity of one the store holds, then deleted: the ledger's
+    rows and the store agree with each other, yet the camera's bytes are nowhere."""
+    import io
+    import os
+
+    from campaigns.invariants import DirView, snapshot
+    from dockd.age import Encryptor
+
+    cam = tmp_path / "cam"
+    (cam / "DCIM").mkdir(parents=True)
+    (cam / "DCIM/V0001.MP4").write_bytes(b"the clip that was copied")
+    store = tmp_path / "store"
+    store.mkdir()
+    buf = io.BytesIO()
+    with Encryptor(buf, [ctx.identity.public()]) as enc:
+        enc.write(b"the clip that was copied")
+    (store / "V0001.MP4.x.1.age").write_bytes(buf.getvalue())
+    (cam / "DCIM/V0001.MP4").write_bytes(b"a different clip, same size")   # same path
+    before = snapshot(cam)
+    os.unlink(cam / "DCIM/V0001.MP4")
+    v = ctx.invariants.check(before=before, camera_after=snapshot(cam), store=DirView(store),
+                             spool=tmp_path / "spool", ledger=tmp_path / "none.sqlite3")
+    assert any(x.startswith("1:") and "V0001" in x and "neither on the camera nor in the store" in x for x in v)
