@@ -884,3 +884,59 @@ def test_tls_verification_is_on_by_default(tmp_path: Path) -> None:
     assert store.client._endpoint.http_session._verify == str(ca)
     cfg = store.client.meta.config
     assert cfg.retries["total_max_attempts"] == 1        # RetryingStore is the only retry policy
+
+
+# -- the channel: plain http only on loopback or when trusted, and always logged ----------
+
+def _store_events(logs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(e["event"], e) for e in logs if e["event"] in ("store.plain_http", "store.tls_unverified")]
+
+
+def test_plain_http_endpoint_off_loopback_is_refused_when_opened() -> None:
+    from dockd.store.factory import open_backend
+
+    with pytest.raises(ConfigError) as ei:
+        S3Store("s3://b", endpoint_url="http://192.0.2.10:9000", region="us-east-1")
+    assert ei.value.key == "store.endpoint_url" and "store.trust_plain_http" in str(ei.value)
+    # a configuration built past validation (model_construct) is refused by the factory too
+    from dockd.config import Config
+
+    cfg = Config.model_construct(store=StoreConfig.model_construct(
+        **{**StoreConfig().model_dump(), "url": "s3://b", "endpoint_url": "http://192.0.2.10:9000"}))
+    with pytest.raises(ConfigError):
+        open_backend(cfg)
+
+
+def test_plain_http_on_loopback_is_accepted_and_logged_at_every_open(moto_server: S3Endpoint) -> None:
+    from structlog.testing import capture_logs
+
+    cfg = StoreConfig(url="s3://b", endpoint_url=moto_server.endpoint_url, region="us-east-1")
+    with capture_logs() as logs:
+        S3Store.from_config(cfg)
+        S3Store.from_config(cfg)          # a second start (or a reload) says it again
+    events = _store_events(logs)
+    assert [name for name, _ in events] == ["store.plain_http"] * 2
+    assert events[0][1]["loopback"] is True and events[0][1]["endpoint"] == moto_server.endpoint_url
+
+
+def test_trust_plain_http_is_accepted_and_logged() -> None:
+    from structlog.testing import capture_logs
+
+    cfg = StoreConfig(url="s3://b", endpoint_url="http://192.0.2.10:9000", region="us-east-1",
+                      trust_plain_http=True)
+    with capture_logs() as logs:
+        store = S3Store.from_config(cfg)      # construction sends nothing
+    assert store.client.meta.endpoint_url == "http://192.0.2.10:9000"
+    [(name, event)] = _store_events(logs)
+    assert name == "store.plain_http" and event["loopback"] is False and event["store"] == "s3://b"
+
+
+def test_https_logs_nothing_unless_tls_is_unverified() -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        S3Store("s3://b", endpoint_url="https://192.0.2.10:9000", region="us-east-1")
+        S3Store("s3://b", region="us-east-1")                   # AWS's own endpoint
+        unverified = S3Store("s3://b", region="us-east-1", verify_tls=False)
+    assert [name for name, _ in _store_events(logs)] == ["store.tls_unverified"]
+    assert unverified.client._endpoint.http_session._verify is False

@@ -72,6 +72,7 @@ from ..errors import (
     UsageError,
 )
 from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, ObjectInfo, Store
+from .channel import open_channel
 
 import structlog
 
@@ -455,6 +456,7 @@ class S3Store(Store):
         addressing_style: str = "auto",
         ca_bundle: Path | str | None = None,
         verify_tls: bool = True,
+        trust_plain_http: bool = False,
         credentials: Credentials | None = None,
         checksum: str = "auto",
         multipart_threshold: int = 200 * MiB,          # StoreConfig explains the default
@@ -506,8 +508,9 @@ class S3Store(Store):
         self._list_proof_ok = True       # until a listing is refused (no s3:ListBucket)
         self.capabilities = Capabilities(resumable=True, server_checksum=checksum == "sha256")
 
-        if not verify_tls:
-            log.warning("store.tls_unverified", url=url)
+        # refuses plain http off loopback (unless trusted); logs what weakens the channel
+        verify = open_channel(endpoint_url, store=url, key="store.endpoint_url",
+                              trust_plain_http=trust_plain_http, verify_tls=verify_tls, ca_bundle=ca_bundle)
         cfg = BotoConfig(
             region_name=region or "us-east-1",
             signature_version="s3v4",
@@ -538,7 +541,6 @@ class S3Store(Store):
             aws_secret_access_key=credentials.secret_access_key if credentials else None,
             aws_session_token=credentials.session_token if credentials else None,
         )
-        verify: bool | str = str(ca_bundle) if (ca_bundle and verify_tls) else verify_tls
         self._new_client = lambda: session.client("s3", endpoint_url=endpoint_url, config=cfg, verify=verify)
         self.client = self._new_client()
 
@@ -555,6 +557,7 @@ class S3Store(Store):
             addressing_style=cfg.addressing_style,
             ca_bundle=cfg.ca_bundle,
             verify_tls=cfg.verify_tls,
+            trust_plain_http=cfg.trust_plain_http,
             credentials=resolve_credentials(cfg.credentials_file, environ),
             checksum=cfg.checksum,
             multipart_threshold=cfg.multipart_threshold,
