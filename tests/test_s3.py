@@ -591,8 +591,11 @@ def test_object_lock_legal_hold_and_tags_on_moto(moto_server: S3Endpoint, tmp_pa
         assert head["ObjectLockMode"] == "GOVERNANCE"
         until = head["ObjectLockRetainUntilDate"]
         assert abs(until - (datetime.now(timezone.utc) + timedelta(days=2))) < timedelta(hours=1)
-        tags = c.get_object_tagging(Bucket=bucket, Key=f"evidence/{key}")["TagSet"]
-        assert {"Key": "retention-class", "Value": "7y"} in tags
+    # each object is tagged with its own retention class: a lifecycle rule on the
+    # configured one must never reach a flagged (evidential) recording
+    tags = {k: c.get_object_tagging(Bucket=bucket, Key=f"evidence/{k}")["TagSet"] for k in (kf, kp)}
+    assert tags[kf] == [{"Key": "retention-class", "Value": "evidential"}]
+    assert tags[kp] == [{"Key": "retention-class", "Value": "7y"}]
     assert heads[kf].get("ObjectLockLegalHoldStatus") == "ON"
     assert heads[kp].get("ObjectLockLegalHoldStatus") in (None, "OFF")
     store.verify(kf, flagged)

@@ -71,6 +71,7 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
+from ..manifest import EVIDENTIAL, retention_class_of
 from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, ObjectInfo, Store
 from .channel import open_channel
 
@@ -91,6 +92,7 @@ LIST_PROOF_PAGES = 4     # prove_listed reads at most this many pages of 1,000 k
 META_PART_SIZE = "dockd-part-size"     # how the ETag was formed; verify recomputes it
 META_SHA256 = "dockd-sha256"           # ciphertext SHA-256: a claim, for audit tools
 CREDENTIALS_FILE_NAME = "s3-credentials"
+TAG_RETENTION = "retention-class"      # object tag: the recording's retention class, for lifecycle rules
 
 AUTH_CODES = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
@@ -628,7 +630,7 @@ class S3Store(Store):
                 f"store.object_lock_mode is {self.object_lock_mode} but bucket {self.bucket} "
                 "has Object Lock disabled"
             )
-        if self.tag_retention and self.retention_class:
+        if self.tag_retention:
             self._probe_tagging()
         with self._lock:
             self.capabilities = dataclasses.replace(self.capabilities, object_lock=lock)
@@ -648,7 +650,7 @@ class S3Store(Store):
         only if they themselves are refused.
         """
         key = self._key(f".dockd-probe/{os.urandom(8).hex()}")
-        tags = {"TagSet": [{"Key": "retention-class", "Value": self.retention_class}]}
+        tags = {"TagSet": [{"Key": TAG_RETENTION, "Value": self.retention_class or EVIDENTIAL}]}
         try:
             self.client.put_object_tagging(Bucket=self.bucket, Key=key, Tagging=tags)
         except bce.ClientError as exc:
@@ -719,8 +721,11 @@ class S3Store(Store):
         if part_size:
             meta[META_PART_SIZE] = str(part_size)
         args: dict[str, Any] = {"Metadata": meta, "ContentType": "application/octet-stream"}
-        if self.tag_retention and self.retention_class and self._tagging_ok:
-            args["Tagging"] = urlencode({"retention-class": self.retention_class})
+        retention_class = retention_class_of(blob.flagged, self.retention_class)
+        if self.tag_retention and retention_class and self._tagging_ok:
+            # the recording's own class: a lifecycle rule on the configured one (31d)
+            # must never reach a flagged recording
+            args["Tagging"] = urlencode({TAG_RETENTION: retention_class})
         args.update(self._lock_args(blob))
         return args
 
