@@ -726,7 +726,8 @@ def test_one_listing_proves_a_batch_of_single_puts(server: str, request: pytest.
     p.proxy.clear_log()
     proven = p.store.prove_listed([*blobs.items(), (big_key, big)])
     assert proven == {f"{day}/IMG000.age", f"{day}/IMG001.age", f"{day}/IMG002.age"}
-    assert [(r.method, "list-type" in r.query) for r in p.proxy.requests] == [("GET", True)]   # no HEAD
+    # one listing, then the tail of each object it proves read back; no HEAD
+    assert [(r.method, "list-type" in r.query) for r in p.proxy.requests] == [("GET", True)] + [("GET", False)] * 3
     with pytest.raises(IntegrityError):
         p.store.verify(f"{day}/IMG003.age", blobs[f"{day}/IMG003.age"])
     with pytest.raises(ObjectMissingError):
@@ -943,3 +944,46 @@ def test_https_logs_nothing_unless_tls_is_unverified() -> None:
         unverified = S3Store("s3://b", region="us-east-1", verify_tls=False)
     assert [name for name, _ in _store_events(logs)] == ["store.tls_unverified"]
     assert unverified.client._endpoint.http_session._verify is False
+
+
+# -- a lying store: what it proves is checked against what dockd sent ----------------------
+
+@pytest.mark.parametrize("checksum", ["auto", "off"])
+def test_a_store_that_keeps_less_and_echoes_what_was_sent_is_caught(
+        moto_server: S3Endpoint, tmp_path: Path, checksum: str) -> None:
+    """The server's HEAD (size, ETag, SHA-256 checksum) is its word, and a liar can echo
+    Content-MD5 and x-amz-checksum-sha256 back. verify also reads back the object's
+    tail, whose bytes and total size only the stored object can give."""
+    from faultproxy import TruncatingProxy
+
+    bucket = moto_server.new_bucket()
+    with TruncatingProxy(moto_server.port, drop=1000) as liar:
+        store = S3Store(f"s3://{bucket}/e", **moto_server.store_kwargs(endpoint_url=liar.url,
+                                                                        checksum=checksum))
+        blob = make_blob(tmp_path, 50_000)
+        store.put(KEY, blob, MemoryCheckpoint())
+        held = moto_server.client().head_object(Bucket=bucket, Key=f"e/{KEY}")["ContentLength"]
+        assert held == blob.size - 1000                  # the store really kept less
+        with pytest.raises(IntegrityError, match="tail"):
+            store.verify(KEY, blob)
+        assert liar.lies >= 1                            # and HEAD said it held it all
+        with pytest.raises(IntegrityError):
+            RetryingStore(store, RetryPolicy.immediate(3)).verify(KEY, blob)   # never retried into a pass
+
+
+def test_a_listing_that_echoes_what_was_sent_proves_nothing(moto_server: S3Endpoint, tmp_path: Path) -> None:
+    from faultproxy import TruncatingProxy
+
+    bucket = moto_server.new_bucket()
+    with TruncatingProxy(moto_server.port, drop=10) as liar:
+        # without checksums (Swift, or checksum = "off") small objects are proven by a listing
+        store = S3Store(f"s3://{bucket}/e", **moto_server.store_kwargs(endpoint_url=liar.url, checksum="off"))
+        items = [(f"a/IMG{i}.age", make_blob(tmp_path, 3000 + i, f"b{i}")) for i in range(3)]
+        for key, blob in items:
+            store.put(key, blob, MemoryCheckpoint())
+        liar.lies = 0
+        assert store.prove_listed(items) == set()
+        assert liar.lies == 3                         # the listing did lie, for each of them
+        for key, blob in items:
+            with pytest.raises(IntegrityError, match="tail"):
+                store.verify(key, blob)
