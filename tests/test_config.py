@@ -154,6 +154,8 @@ S3_OFF_LOOPBACK = GOOD.replace('url = "file:///srv/evidence"',
     (GOOD.replace("file:///srv/evidence", "http://tus.example.org/files/"), "store.url"),
     (GOOD.replace("file:///srv/evidence", "s3://b\"\nendpoint_url = \"http://127.0.0.2.nip.io:9"), "store.endpoint_url"),
     (GOOD.replace("file:///srv/evidence", "s3://b\"\nendpoint_url = \"http://[::ffff:10.0.0.1]:9"), "store.endpoint_url"),
+    (GOOD.replace("file:///srv/evidence", "s3://b\"\nendpoint_url = \"http://127.0.0.1@192.0.2.10:9"), "store.endpoint_url"),
+    (GOOD.replace("file:///srv/evidence", "s3://b\"\nendpoint_url = \"HTTP://localhost.example.org:9"), "store.endpoint_url"),
 ])
 def test_plain_http_off_loopback_is_refused_at_load(text, key):
     with pytest.raises(ConfigError) as ei:
