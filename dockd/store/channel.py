@@ -51,7 +51,7 @@ def is_plain_http(url: str, key: str, trust_plain_http: bool) -> bool:
     except ValueError:
         raise ConfigError(key, f"not a URL: {url!r}") from None
     if u.scheme not in ("http", "https") or not host:
-        raise ConfigError(key, f"must be an https:// URL with a host, not {url!r}")
+        raise ConfigError(key, f"must be an https:// URL with a host (http:// on loopback), not {url!r}")
     if u.scheme == "https":
         return False
     if not is_loopback(host) and not trust_plain_http:
