@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from .errors import ConfigError
@@ -99,6 +100,9 @@ class StoreConfig(_Section):
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     ca_bundle: Path | None = None
     verify_tls: bool = True
+    # Plain http to a store off loopback: the store's proof (which wipes cameras) is then
+    # only as good as every hop between dock and store. Refused unless this says so.
+    trust_plain_http: bool = False
     credentials_file: Path | None = None
     checksum: Literal["auto", "sha256", "off"] = "auto"
     # Up to here an object is one PUT: one request, streamed from the spool, where parts
@@ -125,6 +129,20 @@ class StoreConfig(_Section):
         if not re.match(r"^(file|s3|https?)://", v):
             raise ValueError("must start with file://, s3:// or https://")
         return v
+
+    @model_validator(mode="after")
+    def _channel(self) -> "StoreConfig":
+        """Refuse plain http off loopback (see store/channel.py) at load, before any dock."""
+        from .store.channel import is_plain_http
+
+        if self.url.startswith("s3://") and self.endpoint_url is not None:
+            is_plain_http(self.endpoint_url, "store.endpoint_url", self.trust_plain_http)
+        elif self.url.startswith(("http://", "https://")):
+            is_plain_http(self.url, "store.url", self.trust_plain_http)
+        if self.ca_bundle is not None and not self.verify_tls:
+            raise ConfigError("store.verify_tls", "false contradicts store.ca_bundle (the CAs to verify "
+                              "with); keep one of them")
+        return self
 
 
 class DevicesConfig(_Section):

@@ -266,7 +266,7 @@ class Station:
             "profile": rec.profile,
             "path": naming.safe_component(rec.name, 200),
             "role": rec.role,
-            "retention-class": manifest.EVIDENTIAL if rec.flagged else self.cfg.store.retention_class,
+            "retention-class": manifest.retention_class_of(rec.flagged, self.cfg.store.retention_class),
         }
 
     def _changed(self, live: LiveSession, what: str) -> None:

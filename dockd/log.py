@@ -93,6 +93,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "store.tagging_unsupported": ("info", "the server does not take object tags", "store"),
     "store.abort_failed": ("warning", "aborting an abandoned multipart upload failed", "key, error"),
     "store.tls_unverified": ("warning", "TLS verification is disabled by configuration", "store"),
+    "store.plain_http": ("warning", "the store is reached over plain http (loopback, or store.trust_plain_http); its proof is only as good as the path", "store, endpoint, loopback"),
     "hook.failed": ("warning", "the configured hook command failed", "camera, phase, error"),
 }
 

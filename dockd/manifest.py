@@ -19,6 +19,13 @@ FORMAT = "dockd-manifest/1"
 EVIDENTIAL = "evidential"      # retention class of flagged recordings (legal hold where the store can)
 
 
+def retention_class_of(flagged: bool, default: str | None) -> str | None:
+    """A recording's own retention class: evidential if flagged, else ``default``
+    (``store.retention_class``). The one place for that fact: the manifest, the
+    object's metadata and the store's retention tag all take it from here."""
+    return EVIDENTIAL if flagged else default
+
+
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -52,7 +59,7 @@ def build(station: str, session: dict[str, Any], recs: Iterable[Recording],
             "state": r.state.value,
             "flagged": r.flagged,
             "event_marker": markers.get(r.id),
-            "retention_class": EVIDENTIAL if r.flagged else retention_class,
+            "retention_class": retention_class_of(r.flagged, retention_class),
         }
         if r.id in notes:
             item["note"] = notes[r.id]

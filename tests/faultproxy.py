@@ -13,10 +13,15 @@ bytes actually went through). Faults, each armed by a method call:
 * ``outage()``: the port refuses connections (until ``clear()``).
 
 HTTP/1.1 without pipelining (what urllib3 speaks) is all it needs to parse.
+
+``TruncatingProxy(upstream_port, drop)`` is a lying store instead: it keeps
+``drop`` bytes less of each object and echoes on HEAD what the client sent.
 """
 
 from __future__ import annotations
 
+import base64
+import re
 import socket
 import struct
 import threading
@@ -317,3 +322,109 @@ def _close(s: socket.socket) -> None:
         s.close()
     except OSError:
         pass
+
+
+class TruncatingProxy:
+    """A lying store on loopback: an HTTP proxy in front of an S3 server that
+    keeps ``drop`` bytes less of each object PUT in one request and, asked with
+    HEAD, answers with the size, ETag and SHA-256 checksum that were sent (and
+    with that size and ETag in a listing).
+
+    It drops the request's Content-MD5 and checksum headers so the server takes
+    the short body, and remembers what the client sent to echo it. Everything
+    else (GET, listings, multipart) passes through unchanged, so a read-back sees
+    what the server really holds. ``lies`` counts the HEAD answers it rewrote.
+    """
+
+    HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
+                     "trailer", "upgrade", "expect", "host"})
+    CHECKED = frozenset({"content-md5", "x-amz-checksum-sha256", "x-amz-sdk-checksum-algorithm"})
+
+    def __init__(self, upstream_port: int, drop: int = 1000) -> None:
+        import http.client
+        import http.server
+
+        proxy = self
+        self.drop = drop
+        self.sent: dict[str, dict[str, str]] = {}     # path -> what the client sent
+        self.lies = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"        # keep-alive, and 100-continue answered here
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in proxy.HOP}
+                path = urlsplit(self.path).path
+                single_put = self.command == "PUT" and body and not urlsplit(self.path).query
+                if single_put:
+                    md5 = self.headers.get("Content-MD5")
+                    proxy.sent[path] = {
+                        "Content-Length": str(len(body)),
+                        "ETag": f'"{base64.b64decode(md5).hex()}"' if md5 else "",
+                        "x-amz-checksum-sha256": self.headers.get("x-amz-checksum-sha256", ""),
+                    }
+                    body = body[:max(0, len(body) - proxy.drop)]
+                    headers = {k: v for k, v in headers.items() if k.lower() not in proxy.CHECKED}
+                headers["Content-Length"] = str(len(body))
+                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    out = [(k, v) for k, v in resp.getheaders() if k.lower() not in proxy.HOP]
+                    if self.command == "GET" and resp.status == 200 and "list-type=2" in self.path:
+                        data = proxy._lie_in_listing(path, data)
+                    if self.command == "HEAD" and resp.status == 200 and path in proxy.sent:
+                        lie = {k.lower(): v for k, v in proxy.sent[path].items() if v}
+                        out = [(k, v) for k, v in out if k.lower() not in lie] + list(lie.items())
+                        proxy.lies += 1
+                finally:
+                    conn.close()
+                self.send_response_only(resp.status, resp.reason)
+                for k, v in out:
+                    self.send_header(k, v)
+                if self.command != "HEAD" and not any(k.lower() == "content-length" for k, _ in out):
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def _lie_in_listing(self, bucket_path: str, xml: bytes) -> bytes:
+        """A ListObjectsV2 answer with each object's Size and ETag as they were sent."""
+        def lie(m: re.Match[bytes]) -> bytes:
+            block = m.group(0)
+            key = re.search(rb"<Key>(.*?)</Key>", block)
+            sent = self.sent.get(f"{bucket_path.rstrip('/')}/{key.group(1).decode()}") if key else None
+            if sent is None:
+                return block
+            self.lies += 1
+            block = re.sub(rb"<Size>\d+</Size>", f"<Size>{sent['Content-Length']}</Size>".encode(), block)
+            return re.sub(rb"<ETag>.*?</ETag>", f"<ETag>{sent['ETag']}</ETag>".encode(), block)
+
+        return re.sub(rb"<Contents>.*?</Contents>", lie, xml, flags=re.S)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> "TruncatingProxy":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -140,3 +140,64 @@ def test_readme_documents_every_config_key():
             if not re.search(rf"\b{key}\b", readme):
                 missing.append(f"{section}.{key}")
     assert not missing, f"config keys not documented in README: {missing}"
+
+
+# -- the channel a store's proof comes over --------------------------------------------
+
+S3_OFF_LOOPBACK = GOOD.replace('url = "file:///srv/evidence"',
+                               'url = "s3://evidence"\nendpoint_url = "http://192.0.2.10:9000"')
+
+
+@pytest.mark.parametrize("text, key", [
+    (S3_OFF_LOOPBACK, "store.endpoint_url"),
+    (GOOD.replace("file:///srv/evidence", "http://192.0.2.10:1080/files/"), "store.url"),        # tus
+    (GOOD.replace("file:///srv/evidence", "http://tus.example.org/files/"), "store.url"),
+    (GOOD.replace("file:///srv/evidence", "s3://b\"\nendpoint_url = \"http://127.0.0.2.nip.io:9"), "store.endpoint_url"),
+    (GOOD.replace("file:///srv/evidence", "s3://b\"\nendpoint_url = \"http://[::ffff:10.0.0.1]:9"), "store.endpoint_url"),
+    (GOOD.replace("file:///srv/evidence", "s3://b\"\nendpoint_url = \"http://127.0.0.1@192.0.2.10:9"), "store.endpoint_url"),
+    (GOOD.replace("file:///srv/evidence", "s3://b\"\nendpoint_url = \"HTTP://localhost.example.org:9"), "store.endpoint_url"),
+])
+def test_plain_http_off_loopback_is_refused_at_load(text, key):
+    with pytest.raises(ConfigError) as ei:
+        config.parse(text, "dockd.toml")
+    assert ei.value.key == key
+    assert "plain http" in str(ei.value) and "store.trust_plain_http" in str(ei.value)
+    assert "\n" not in str(ei.value)
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:9000", "http://127.8.9.10:9000", "http://[::1]:9000",
+                                      "http://localhost:9000", "http://LOCALHOST:9000",
+                                      "https://192.0.2.10:9000"])
+def test_loopback_or_https_endpoints_load(endpoint):
+    cfg = config.parse(GOOD.replace('url = "file:///srv/evidence"',
+                                    f'url = "s3://evidence"\nendpoint_url = "{endpoint}"'))
+    assert cfg.store.endpoint_url == endpoint and cfg.store.trust_plain_http is False
+
+
+def test_trust_plain_http_lets_an_off_loopback_endpoint_load():
+    cfg = config.parse(S3_OFF_LOOPBACK.replace("[store]", "[store]\ntrust_plain_http = true"))
+    assert cfg.store.trust_plain_http is True and cfg.store.endpoint_url == "http://192.0.2.10:9000"
+
+
+def test_an_endpoint_that_is_not_a_url_is_refused():
+    with pytest.raises(ConfigError) as ei:
+        config.parse(S3_OFF_LOOPBACK.replace("http://192.0.2.10:9000", "192.0.2.10:9000"))
+    assert ei.value.key == "store.endpoint_url"
+
+
+def test_verify_tls_off_with_a_ca_bundle_is_a_contradiction():
+    with pytest.raises(ConfigError) as ei:
+        config.parse(GOOD.replace('url = "file:///srv/evidence"',
+                                  'url = "https://tus.example.org/files/"\nca_bundle = "/etc/ca.pem"\n'
+                                  "verify_tls = false"))
+    assert ei.value.key == "store.verify_tls"
+
+
+def test_cli_plain_http_store_is_one_line_exit_2(tmp_path):
+    f = tmp_path / "dockd.toml"
+    f.write_text(S3_OFF_LOOPBACK)
+    r = run_cli("--config", str(f), "status")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "config error: store.endpoint_url: plain http" in lines[0]

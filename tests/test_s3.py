@@ -591,8 +591,11 @@ def test_object_lock_legal_hold_and_tags_on_moto(moto_server: S3Endpoint, tmp_pa
         assert head["ObjectLockMode"] == "GOVERNANCE"
         until = head["ObjectLockRetainUntilDate"]
         assert abs(until - (datetime.now(timezone.utc) + timedelta(days=2))) < timedelta(hours=1)
-        tags = c.get_object_tagging(Bucket=bucket, Key=f"evidence/{key}")["TagSet"]
-        assert {"Key": "retention-class", "Value": "7y"} in tags
+    # each object is tagged with its own retention class: a lifecycle rule on the
+    # configured one must never reach a flagged (evidential) recording
+    tags = {k: c.get_object_tagging(Bucket=bucket, Key=f"evidence/{k}")["TagSet"] for k in (kf, kp)}
+    assert tags[kf] == [{"Key": "retention-class", "Value": "evidential"}]
+    assert tags[kp] == [{"Key": "retention-class", "Value": "7y"}]
     assert heads[kf].get("ObjectLockLegalHoldStatus") == "ON"
     assert heads[kp].get("ObjectLockLegalHoldStatus") in (None, "OFF")
     store.verify(kf, flagged)
@@ -723,7 +726,8 @@ def test_one_listing_proves_a_batch_of_single_puts(server: str, request: pytest.
     p.proxy.clear_log()
     proven = p.store.prove_listed([*blobs.items(), (big_key, big)])
     assert proven == {f"{day}/IMG000.age", f"{day}/IMG001.age", f"{day}/IMG002.age"}
-    assert [(r.method, "list-type" in r.query) for r in p.proxy.requests] == [("GET", True)]   # no HEAD
+    # one listing, then the tail of each object it proves read back; no HEAD
+    assert [(r.method, "list-type" in r.query) for r in p.proxy.requests] == [("GET", True)] + [("GET", False)] * 3
     with pytest.raises(IntegrityError):
         p.store.verify(f"{day}/IMG003.age", blobs[f"{day}/IMG003.age"])
     with pytest.raises(ObjectMissingError):
@@ -884,3 +888,102 @@ def test_tls_verification_is_on_by_default(tmp_path: Path) -> None:
     assert store.client._endpoint.http_session._verify == str(ca)
     cfg = store.client.meta.config
     assert cfg.retries["total_max_attempts"] == 1        # RetryingStore is the only retry policy
+
+
+# -- the channel: plain http only on loopback or when trusted, and always logged ----------
+
+def _store_events(logs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(e["event"], e) for e in logs if e["event"] in ("store.plain_http", "store.tls_unverified")]
+
+
+def test_plain_http_endpoint_off_loopback_is_refused_when_opened() -> None:
+    from dockd.store.factory import open_backend
+
+    with pytest.raises(ConfigError) as ei:
+        S3Store("s3://b", endpoint_url="http://192.0.2.10:9000", region="us-east-1")
+    assert ei.value.key == "store.endpoint_url" and "store.trust_plain_http" in str(ei.value)
+    # a configuration built past validation (model_construct) is refused by the factory too
+    from dockd.config import Config
+
+    cfg = Config.model_construct(store=StoreConfig.model_construct(
+        **{**StoreConfig().model_dump(), "url": "s3://b", "endpoint_url": "http://192.0.2.10:9000"}))
+    with pytest.raises(ConfigError):
+        open_backend(cfg)
+
+
+def test_plain_http_on_loopback_is_accepted_and_logged_at_every_open(moto_server: S3Endpoint) -> None:
+    from structlog.testing import capture_logs
+
+    cfg = StoreConfig(url="s3://b", endpoint_url=moto_server.endpoint_url, region="us-east-1")
+    with capture_logs() as logs:
+        S3Store.from_config(cfg)
+        S3Store.from_config(cfg)          # a second start (or a reload) says it again
+    events = _store_events(logs)
+    assert [name for name, _ in events] == ["store.plain_http"] * 2
+    assert events[0][1]["loopback"] is True and events[0][1]["endpoint"] == moto_server.endpoint_url
+
+
+def test_trust_plain_http_is_accepted_and_logged() -> None:
+    from structlog.testing import capture_logs
+
+    cfg = StoreConfig(url="s3://b", endpoint_url="http://192.0.2.10:9000", region="us-east-1",
+                      trust_plain_http=True)
+    with capture_logs() as logs:
+        store = S3Store.from_config(cfg)      # construction sends nothing
+    assert store.client.meta.endpoint_url == "http://192.0.2.10:9000"
+    [(name, event)] = _store_events(logs)
+    assert name == "store.plain_http" and event["loopback"] is False and event["store"] == "s3://b"
+
+
+def test_https_logs_nothing_unless_tls_is_unverified() -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        S3Store("s3://b", endpoint_url="https://192.0.2.10:9000", region="us-east-1")
+        S3Store("s3://b", region="us-east-1")                   # AWS's own endpoint
+        unverified = S3Store("s3://b", region="us-east-1", verify_tls=False)
+    assert [name for name, _ in _store_events(logs)] == ["store.tls_unverified"]
+    assert unverified.client._endpoint.http_session._verify is False
+
+
+# -- a lying store: what it proves is checked against what dockd sent ----------------------
+
+@pytest.mark.parametrize("checksum", ["auto", "off"])
+def test_a_store_that_keeps_less_and_echoes_what_was_sent_is_caught(
+        moto_server: S3Endpoint, tmp_path: Path, checksum: str) -> None:
+    """The server's HEAD (size, ETag, SHA-256 checksum) is its word, and a liar can echo
+    Content-MD5 and x-amz-checksum-sha256 back. verify also reads back the object's
+    tail, whose bytes and total size only the stored object can give."""
+    from faultproxy import TruncatingProxy
+
+    bucket = moto_server.new_bucket()
+    with TruncatingProxy(moto_server.port, drop=1000) as liar:
+        store = S3Store(f"s3://{bucket}/e", **moto_server.store_kwargs(endpoint_url=liar.url,
+                                                                        checksum=checksum))
+        blob = make_blob(tmp_path, 50_000)
+        store.put(KEY, blob, MemoryCheckpoint())
+        held = moto_server.client().head_object(Bucket=bucket, Key=f"e/{KEY}")["ContentLength"]
+        assert held == blob.size - 1000                  # the store really kept less
+        with pytest.raises(IntegrityError, match="tail"):
+            store.verify(KEY, blob)
+        assert liar.lies >= 1                            # and HEAD said it held it all
+        with pytest.raises(IntegrityError):
+            RetryingStore(store, RetryPolicy.immediate(3)).verify(KEY, blob)   # never retried into a pass
+
+
+def test_a_listing_that_echoes_what_was_sent_proves_nothing(moto_server: S3Endpoint, tmp_path: Path) -> None:
+    from faultproxy import TruncatingProxy
+
+    bucket = moto_server.new_bucket()
+    with TruncatingProxy(moto_server.port, drop=10) as liar:
+        # without checksums (Swift, or checksum = "off") small objects are proven by a listing
+        store = S3Store(f"s3://{bucket}/e", **moto_server.store_kwargs(endpoint_url=liar.url, checksum="off"))
+        items = [(f"a/IMG{i}.age", make_blob(tmp_path, 3000 + i, f"b{i}")) for i in range(3)]
+        for key, blob in items:
+            store.put(key, blob, MemoryCheckpoint())
+        liar.lies = 0
+        assert store.prove_listed(items) == set()
+        assert liar.lies == 3                         # the listing did lie, for each of them
+        for key, blob in items:
+            with pytest.raises(IntegrityError, match="tail"):
+                store.verify(key, blob)

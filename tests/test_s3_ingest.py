@@ -62,3 +62,51 @@ def test_ingest_into_s3_multipart_verifies_and_wipes(s3, make_cfg, camera, ident
     assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
     left = {p.relative_to(camera).as_posix() for p in camera.rglob("*") if p.is_file()}
     assert left == {"SYSTEM/FIRMWARE.BIN", "SYSTEM/settings.ini"}
+
+
+def test_flagged_recordings_are_tagged_evidential_not_the_configured_class(moto_server, make_cfg, camera,
+                                                                           tmp_path):
+    """A lifecycle rule on retention-class=31d must never reach evidence: each object is
+    tagged with its recording's own class, by every path (single PUT in a batch of small
+    files, multipart)."""
+    from test_flags import FLAGGED, FLAGGED_XML, ROUTINE, TEST_PROFILE
+
+    from dockd.config import DevicesConfig
+
+    s3 = moto_server
+    bucket = s3.new_bucket()
+    creds = tmp_path / "s3.cred"
+    creds.write_text(f"aws_access_key_id={s3.access_key}\naws_secret_access_key={s3.secret_key}\n")
+    creds.chmod(0o600)
+    pdir = tmp_path / "profiles"
+    pdir.mkdir()
+    (pdir / "bwc-events.toml").write_text(TEST_PROFILE)
+    threshold = 256 * 1024          # the flagged clip (300 kB) goes up in parts, the routine one (180 kB) whole
+    cfg = make_cfg(
+        store=StoreConfig(url=f"s3://{bucket}/site", endpoint_url=s3.endpoint_url, region=s3.region,
+                          addressing_style="path", credentials_file=creds, multipart_threshold=threshold,
+                          retention_class="31d", tag_retention=True, timeout=10),
+        devices=DevicesConfig(inbox_dir=tmp_path / "inbox", mount_dir=tmp_path / "mnt", profiles_dir=pdir))
+    st = Station(cfg, policy=RetryPolicy.immediate(3), patient=False)
+    try:
+        st.start()
+        out = st.run_session(CameraDocked("BWC0001", "bwc-events", camera))
+        recs = {r.name: r for r in st.ledger.recordings(serial="BWC0001")}
+    finally:
+        st.close()
+    assert out.ok, (out.failed, out.refused)
+    assert {n for n, r in recs.items() if r.flagged} == {FLAGGED, FLAGGED_XML}
+    client = s3.client()
+
+    def tag(name):
+        tags = client.get_object_tagging(Bucket=bucket, Key=f"site/{recs[name].object_key}")["TagSet"]
+        return {t["Key"]: t["Value"] for t in tags}.get("retention-class")
+
+    def meta(name):
+        return client.head_object(Bucket=bucket, Key=f"site/{recs[name].object_key}")
+
+    assert "-" in meta(FLAGGED)["ETag"] and "-" not in meta(ROUTINE)["ETag"]     # both paths taken
+    for name in recs:
+        want = "evidential" if recs[name].flagged else "31d"
+        assert tag(name) == want, name
+        assert meta(name)["Metadata"]["retention-class"] == want, name     # tag and metadata agree

@@ -397,6 +397,40 @@ def test_plain_http_only_on_loopback() -> None:
     TusStore("https://tus.example.org/files/")
 
 
+def _channel_events(logs: list[dict[str, Any]]) -> list[str]:
+    return [e["event"] for e in logs if e["event"] in ("store.plain_http", "store.tls_unverified")]
+
+
+def test_trusted_plain_http_is_logged_and_never_carries_the_token() -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        TusStore("http://192.0.2.10:1080/files/", trust_plain_http=True)     # construction sends nothing
+        TusStore("http://127.0.0.1:1080/files/", token="t")
+    assert _channel_events(logs) == ["store.plain_http", "store.plain_http"]
+    assert [e["loopback"] for e in logs if e["event"] == "store.plain_http"] == [False, True]
+    with pytest.raises(ConfigError) as ei:
+        TusStore("http://192.0.2.10:1080/files/", token="t", trust_plain_http=True)
+    assert ei.value.key == "store.token_file"
+
+
+def test_unverified_tls_is_logged_like_s3(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    with capture_logs() as logs:
+        verified = TusStore("https://tus.example.org/files/")
+        bundled = TusStore("https://tus.example.org/files/", ca_bundle=ca)
+        unverified = TusStore.from_config(StoreConfig(url="https://tus.example.org/files/", verify_tls=False))
+    assert _channel_events(logs) == ["store.tls_unverified"]
+    assert [e for e in logs if e["event"] == "store.tls_unverified"][0]["store"] == "https://tus.example.org/files/"
+    # and the sessions do what the log says
+    assert verified._session().verify is True
+    assert bundled._session().verify == str(ca)
+    assert unverified._session().verify is False
+
+
 def test_factory_routes_http_urls_to_tus(tus_server: TusServer, make_cfg: Any, tmp_path: Path) -> None:
     from dockd.store.factory import open_store
 

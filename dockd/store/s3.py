@@ -16,9 +16,13 @@ What this backend promises, beyond the seam:
   is sent (in memory when it fits in a part). ``verify`` HEADs
   the object and checks the size plus the ETag computed locally (MD5, or
   MD5-of-MD5s with the part size recorded in the object's metadata) and the
-  SHA-256 checksum when the server returns one. When the server gives
-  neither in a comparable form (e.g. KMS-encrypted ETags), the object is read
-  back and hashed.
+  SHA-256 checksum when the server returns one, then reads back the object's
+  last ``TAIL_PROOF`` bytes (kept from the upload) and its size from the
+  ranged GET: HEAD's values are the server's word, which a liar can echo from
+  our own Content-MD5 and checksum headers, while those bytes only the stored
+  object can give. When the server gives neither ETag nor checksum in a
+  comparable form (e.g. KMS-encrypted ETags), the object is read back whole
+  and hashed.
 * **Idempotent.** Keys are deterministic; an object already present with the
   right size and proof is not uploaded again.
 * **One retry policy.** botocore's own retries are off; errors are classified
@@ -71,7 +75,9 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
+from ..manifest import EVIDENTIAL, retention_class_of
 from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, ObjectInfo, Store
+from .channel import open_channel
 
 import structlog
 
@@ -84,12 +90,17 @@ S3_MAX_PART_SIZE = 5 * 1024 * MiB
 S3_MAX_PARTS = 10_000
 MAX_KEY_BYTES = 1024
 READ_BLOCK = 1 * MiB
+# verify reads back this many bytes at the object's end: a store that kept less (or
+# other bytes) than it says cannot give them, whatever its HEAD echoes. Kept with each
+# digest from put to verify (MAX_PROOFS_KEPT of them: 1 MiB).
+TAIL_PROOF = 4096
 LIST_PROOF_PAGES = 4     # prove_listed reads at most this many pages of 1,000 keys
 
 # Metadata we add next to the caller's (x-amz-meta-dockd-*).
 META_PART_SIZE = "dockd-part-size"     # how the ETag was formed; verify recomputes it
 META_SHA256 = "dockd-sha256"           # ciphertext SHA-256: a claim, for audit tools
 CREDENTIALS_FILE_NAME = "s3-credentials"
+TAG_RETENTION = "retention-class"      # object tag: the recording's retention class, for lifecycle rules
 
 AUTH_CODES = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
@@ -228,6 +239,7 @@ class Digest:
     part_size: int                   # 0 for a single PUT
     md5s: tuple[bytes, ...]          # raw MD5 of each part
     sha256s: tuple[bytes, ...]       # raw SHA-256 of each part; () when not computed
+    tail: bytes = b""                # the last min(TAIL_PROOF, size) bytes
 
     @property
     def is_multipart(self) -> bool:
@@ -265,6 +277,7 @@ def digest_file(path: Path, part_size: int = 0) -> Digest:
     md5s: list[bytes] = []
     sha256s: list[bytes] = []
     n = 0
+    tail = b""
     block = memoryview(bytearray(READ_BLOCK))
     try:
         with open(path, "rb") as f:
@@ -280,6 +293,7 @@ def digest_file(path: Path, part_size: int = 0) -> Digest:
                         break
                     for h in hashers:
                         h.update(block[:k])
+                    tail = _keep_tail(tail, block[:k])
                     got += k
                 if got or not md5s:
                     md5s.append(pm.digest())
@@ -292,7 +306,14 @@ def digest_file(path: Path, part_size: int = 0) -> Digest:
         raise SpoolError(f"cannot read spooled file {path}: {exc.strerror}") from exc
     if not part_size:
         sha256s = [whole.digest()]
-    return Digest(n, whole.hexdigest(), part_size, tuple(md5s), tuple(sha256s))
+    return Digest(n, whole.hexdigest(), part_size, tuple(md5s), tuple(sha256s), tail)
+
+
+def _keep_tail(tail: bytes, data: memoryview) -> bytes:
+    """The last ``TAIL_PROOF`` bytes of ``tail`` followed by ``data``."""
+    if len(data) >= TAIL_PROOF:
+        return bytes(data[-TAIL_PROOF:])
+    return (tail + bytes(data))[-TAIL_PROOF:]
 
 
 def read_hashing(f: BinaryIO, into: memoryview, hashers: tuple[Any, ...], what: str) -> int:
@@ -455,6 +476,7 @@ class S3Store(Store):
         addressing_style: str = "auto",
         ca_bundle: Path | str | None = None,
         verify_tls: bool = True,
+        trust_plain_http: bool = False,
         credentials: Credentials | None = None,
         checksum: str = "auto",
         multipart_threshold: int = 200 * MiB,          # StoreConfig explains the default
@@ -506,8 +528,9 @@ class S3Store(Store):
         self._list_proof_ok = True       # until a listing is refused (no s3:ListBucket)
         self.capabilities = Capabilities(resumable=True, server_checksum=checksum == "sha256")
 
-        if not verify_tls:
-            log.warning("store.tls_unverified", url=url)
+        # refuses plain http off loopback (unless trusted); logs what weakens the channel
+        verify = open_channel(endpoint_url, store=url, key="store.endpoint_url",
+                              trust_plain_http=trust_plain_http, verify_tls=verify_tls, ca_bundle=ca_bundle)
         cfg = BotoConfig(
             region_name=region or "us-east-1",
             signature_version="s3v4",
@@ -538,7 +561,6 @@ class S3Store(Store):
             aws_secret_access_key=credentials.secret_access_key if credentials else None,
             aws_session_token=credentials.session_token if credentials else None,
         )
-        verify: bool | str = str(ca_bundle) if (ca_bundle and verify_tls) else verify_tls
         self._new_client = lambda: session.client("s3", endpoint_url=endpoint_url, config=cfg, verify=verify)
         self.client = self._new_client()
 
@@ -555,6 +577,7 @@ class S3Store(Store):
             addressing_style=cfg.addressing_style,
             ca_bundle=cfg.ca_bundle,
             verify_tls=cfg.verify_tls,
+            trust_plain_http=cfg.trust_plain_http,
             credentials=resolve_credentials(cfg.credentials_file, environ),
             checksum=cfg.checksum,
             multipart_threshold=cfg.multipart_threshold,
@@ -625,7 +648,7 @@ class S3Store(Store):
                 f"store.object_lock_mode is {self.object_lock_mode} but bucket {self.bucket} "
                 "has Object Lock disabled"
             )
-        if self.tag_retention and self.retention_class:
+        if self.tag_retention:
             self._probe_tagging()
         with self._lock:
             self.capabilities = dataclasses.replace(self.capabilities, object_lock=lock)
@@ -645,7 +668,7 @@ class S3Store(Store):
         only if they themselves are refused.
         """
         key = self._key(f".dockd-probe/{os.urandom(8).hex()}")
-        tags = {"TagSet": [{"Key": "retention-class", "Value": self.retention_class}]}
+        tags = {"TagSet": [{"Key": TAG_RETENTION, "Value": self.retention_class or EVIDENTIAL}]}
         try:
             self.client.put_object_tagging(Bucket=self.bucket, Key=key, Tagging=tags)
         except bce.ClientError as exc:
@@ -716,8 +739,11 @@ class S3Store(Store):
         if part_size:
             meta[META_PART_SIZE] = str(part_size)
         args: dict[str, Any] = {"Metadata": meta, "ContentType": "application/octet-stream"}
-        if self.tag_retention and self.retention_class and self._tagging_ok:
-            args["Tagging"] = urlencode({"retention-class": self.retention_class})
+        retention_class = retention_class_of(blob.flagged, self.retention_class)
+        if self.tag_retention and retention_class and self._tagging_ok:
+            # the recording's own class: a lifecycle rule on the configured one (31d)
+            # must never reach a flagged recording
+            args["Tagging"] = urlencode({TAG_RETENTION: retention_class})
         args.update(self._lock_args(blob))
         return args
 
@@ -840,7 +866,7 @@ class S3Store(Store):
                     f"{what}: spooled file has {found}, expected {size} bytes sha256 {blob.sha256[:16]}; "
                     "nothing uploaded"
                 )
-            digest = Digest(size, blob.sha256, 0, (md5.digest(),), (sha.digest(),))
+            digest = Digest(size, blob.sha256, 0, (md5.digest(),), (sha.digest(),), _keep_tail(b"", view))
         elif digest is None or digest.is_multipart:
             # Larger than a part (up to multipart_threshold): hash the file, then stream
             # it, so that memory stays at one part per upload thread. Content-MD5 makes
@@ -968,6 +994,7 @@ class S3Store(Store):
             whole = hashlib.sha256()
             md5s: list[bytes] = []
             sums: list[bytes] = []
+            tail = b""          # parts go in order when digest is None, so this is the file's end
             buf = self._buffer(max(length for _, length in ranges))
             with blob.open() as f:
                 for n, (off, length) in enumerate(ranges, start=1):
@@ -984,6 +1011,8 @@ class S3Store(Store):
                     got = read_hashing(f, view, hashers, what)
                     if got != length:
                         raise IntegrityError(f"{what}: spooled file ended {length - got} bytes early in part {n}")
+                    if digest is None:
+                        tail = _keep_tail(tail, view)
                     md5 = part_md5.digest()
                     part_sum: bytes | None = None
                     if digest is None:
@@ -1010,7 +1039,7 @@ class S3Store(Store):
                         + f", expected {blob.size} bytes sha256 {blob.sha256[:16]}): damaged, or changed "
                         "while uploading; upload aborted"
                     )
-                digest = Digest(blob.size, blob.sha256, part_size, tuple(md5s), tuple(sums))
+                digest = Digest(blob.size, blob.sha256, part_size, tuple(md5s), tuple(sums), tail)
                 self._remember(digest)
             self._complete(full, upload_id, digest, done, use_sum)
         except Exception as exc:  # noqa: BLE001 - classified below
@@ -1112,7 +1141,11 @@ class S3Store(Store):
             raise err from exc
 
     def _proof(self, full: str, head: Mapping[str, Any], blob: Blob, digest: Digest | None = None) -> bool | str:
-        """True if ``head`` proves the object is ``blob``; otherwise a reason string."""
+        """True if the object is proven to be ``blob``; otherwise a reason string.
+
+        ``head`` (size, ETag, SHA-256 checksum) is checked against digests computed
+        locally, then the object's tail is read back (``_prove_tail``); without a
+        comparable ETag or checksum, the whole object is read back and hashed."""
         size = int(head.get("ContentLength", -1))
         if size != blob.size:
             return f"holds {size} bytes, expected {blob.size}"
@@ -1152,18 +1185,62 @@ class S3Store(Store):
             if not ok:
                 return f"checksum-sha256 {server_sum} does not match the spooled file"
             proved = True
-        if not proved:
-            # No comparable proof from HEAD: read the object back and hash it.
-            h, n = hashlib.sha256(), 0
+        if proved:
+            # A HEAD's values are the server's word, which a liar can echo from our own
+            # request headers: only the object itself can give its last bytes.
+            return self._prove_tail(full, blob, digest)
+        # No comparable proof from HEAD: read the object back and hash it.
+        h, n = hashlib.sha256(), 0
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=full)["Body"]
+            for chunk in iter(lambda: body.read(READ_BLOCK), b""):
+                h.update(chunk)
+                n += len(chunk)
+        except Exception as exc:  # noqa: BLE001 - classified
+            raise classify(exc, f"verify {full}") from exc
+        if n != blob.size or h.hexdigest() != blob.sha256:
+            return f"read back {n} bytes sha256 {h.hexdigest()[:16]}"
+        return True
+
+    def _prove_tail(self, full: str, blob: Blob, digest: Digest | None) -> bool | str:
+        """True if the object's last bytes, and its size as the read-back gives it, are
+        the blob's (one ranged GET of at most ``TAIL_PROOF`` bytes); else a reason."""
+        if blob.size == 0:
+            return True
+        want = digest.tail if digest is not None and len(digest.tail) == min(TAIL_PROOF, blob.size) else None
+        if want is None:
             try:
-                body = self.client.get_object(Bucket=self.bucket, Key=full)["Body"]
-                for chunk in iter(lambda: body.read(READ_BLOCK), b""):
-                    h.update(chunk)
-                    n += len(chunk)
-            except Exception as exc:  # noqa: BLE001 - classified
-                raise classify(exc, f"verify {full}") from exc
-            if n != blob.size or h.hexdigest() != blob.sha256:
-                return f"read back {n} bytes sha256 {h.hexdigest()[:16]}"
+                with open(blob.path, "rb") as f:
+                    f.seek(blob.size - min(TAIL_PROOF, blob.size))
+                    want = f.read(TAIL_PROOF)
+            except OSError as exc:
+                raise SpoolError(f"verify {full}: cannot read the spooled file: {exc.strerror}") from exc
+        start = blob.size - len(want)
+        expected = f"bytes {start}-{blob.size - 1}/{blob.size}"
+        try:
+            r = self.client.get_object(Bucket=self.bucket, Key=full, Range=f"bytes={start}-{blob.size - 1}")
+            body = r["Body"]
+            try:
+                if r.get("ContentRange") is None:
+                    # the server ignored the range: the whole object came back; hash it all
+                    h, n = hashlib.sha256(), 0
+                    for chunk in iter(lambda: body.read(READ_BLOCK), b""):
+                        h.update(chunk)
+                        n += len(chunk)
+                    if n != blob.size or h.hexdigest() != blob.sha256:
+                        return f"read back {n} bytes sha256 {h.hexdigest()[:16]}"
+                    return True
+                got = body.read(len(want) + 1)
+            finally:
+                body.close()
+        except Exception as exc:  # noqa: BLE001 - classified
+            if _code(exc) == "InvalidRange":
+                return f"tail read-back refused: the object is shorter than {blob.size} bytes"
+            raise classify(exc, f"verify {full}") from exc
+        if r["ContentRange"] != expected:
+            return f"tail read-back gave {r['ContentRange']}, expected {expected}"
+        if got != want:
+            return f"tail read-back: the last {len(want)} bytes differ from those sent"
         return True
 
     def verify(self, key: str, blob: Blob) -> ObjectInfo:
@@ -1184,9 +1261,10 @@ class S3Store(Store):
         reads back the same two facts for up to a thousand. Only objects whose
         digest ``put`` computed as it sent them qualify: for a single PUT the
         ETag is the MD5 of the bytes, checked against that digest as ``verify``
-        would. Anything else (a multipart ETag, an ETag that is not an MD5, a
-        key the listing does not show yet, a size that differs) is left to
-        ``verify``, which says why. On a server that keeps SHA-256 checksums,
+        would, and its tail is read back as ``verify`` reads it. Anything else
+        (a multipart ETag, an ETag that is not an MD5, a key the listing does
+        not show yet, a size or tail that differs) is left to ``verify``, which
+        says why. On a server that keeps SHA-256 checksums,
         which a HEAD reads back and a listing does not, nothing is proven here:
         ``verify`` checks the SHA-256 too. The listing starts just before the
         first key, stops after the last, and reads at most ``LIST_PROOF_PAGES``
@@ -1212,7 +1290,8 @@ class S3Store(Store):
                 for o in contents:
                     got = want.get(o["Key"])
                     if (got is not None and int(o.get("Size", -1)) == got[1].size
-                            and str(o.get("ETag", "")).strip('"') == got[2].etag):
+                            and str(o.get("ETag", "")).strip('"') == got[2].etag
+                            and self._prove_tail(o["Key"], got[1], got[2]) is True):
                         proven.add(got[0])
                 if (not page.get("IsTruncated") or not contents
                         or contents[-1]["Key"] >= keys[-1] or len(proven) == len(want)):

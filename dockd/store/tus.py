@@ -3,8 +3,9 @@
 Uploads speak tus 1.0 core, creation and termination, plus the checksum
 extension when the server offers it (``OPTIONS`` → ``Tus-Extension: checksum``
 and ``Tus-Checksum-Algorithm``; each PATCH then carries ``Upload-Checksum``).
-``http://`` is accepted for loopback hosts only (tests): a bearer token never
-crosses a network in clear.
+``http://`` is accepted for loopback hosts only, or where
+``store.trust_plain_http`` says so (see ``channel.py``); a bearer token never
+crosses a network in clear, whatever it says.
 
 Why a small client and not ``tuspy``: tuspy keeps resume state in its own
 URL storage keyed by a file fingerprint, and retries on its own. Here the
@@ -59,7 +60,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import ipaddress
 import stat as stat_mod
 import threading
 from pathlib import Path
@@ -80,6 +80,7 @@ from ..errors import (
     TransientStoreError,
 )
 from .base import Blob, Capabilities, Checkpoint, ObjectInfo, Store
+from .channel import is_loopback, is_plain_http, open_channel
 
 import structlog
 
@@ -98,7 +99,6 @@ CHECKSUM_ALGORITHMS = ("sha256", "sha1")
 # tus checksum extension: the PATCH body did not match Upload-Checksum.
 STATUS_CHECKSUM_MISMATCH = 460
 TRANSIENT_STATUSES = frozenset({408, 409, 423, 425, 429, STATUS_CHECKSUM_MISMATCH})
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
 # -- configuration helpers -------------------------------------------------------
@@ -121,15 +121,6 @@ def load_token(path: Path) -> str:
     if not token or any(c.isspace() or ord(c) < 0x21 for c in token):
         raise ConfigError("store.token_file", f"{path}: expected one token without spaces")
     return token
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def upload_id(full_key: str) -> str:
@@ -291,14 +282,19 @@ class TusStore(Store):
         client_key: Path | str | None = None,
         ca_bundle: Path | str | None = None,
         verify_tls: bool = True,
+        trust_plain_http: bool = False,
         chunk_size: int = 8 * 1024 * 1024,
         timeout: float = 60.0,
     ) -> None:
         u = urlparse(url)
         if u.scheme not in ("https", "http") or not u.hostname:
             raise ConfigError("store.url", f"not a tus endpoint URL: {url!r}")
-        if u.scheme == "http" and not is_loopback(u.hostname):
-            raise ConfigError("store.url", "http:// is only allowed on loopback; use https://")
+        plain_http = is_plain_http(url, "store.url", trust_plain_http)   # refused off loopback unless trusted
+        if token and plain_http and not is_loopback(u.hostname):
+            # whatever store.trust_plain_http says: that trusts the path's answers,
+            # it does not hand the path a credential
+            raise ConfigError("store.token_file", "a bearer token is never sent over plain http "
+                              "off loopback; use https://")
         if u.query or u.fragment:
             raise ConfigError("store.url", "must not carry a query or fragment")
         if client_key is not None and client_cert is None:
@@ -312,7 +308,9 @@ class TusStore(Store):
         self._cert: tuple[str, str] | str | None = None
         if client_cert is not None:
             self._cert = (str(client_cert), str(client_key)) if client_key else str(client_cert)
-        self._verify: bool | str = str(ca_bundle) if ca_bundle else verify_tls
+        # logs what weakens the channel
+        self._verify = open_channel(url, store=url, key="store.url", trust_plain_http=trust_plain_http,
+                                    verify_tls=verify_tls, ca_bundle=ca_bundle)
         self.chunk_size = chunk_size
         self.timeout = (min(10.0, timeout), timeout)
         self._local = threading.local()
@@ -339,6 +337,7 @@ class TusStore(Store):
         return cls(
             sc.url, token=token, client_cert=sc.client_cert,
             client_key=sc.client_key, ca_bundle=sc.ca_bundle, verify_tls=sc.verify_tls,
+            trust_plain_http=sc.trust_plain_http,
             chunk_size=sc.chunk_size, timeout=sc.timeout,
         )
 
