@@ -800,7 +800,10 @@ class Station:
             # the manifest first: a signature is never in the store without what it signs
             for k, p, body, kind in ((key, path, data, "manifest"), (sig_key, sig_path, signature, "signature")):
                 p.write_bytes(body)
-                blob = Blob(p, len(body), hashlib.sha256(body).hexdigest(), meta | {"kind": kind})
+                # a session holding evidence keeps its manifest as long as its evidence: the
+                # manifest is the custody record a lifecycle rule on the default class must not reach
+                blob = Blob(p, len(body), hashlib.sha256(body).hexdigest(), meta | {"kind": kind},
+                            flagged=any(r.flagged for r in recs))
                 self.store.put(k, blob, MemoryCheckpoint())
                 self.store.verify(k, blob)
             self.ledger.set_manifest(sid, key)

@@ -110,3 +110,10 @@ def test_flagged_recordings_are_tagged_evidential_not_the_configured_class(moto_
         want = "evidential" if recs[name].flagged else "31d"
         assert tag(name) == want, name
         assert meta(name)["Metadata"]["retention-class"] == want, name     # tag and metadata agree
+    # the session's manifest and signature: the custody record of evidence is kept as evidence
+    listed = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="site/")["Contents"]]
+    custody = [k for k in listed if ".manifest.json" in k]
+    assert len(custody) == 2
+    for k in custody:
+        tags = {t["Key"]: t["Value"] for t in client.get_object_tagging(Bucket=bucket, Key=k)["TagSet"]}
+        assert tags.get("retention-class") == "evidential", k
