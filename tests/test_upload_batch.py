@@ -305,3 +305,41 @@ def test_a_batch_whose_flush_fails_is_put_again_and_verified(tmp_path, monkeypat
     assert [rig.state(i) for i in rig.ids] == [RecState.VERIFIED] * 5
     assert rig.store.puts == 10                            # each put twice: the first flush failed
     assert "upload.batch_flush_failed" in capsys.readouterr().out
+
+
+def _wait_for(what, timeout: float) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not what():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_dead_store_mount_is_an_unreachable_store_and_recovers_by_itself(tmp_path, logs):
+    """The store's directory replaced by a file (ENOTDIR, as a NAS mount gone bad gives
+    ENOTCONN or ESTALE): the "already there?" look (verify, and its sweep of dead temp
+    files) and the put fail. That is the store being unreachable: ``store.unreachable``,
+    the recordings rescheduled with backoff; not a bug, not a permanent refusal. Once
+    the directory is back they are verified with no one's help."""
+    root = tmp_path / "store"
+    root.mkdir()
+    rig = Rig(tmp_path, 3, ScriptedStore(root))
+    root.rename(tmp_path / "mounted")
+    root.write_bytes(b"")
+    for r in rig.recs:
+        rig.up.submit(r)                     # not fresh: the store is asked first
+    rig.up.start()
+    try:
+        assert _wait_for(lambda: all(rig.ledger.get(i).attempts >= 2 for i in rig.ids), 20)
+        failed = [rig.ledger.get(i) for i in rig.ids]
+        assert all(r.next_attempt_at is not None and "unreachable" in (r.last_error or "") for r in failed)
+        (tmp_path / "store").unlink()
+        (tmp_path / "mounted").rename(root)
+        assert _wait_for(lambda: all(rig.state(i) == RecState.VERIFIED for i in rig.ids), 20)
+    finally:
+        rig.up.stop()
+    names = [e["event"] for e in logs()]
+    assert "upload.bug" not in names
+    assert names.count("store.unreachable") == 1       # once per outage, not once per attempt
+    assert "upload.failed" in names

@@ -404,9 +404,18 @@ class Uploader:
         if isinstance(exc, IntegrityError):
             return self._integrity(rec, lg, blob, exc)
         if not isinstance(exc, ObjectMissingError):
+            self._store_trouble(exc)
+        return self._failed(rec, lg, exc)
+
+    def _store_trouble(self, exc: DockdError) -> None:
+        """Note a store error for status, and log once each time the store turns
+        unreachable (a transient error); the next verified upload clears it."""
+        with self._cv:
+            first = exc.retryable and self.store_ok is not False
             self.store_ok = False if exc.retryable else self.store_ok
             self.last_store_error = str(exc)
-        return self._failed(rec, lg, exc)
+        if first:
+            log.emit(self.log, "store.unreachable", store=self.store.url, error=str(exc))
 
     def on_store_retry(self, op: str, attempt: int, exc: BaseException, wait: float) -> None:
         """Hook for ``RetryingStore``: runs in the worker's thread, so it knows the recording."""
