@@ -63,6 +63,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "store.auth_failed": ("error", "the store refused our credentials; upload queue paused", "store, error"),
     "store.resumed": ("info", "the store accepts us again; upload queue resumed", "store"),
     "store.unreachable": ("warning", "the store cannot be reached", "store, error"),
+    "store.full": ("error", "the store is full; uploads are retried, backing off, until space is freed", "store, error"),
     "spool.pressure": ("warning", "spool free space below the watermark; spooling paused", "free, min_free"),
     "spool.relieved": ("info", "spool free space back above the watermark", "free"),
     "spool.remove_failed": ("warning", "a verified recording's spool copy could not be removed; the next start removes it", "camera, recording, sha256, error"),

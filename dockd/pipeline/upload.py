@@ -13,6 +13,8 @@ fsync each. A large recording is a batch of its own.
 What happens on failure is decided by what the error says to do:
 * transient, attempts spent → ``failed`` with ``next_attempt_at`` from the
   one retry policy; a timer re-queues it;
+* the store is full → the same, rescheduled with the capped backoff (never retried
+  within the call: space comes back only when someone frees it), ``store.full``;
 * auth refused → the whole queue pauses (``store.auth_failed``) and probes
   the store until it accepts us again; nothing is burned;
 * the store's copy differs → delete it, retry the recording;
@@ -34,6 +36,7 @@ from ..errors import (
     IntegrityError,
     ObjectMissingError,
     StoreAuthError,
+    StoreFullError,
 )
 from ..ledger import Ledger, LedgerCheckpoint
 from ..model import RecState, Recording
@@ -99,6 +102,7 @@ class Uploader:
         self._delayed: dict[int, float] = {}
         self._stopping = False
         self._auth_paused: str | None = None
+        self._trouble: str | None = None      # "store.full" or "store.unreachable", once logged
         self.last_success: float | None = None
         self.store_ok: bool | None = None
         self.last_store_error: str | None = None
@@ -409,13 +413,17 @@ class Uploader:
 
     def _store_trouble(self, exc: DockdError) -> None:
         """Note a store error for status, and log once each time the store turns
-        unreachable (a transient error); the next verified upload clears it."""
+        unreachable (a transient error) or full; the next verified upload clears it."""
+        full = isinstance(exc, StoreFullError)
+        kind = "store.full" if full else "store.unreachable" if exc.retryable else None
         with self._cv:
-            first = exc.retryable and self.store_ok is not False
-            self.store_ok = False if exc.retryable else self.store_ok
+            first = kind is not None and self._trouble != kind
+            self._trouble = kind or self._trouble
+            if exc.retryable and not full:      # a full store answers: it is reachable
+                self.store_ok = False
             self.last_store_error = str(exc)
         if first:
-            log.emit(self.log, "store.unreachable", store=self.store.url, error=str(exc))
+            log.emit(self.log, kind, store=self.store.url, error=str(exc))
 
     def on_store_retry(self, op: str, attempt: int, exc: BaseException, wait: float) -> None:
         """Hook for ``RetryingStore``: runs in the worker's thread, so it knows the recording."""
@@ -450,7 +458,9 @@ class Uploader:
             for p in proven:
                 self._settle([p])
             return
-        self.store_ok = True
+        with self._cv:
+            self.store_ok = True
+            self._trouble = None
         self.last_success = time.time()
         for p in proven:
             if p.put:
