@@ -343,3 +343,39 @@ def test_a_dead_store_mount_is_an_unreachable_store_and_recovers_by_itself(tmp_p
     assert "upload.bug" not in names
     assert names.count("store.unreachable") == 1       # once per outage, not once per attempt
     assert "upload.failed" in names
+
+
+class SteppedClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_retry_is_scheduled_on_the_monotonic_clock_given(tmp_path):
+    """After a store outage the retry falls due by the monotonic clock the pool is given,
+    whatever the wall clock does: an hour's backoff passes when that clock says so, and
+    nothing else makes it pass (the ledger's wall-clock next_attempt_at is for people)."""
+    rig = Rig(tmp_path, 1, ScriptedStore(tmp_path / "store", put_errors=transient(1)))
+    clock = SteppedClock()
+    hour = RetryPolicy(attempts=1, initial=3600, maximum=3600)
+    up = Uploader(rig.ledger, RetryingStore(rig.store, RetryPolicy.immediate(1)), rig.spool, hour,
+                  concurrency=1, clock=clock)
+    rec = rig.recs[0]
+    up.submit(rec, fresh=True)
+    up.start()
+    try:
+        assert _wait_for(lambda: rec.id in up.delayed_ids(), 10)
+        failed = rig.ledger.get(rec.id)
+        assert failed.state == RecState.FAILED
+        assert failed.next_attempt_at is not None and failed.next_attempt_at > time.time() + 1700
+        clock.now += 1700                     # the backoff is uniform in [1800, 3600]: not yet due
+        time.sleep(1.5)                       # a timer round or more: it must still be waiting
+        assert rec.id in up.delayed_ids() and rig.state(rec.id) == RecState.FAILED
+        clock.now += 1900
+        assert _wait_for(lambda: rig.state(rec.id) == RecState.VERIFIED, 10)
+    finally:
+        up.stop()

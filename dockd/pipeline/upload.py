@@ -76,7 +76,11 @@ class Uploader:
         metadata: Callable[[Recording], dict[str, str]] = lambda r: {},
         is_docked: Callable[[str], bool] = lambda serial: False,
         logger: Any = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` schedules retries: monotonic, so a wall clock stepped back (NTP on a
+        dock whose clock ran fast) delays nothing. The ledger's ``next_attempt_at`` is
+        wall-clock time, for people and for status; nothing waits on it."""
         self.ledger = ledger
         self.store = store
         self.spool = spool
@@ -85,6 +89,7 @@ class Uploader:
         self.metadata = metadata
         self.is_docked = is_docked
         self.log = logger or log.get()
+        self._clock = clock
         # One lock, three conditions, so a wake-up reaches only who it concerns: workers
         # wait for work (_cv), sessions for recordings to settle (_idle), the timer for
         # its next round (_tick_cv). One shared condition woke every thread at every
@@ -99,7 +104,7 @@ class Uploader:
         self._sizes: dict[int, int] = {}      # queued id -> bytes, to cut batches
         self._fresh: set[int] = set()         # spooled just now: not at the store yet
         self._active: set[int] = set()
-        self._delayed: dict[int, float] = {}
+        self._delayed: dict[int, float] = {}  # id -> when its next attempt is due, on self._clock
         self._stopping = False
         self._auth_paused: str | None = None
         self._trouble: str | None = None      # "store.full" or "store.unreachable", once logged
@@ -151,9 +156,10 @@ class Uploader:
             self._queued.add(rec.id)
             self._cv.notify()
 
-    def submit_later(self, rec_id: int, when: float) -> None:
+    def submit_later(self, rec_id: int, delay: float) -> None:
+        """Queue ``rec_id`` again ``delay`` seconds from now (on the monotonic clock)."""
         with self._cv:
-            self._delayed[rec_id] = when
+            self._delayed[rec_id] = self._clock() + delay
 
     @property
     def paused(self) -> str | None:
@@ -246,7 +252,7 @@ class Uploader:
             with self._cv:
                 if self._stopping:
                     return
-                now = time.time()
+                now = self._clock()
                 # one still in a worker's batch (failed early in it) waits for the batch to
                 # end: submit() ignores a busy recording, and it would be in no queue at all
                 due = [r for r, t in self._delayed.items() if t <= now and r not in self._active]
@@ -290,7 +296,7 @@ class Uploader:
     def _bug(self, rec_id: int, exc: BaseException) -> None:
         """A bug must not kill the pool: logged loudly, and the recording tried again later."""
         log.emit(self.log, "upload.bug", recording_id=rec_id, error=str(exc), exc_info=exc)
-        self.submit_later(rec_id, time.time() + BUG_RETRY_SECONDS)   # never strand it
+        self.submit_later(rec_id, BUG_RETRY_SECONDS)   # never strand it
 
     def upload_batch(self, rec_ids: list[int]) -> None:
         """Upload and prove each recording, then commit the proven ones together.
@@ -303,7 +309,7 @@ class Uploader:
                     if self._stopping:
                         break              # the rest stay spooled in the ledger for the next start
                     if self._auth_paused:
-                        self.submit_later(rec_id, time.time())   # back in line once resumed
+                        self.submit_later(rec_id, 0.0)   # back in line once resumed
                         continue
                     try:
                         # read now, not at the batch's start: a re-dock may have flagged it since
@@ -403,7 +409,7 @@ class Uploader:
             self.last_store_error = str(exc)
             if first:
                 log.emit(lg, "store.auth_failed", store=self.store.url, error=str(exc))
-            self.submit_later(rec.id, time.time())   # back in line once resumed
+            self.submit_later(rec.id, 0.0)   # back in line once resumed
             return rec.state
         if isinstance(exc, IntegrityError):
             return self._integrity(rec, lg, blob, exc)
@@ -482,11 +488,10 @@ class Uploader:
             log.emit(lg, "upload.failed", attempts=attempts, next_attempt_in=None, error=str(exc))
             return RecState.FAILED
         wait = self.policy.delay(attempts)
-        when = time.time() + wait
         self.ledger.transition(rec.id, RecState.FAILED, event="upload.failed", error=str(exc),
-                               count_attempt=True, next_attempt_at=when)
+                               count_attempt=True, next_attempt_at=time.time() + wait)
         log.emit(lg, "upload.failed", attempts=attempts, next_attempt_in=round(wait, 1), error=str(exc))
-        self.submit_later(rec.id, when)
+        self.submit_later(rec.id, wait)
         return RecState.FAILED
 
     def _integrity(self, rec: Recording, lg: Any, blob: Blob, exc: IntegrityError) -> RecState:
