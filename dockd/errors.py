@@ -125,6 +125,14 @@ class SpoolFullError(SpoolError):
     retryable = True
 
 
+class SpoolExhaustedError(SpoolError):
+    """The spool's disk is short of space and dockd holds nothing there whose upload would
+    free it (other data fills the disk): waiting cannot help. The recording is left on the
+    camera; someone must free space on that disk or lower ``spool.min_free``."""
+
+    msgid = "spool.exhausted"
+
+
 class SpoolCorruptError(SpoolError):
     """A spooled ciphertext no longer matches its recorded hash / fails auth."""
 

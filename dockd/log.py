@@ -65,6 +65,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "store.unreachable": ("warning", "the store cannot be reached", "store, error"),
     "store.full": ("error", "the store is full; uploads are retried, backing off, until space is freed", "store, error"),
     "spool.pressure": ("warning", "spool free space below the watermark; spooling paused", "free, min_free"),
+    "spool.exhausted": ("error", "the spool's disk is short of space and dockd holds nothing there to upload: waiting frees nothing; the recording is left on the camera", "camera, recording, spool, free, min_free, error"),
     "spool.relieved": ("info", "spool free space back above the watermark", "free"),
     "spool.remove_failed": ("warning", "a verified recording's spool copy could not be removed; the next start removes it", "camera, recording, sha256, error"),
     "wipe.done": ("info", "a verified recording was deleted from the camera", "camera, recording, sha256"),

@@ -111,6 +111,49 @@ def test_full_spool_pauses_then_drains_and_loses_nothing(tmp_path, identity, sma
 
 
 @pytest.mark.root
+def test_a_spool_disk_full_of_other_data_ends_the_session_in_attention(tmp_path, identity):
+    """The spool's disk is below min_free because of other data and the spool is empty: no
+    upload of dockd's can free anything, so waiting would hold the bay at DO NOT UNDOCK for
+    ever. After a short wait the recordings are left on the camera with an error naming the
+    spool disk and min_free, the camera is released, the session ends in attention, and
+    nothing is wiped."""
+    cam = tmp_path / "inbox" / "CAM1" / "DCIM"
+    cam.mkdir(parents=True)
+    names = [f"V{i:03d}.MP4" for i in range(3)]
+    for n in names:
+        (cam / n).write_bytes(os.urandom(100_000))
+    before = {p.name: p.read_bytes() for p in cam.iterdir()}
+    with small_ext4(tmp_path, "spoolfs", 16) as fs:
+        fill(fs, MiB)
+        cfg_path = write_config(tmp_path, str(identity.public()), "[spool]\nmin_free = \"4MiB\"\n",
+                                spool_dir=fs / "spool")
+        cfg = config_mod.load(cfg_path)
+        sock = NotifySocket(tmp_path / "notify.sock")
+        d = DaemonProcess(cfg_path, sock)
+        try:
+            d.wait_event("session.attention", 60, where=lambda e: e.get("camera") == "CAM1")
+            rc, _ = d.terminate()
+        finally:
+            d.kill()
+            sock.close()
+        assert rc == 0
+        assert d.events("spool.pressure")
+        exhausted = d.events("spool.exhausted")
+        assert sorted(e["recording"] for e in exhausted) == [f"DCIM/{n}" for n in names]
+        assert all(str(fs / "spool") in e["error"] and "spool.min_free" in e["error"] for e in exhausted)
+        assert d.events("device.released")
+        assert not d.events("wipe.done") and not d.events("session.crashed")
+        led = Ledger(cfg.ledger_path)
+        try:
+            recs = led.recordings(serial="CAM1")
+            assert {r.state for r in recs} == {RecState.FAILED}
+            assert all(r.spool_path is None and "spool.min_free" in (r.last_error or "") for r in recs)
+        finally:
+            led.close()
+    assert {p.name: p.read_bytes() for p in cam.iterdir()} == before     # nothing wiped
+
+
+@pytest.mark.root
 def test_a_full_store_is_retried_with_backoff_and_recovers_once_space_is_freed(tmp_path, identity):
     """A file:// store on a filesystem full of other data (ENOSPC): uploads are rescheduled with
     the capped backoff and logged as a full store (never retried at once within a call, never
