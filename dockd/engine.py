@@ -32,6 +32,7 @@ from .errors import (
     DockdError,
     FileChangedError,
     SourceError,
+    SpoolExhaustedError,
     SpoolFullError,
 )
 from .ledger import Ledger
@@ -48,6 +49,8 @@ from .store.retry import RetryPolicy
 
 MAX_SCAN_PASSES = 3
 SPOOL_WAIT_SECONDS = 2.0
+# how long a full spool is waited on while dockd holds nothing whose upload would free it
+SPOOL_HOPELESS_SECONDS = 10.0
 # the session error when the daemon, not the camera, ended a session; it resumes at the next start
 STOPPED_ERROR = "dockd stopped; resumes at the next start"
 # how long a session whose camera stopped answering waits for the source to report the undock
@@ -135,6 +138,7 @@ class Station:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.station_key = custody.StationKey.load_or_create(cfg.paths.state_dir, cfg.station.id)
         self._markers: dict[int, str] = {}     # recording id -> the camera's event marker
+        self._spool_hopeless_since: float | None = None   # see _is_spool_hopeless
         self.ledger = Ledger(cfg.ledger_path)
         self.spool = Spool(cfg.paths.spool_dir, self.recipients, cfg.spool.min_free)
         self.policy = policy or policy_for(cfg)
@@ -282,14 +286,19 @@ class Station:
         return bool((floor and self.spool.free_bytes() < floor) or (cap and self.spool.used_bytes(max_age=1.0) >= cap))
 
     def _wait_for_spool_space(self, cancel: threading.Event, lg: Any, live: LiveSession,
-                              group: GroupCommit | None = None) -> None:
-        """Wait while the spool is full. A group of spooled files not yet committed is
-        committed first: its uploads are what will free the space."""
-        floor = self.cfg.spool.min_free
-        if not floor and not self.cfg.spool.max_size:
+                              group: GroupCommit | None = None, need: int = 0) -> None:
+        """Wait while the spool is full (or, after a write that found the disk full, has
+        less than ``need`` bytes above the watermark). A group of spooled files not yet
+        committed is committed first: its uploads are what will free the space.
+
+        Waiting is worth it only while dockd's own uploads can free space. A disk filled by
+        other data, with no upload queued, running or waiting to retry, would be waited on
+        for ever: after ``SPOOL_HOPELESS_SECONDS`` of that, ``SpoolExhaustedError``."""
+        floor, cap = self.cfg.spool.min_free, self.cfg.spool.max_size
+        if not floor and not cap:
             return
         warned = False
-        while self.is_spool_full():
+        while self.is_spool_full() or (need and self.spool.free_bytes() < floor + need):
             if group is not None and group.pending:
                 group.flush()
                 continue
@@ -297,11 +306,39 @@ class Station:
                 log.emit(lg, "spool.pressure", free=self.spool.free_bytes(), min_free=floor)
                 live.last_error = "spool full: waiting for uploads"
                 warned = True
+            if self._is_spool_hopeless():
+                raise self._spool_exhausted(need)
             if cancel.wait(SPOOL_WAIT_SECONDS):
                 raise DeviceGoneError("camera undocked while waiting for spool space")
         if warned:
+            self._spool_hopeless_since = None
             log.emit(lg, "spool.relieved", free=self.spool.free_bytes())
             live.last_error = None
+
+    def _is_spool_hopeless(self) -> bool:
+        """The spool has been short of space for ``SPOOL_HOPELESS_SECONDS`` with no upload of
+        dockd's (queued, running or waiting to retry) that could free any. Shared by every
+        session, so a camera of many files is not waited on once per file."""
+        if self.uploader.busy_ids() or self.uploader.delayed_ids():
+            self._spool_hopeless_since = None
+            return False
+        now = time.monotonic()
+        if self._spool_hopeless_since is None:
+            self._spool_hopeless_since = now
+        return now - self._spool_hopeless_since >= SPOOL_HOPELESS_SECONDS
+
+    def _spool_exhausted(self, need: int) -> SpoolExhaustedError:
+        floor, cap = self.cfg.spool.min_free, self.cfg.spool.max_size
+        free = self.spool.free_bytes()
+        if floor and free < floor + need:
+            why = (f"the spool's disk ({self.spool.root}) has {free} bytes free, below spool.min_free "
+                   f"({floor})" + (f" plus this recording's {need}" if need else ""))
+        elif cap and self.spool.used_bytes() >= cap:
+            why = f"the spool ({self.spool.root}) is at spool.max_size ({cap})"
+        else:
+            why = f"the spool's disk ({self.spool.root}) refuses writes (no space left), {free} bytes free"
+        return SpoolExhaustedError(f"spool full: {why}, and dockd holds nothing there to upload; "
+                                   "free space on that disk or lower spool.min_free")
 
     # -- the session ------------------------------------------------------------
 
@@ -601,14 +638,20 @@ class Station:
             if progress:
                 progress(live, n)
 
+        need = 0                 # after a write that found the disk full: room for this file
         while True:
-            self._wait_for_spool_space(cancel, rlg, live, group)
+            try:
+                self._wait_for_spool_space(cancel, rlg, live, group, need)
+            except SpoolExhaustedError as exc:
+                self._spool_gave_up(rec, rlg, exc, failed)
+                return "failed"
             try:
                 sp = group.spool(ev.mount / os.fsdecode(rec.rel_path), rec.id, rec.size, rec.mtime_ns,
                                  cancel, on_bytes)
                 if sp.sample is not None:
                     live.samples[rec.id] = sp.sample
                 live.unreadable_in_a_row = 0
+                self._spool_hopeless_since = None
                 return "ok"
             except SpoolFullError as exc:
                 live.spooled_bytes = before
@@ -618,6 +661,12 @@ class Station:
                 log.emit(rlg, "spool.pressure", free=self.spool.free_bytes(),
                          min_free=self.cfg.spool.min_free)
                 group.flush()              # its uploads free the space this file needs
+                need = rec.size
+                # a disk that refuses writes whatever it reports free (no inodes left): given up
+                # on, like a full one, once no upload of dockd's can change anything
+                if self._is_spool_hopeless():
+                    self._spool_gave_up(rec, rlg, self._spool_exhausted(need), failed)
+                    return "failed"
                 if cancel.wait(SPOOL_WAIT_SECONDS):
                     raise DeviceGoneError("camera undocked while waiting for spool space") from exc
             except FileChangedError as exc:
@@ -716,6 +765,16 @@ class Station:
                                      recording_id=rec.id, path=rec.name, marker=marker,
                                      retention_class=manifest.EVIDENTIAL)
             log.emit(lg.bind(recording=rec.name), "recording.flagged", marker=marker)
+
+    def _spool_gave_up(self, rec: Recording, lg: Any, exc: SpoolExhaustedError,
+                       failed: list[tuple[str, str]]) -> None:
+        """No room in the spool, and none coming: the recording is left on the camera (read
+        again at its next dock); the session goes on, ends in attention and releases it."""
+        self.ledger.transition(rec.id, RecState.FAILED, event="spool.exhausted", error=str(exc),
+                               count_attempt=True)
+        log.emit(lg, "spool.exhausted", spool=str(self.spool.root), free=self.spool.free_bytes(),
+                 min_free=self.cfg.spool.min_free, error=str(exc))
+        failed.append((rec.name, str(exc)))
 
     def _fail_read(self, rec: Recording, lg: Any, exc: DockdError, failed: list[tuple[str, str]]) -> None:
         self.ledger.transition(rec.id, RecState.FAILED, event="recording.read_failed", error=str(exc),

@@ -6,7 +6,11 @@ Every error dockd raises on purpose is a ``DockdError``. Each class carries:
 * ``msgid``: a stable event id that machines match on (the text may change);
 * ``retryable``: what the caller should *do*: ``True`` means "try again
   later, the same request may succeed"; ``False`` means "stop, a human or a
-  different input is needed".
+  different input is needed";
+* ``retry_in_call``: for a retryable error, whether trying again within the
+  same call (moments later) may help. ``False`` for a condition that lasts
+  until someone acts (a full store): the call gives up at once and the caller
+  reschedules, backing off, so nothing retries it in a tight loop.
 
 Errors reading *input* (a camera file) skip that file; errors writing to the
 *store* stop the wipe. The classes below encode that split, callers never
@@ -20,6 +24,7 @@ class DockdError(Exception):
     exit_code: int = 1
     msgid: str = "dockd.error"
     retryable: bool = False
+    retry_in_call: bool = True
 
     def __init__(self, message: str = "", **context: object) -> None:
         super().__init__(message)
@@ -120,6 +125,14 @@ class SpoolFullError(SpoolError):
     retryable = True
 
 
+class SpoolExhaustedError(SpoolError):
+    """The spool's disk is short of space and dockd holds nothing there whose upload would
+    free it (other data fills the disk): waiting cannot help. The recording is left on the
+    camera; someone must free space on that disk or lower ``spool.min_free``."""
+
+    msgid = "spool.exhausted"
+
+
 class SpoolCorruptError(SpoolError):
     """A spooled ciphertext no longer matches its recorded hash / fails auth."""
 
@@ -150,8 +163,14 @@ class StoreAuthError(PermanentStoreError):
     msgid = "store.auth_failed"
 
 
-class StoreFullError(PermanentStoreError):
+class StoreFullError(StoreError):
+    """The store has no room (ENOSPC, a quota, HTTP 507). It lasts until space is freed,
+    so it is not retried within a call; the recording is rescheduled with the retry
+    policy's backoff, capped, and uploads recover by themselves once there is room."""
+
     msgid = "store.full"
+    retryable = True
+    retry_in_call = False
 
 
 class IntegrityError(PermanentStoreError):

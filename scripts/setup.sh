@@ -12,6 +12,7 @@ test_pkgs=(
   udev exfatprogs exfat-fuse fuse3 util-linux kmod e2fsprogs  # loop-device cameras, real udevd, small spools
   systemd                                                    # systemd-analyze verify/security of the unit
   age openssh-client sqlite3 rclone                          # interop and peers
+  faketime                                                   # a wall clock stepped under a real dockd run
   swift swift-proxy swift-object swift-container swift-account memcached  # S3 via Swift s3api
   nodejs npm                                                 # the official tus server
 )

@@ -228,3 +228,38 @@ def test_an_object_found_after_a_restart_is_made_durable_before_it_is_proven(tmp
     monkeypatch.setattr(ds, "fsync_dir", _eio)
     with pytest.raises(StoreError, match="making it durable"):
         store.verify(k, b)
+
+
+def test_a_store_root_that_is_no_directory_is_unreachable_at_every_verb(tmp_path):
+    """A NAS mount gone bad (here: the store's directory replaced by a file, giving ENOTDIR;
+    a dead FUSE mount gives ENOTCONN) is a store that cannot be reached: transient, retried
+    with backoff, wherever it shows (put, verify and its cleanup of dead temp files, stat,
+    delete, list). Never a raw OSError (a bug), never "permanent", never an empty listing."""
+    root = tmp_path / "store"
+    key = "ev/dock/CAM/2026-11-21/A.MP4.0123456789abcdef.age"
+    b = blob(tmp_path, os.urandom(10_000))
+    DirStore(root).put(key, b, MemoryCheckpoint())
+    root.rename(tmp_path / "away")
+    root.write_bytes(b"")                     # the mount point is a file now
+    store = DirStore(root)                    # a fresh process: its first look sweeps temp files
+    calls = {"verify": lambda: store.verify(key, b), "put": lambda: store.put(key, b, MemoryCheckpoint()),
+             "stat": lambda: store.stat(key), "delete": lambda: store.delete(key),
+             "list": lambda: list(store.list()), "list prefix": lambda: list(store.list("ev/dock")),
+             "open": lambda: store.open(key)}
+    for name, call in calls.items():
+        with pytest.raises(StoreError) as ei:
+            call()
+        assert ei.value.retryable, name
+        assert "unreachable" in str(ei.value), name
+
+
+@pytest.mark.parametrize("code", [errno.ENOTCONN, errno.ESTALE, errno.EIO, errno.EHOSTDOWN, errno.ENOTDIR])
+def test_dead_mount_errors_are_an_unreachable_store(code):
+    err = ds._classify(OSError(code, os.strerror(code)), "put k")
+    assert err.retryable and "unreachable" in str(err)
+
+
+def test_a_missing_prefix_lists_nothing(tmp_path):
+    (tmp_path / "store").mkdir()
+    assert list(DirStore(tmp_path / "store").list("ev/none")) == []
+    assert list(DirStore(tmp_path / "nowhere").list()) == []

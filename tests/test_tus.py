@@ -352,7 +352,7 @@ def test_too_large_is_permanent_and_leaves_nothing(small_server: TusServer, tmp_
 def test_status_classification(status: int, kind: type) -> None:
     err = classify_status(status, "op")
     assert type(err) is kind
-    assert err.retryable == (kind is TransientStoreError)
+    assert err.retryable == (kind in (TransientStoreError, StoreFullError))     # full: rescheduled
 
 
 # -- authentication ----------------------------------------------------------------------------

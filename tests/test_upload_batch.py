@@ -305,3 +305,77 @@ def test_a_batch_whose_flush_fails_is_put_again_and_verified(tmp_path, monkeypat
     assert [rig.state(i) for i in rig.ids] == [RecState.VERIFIED] * 5
     assert rig.store.puts == 10                            # each put twice: the first flush failed
     assert "upload.batch_flush_failed" in capsys.readouterr().out
+
+
+def _wait_for(what, timeout: float) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not what():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_dead_store_mount_is_an_unreachable_store_and_recovers_by_itself(tmp_path, logs):
+    """The store's directory replaced by a file (ENOTDIR, as a NAS mount gone bad gives
+    ENOTCONN or ESTALE): the "already there?" look (verify, and its sweep of dead temp
+    files) and the put fail. That is the store being unreachable: ``store.unreachable``,
+    the recordings rescheduled with backoff; not a bug, not a permanent refusal. Once
+    the directory is back they are verified with no one's help."""
+    root = tmp_path / "store"
+    root.mkdir()
+    rig = Rig(tmp_path, 3, ScriptedStore(root))
+    root.rename(tmp_path / "mounted")
+    root.write_bytes(b"")
+    for r in rig.recs:
+        rig.up.submit(r)                     # not fresh: the store is asked first
+    rig.up.start()
+    try:
+        assert _wait_for(lambda: all(rig.ledger.get(i).attempts >= 2 for i in rig.ids), 20)
+        failed = [rig.ledger.get(i) for i in rig.ids]
+        assert all(r.next_attempt_at is not None and "unreachable" in (r.last_error or "") for r in failed)
+        (tmp_path / "store").unlink()
+        (tmp_path / "mounted").rename(root)
+        assert _wait_for(lambda: all(rig.state(i) == RecState.VERIFIED for i in rig.ids), 20)
+    finally:
+        rig.up.stop()
+    names = [e["event"] for e in logs()]
+    assert "upload.bug" not in names
+    assert names.count("store.unreachable") == 1       # once per outage, not once per attempt
+    assert "upload.failed" in names
+
+
+class SteppedClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_retry_is_scheduled_on_the_monotonic_clock_given(tmp_path):
+    """After a store outage the retry falls due by the monotonic clock the pool is given,
+    whatever the wall clock does: an hour's backoff passes when that clock says so, and
+    nothing else makes it pass (the ledger's wall-clock next_attempt_at is for people)."""
+    rig = Rig(tmp_path, 1, ScriptedStore(tmp_path / "store", put_errors=transient(1)))
+    clock = SteppedClock()
+    hour = RetryPolicy(attempts=1, initial=3600, maximum=3600)
+    up = Uploader(rig.ledger, RetryingStore(rig.store, RetryPolicy.immediate(1)), rig.spool, hour,
+                  concurrency=1, clock=clock)
+    rec = rig.recs[0]
+    up.submit(rec, fresh=True)
+    up.start()
+    try:
+        assert _wait_for(lambda: rec.id in up.delayed_ids(), 10)
+        failed = rig.ledger.get(rec.id)
+        assert failed.state == RecState.FAILED
+        assert failed.next_attempt_at is not None and failed.next_attempt_at > time.time() + 1700
+        clock.now += 1700                     # the backoff is uniform in [1800, 3600]: not yet due
+        time.sleep(1.5)                       # a timer round or more: it must still be waiting
+        assert rec.id in up.delayed_ids() and rig.state(rec.id) == RecState.FAILED
+        clock.now += 1900
+        assert _wait_for(lambda: rig.state(rec.id) == RecState.VERIFIED, 10)
+    finally:
+        up.stop()

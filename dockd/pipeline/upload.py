@@ -13,6 +13,8 @@ fsync each. A large recording is a batch of its own.
 What happens on failure is decided by what the error says to do:
 * transient, attempts spent → ``failed`` with ``next_attempt_at`` from the
   one retry policy; a timer re-queues it;
+* the store is full → the same, rescheduled with the capped backoff (never retried
+  within the call: space comes back only when someone frees it), ``store.full``;
 * auth refused → the whole queue pauses (``store.auth_failed``) and probes
   the store until it accepts us again; nothing is burned;
 * the store's copy differs → delete it, retry the recording;
@@ -34,6 +36,7 @@ from ..errors import (
     IntegrityError,
     ObjectMissingError,
     StoreAuthError,
+    StoreFullError,
 )
 from ..ledger import Ledger, LedgerCheckpoint
 from ..model import RecState, Recording
@@ -73,7 +76,11 @@ class Uploader:
         metadata: Callable[[Recording], dict[str, str]] = lambda r: {},
         is_docked: Callable[[str], bool] = lambda serial: False,
         logger: Any = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` schedules retries: monotonic, so a wall clock stepped back (NTP on a
+        dock whose clock ran fast) delays nothing. The ledger's ``next_attempt_at`` is
+        wall-clock time, for people and for status; nothing waits on it."""
         self.ledger = ledger
         self.store = store
         self.spool = spool
@@ -82,6 +89,7 @@ class Uploader:
         self.metadata = metadata
         self.is_docked = is_docked
         self.log = logger or log.get()
+        self._clock = clock
         # One lock, three conditions, so a wake-up reaches only who it concerns: workers
         # wait for work (_cv), sessions for recordings to settle (_idle), the timer for
         # its next round (_tick_cv). One shared condition woke every thread at every
@@ -96,9 +104,10 @@ class Uploader:
         self._sizes: dict[int, int] = {}      # queued id -> bytes, to cut batches
         self._fresh: set[int] = set()         # spooled just now: not at the store yet
         self._active: set[int] = set()
-        self._delayed: dict[int, float] = {}
+        self._delayed: dict[int, float] = {}  # id -> when its next attempt is due, on self._clock
         self._stopping = False
         self._auth_paused: str | None = None
+        self._trouble: str | None = None      # "store.full" or "store.unreachable", once logged
         self.last_success: float | None = None
         self.store_ok: bool | None = None
         self.last_store_error: str | None = None
@@ -147,9 +156,10 @@ class Uploader:
             self._queued.add(rec.id)
             self._cv.notify()
 
-    def submit_later(self, rec_id: int, when: float) -> None:
+    def submit_later(self, rec_id: int, delay: float) -> None:
+        """Queue ``rec_id`` again ``delay`` seconds from now (on the monotonic clock)."""
         with self._cv:
-            self._delayed[rec_id] = when
+            self._delayed[rec_id] = self._clock() + delay
 
     @property
     def paused(self) -> str | None:
@@ -242,7 +252,7 @@ class Uploader:
             with self._cv:
                 if self._stopping:
                     return
-                now = time.time()
+                now = self._clock()
                 # one still in a worker's batch (failed early in it) waits for the batch to
                 # end: submit() ignores a busy recording, and it would be in no queue at all
                 due = [r for r, t in self._delayed.items() if t <= now and r not in self._active]
@@ -286,7 +296,7 @@ class Uploader:
     def _bug(self, rec_id: int, exc: BaseException) -> None:
         """A bug must not kill the pool: logged loudly, and the recording tried again later."""
         log.emit(self.log, "upload.bug", recording_id=rec_id, error=str(exc), exc_info=exc)
-        self.submit_later(rec_id, time.time() + BUG_RETRY_SECONDS)   # never strand it
+        self.submit_later(rec_id, BUG_RETRY_SECONDS)   # never strand it
 
     def upload_batch(self, rec_ids: list[int]) -> None:
         """Upload and prove each recording, then commit the proven ones together.
@@ -299,7 +309,7 @@ class Uploader:
                     if self._stopping:
                         break              # the rest stay spooled in the ledger for the next start
                     if self._auth_paused:
-                        self.submit_later(rec_id, time.time())   # back in line once resumed
+                        self.submit_later(rec_id, 0.0)   # back in line once resumed
                         continue
                     try:
                         # read now, not at the batch's start: a re-dock may have flagged it since
@@ -399,14 +409,27 @@ class Uploader:
             self.last_store_error = str(exc)
             if first:
                 log.emit(lg, "store.auth_failed", store=self.store.url, error=str(exc))
-            self.submit_later(rec.id, time.time())   # back in line once resumed
+            self.submit_later(rec.id, 0.0)   # back in line once resumed
             return rec.state
         if isinstance(exc, IntegrityError):
             return self._integrity(rec, lg, blob, exc)
         if not isinstance(exc, ObjectMissingError):
-            self.store_ok = False if exc.retryable else self.store_ok
-            self.last_store_error = str(exc)
+            self._store_trouble(exc)
         return self._failed(rec, lg, exc)
+
+    def _store_trouble(self, exc: DockdError) -> None:
+        """Note a store error for status, and log once each time the store turns
+        unreachable (a transient error) or full; the next verified upload clears it."""
+        full = isinstance(exc, StoreFullError)
+        kind = "store.full" if full else "store.unreachable" if exc.retryable else None
+        with self._cv:
+            first = kind is not None and self._trouble != kind
+            self._trouble = kind or self._trouble
+            if exc.retryable and not full:      # a full store answers: it is reachable
+                self.store_ok = False
+            self.last_store_error = str(exc)
+        if first:
+            log.emit(self.log, kind, store=self.store.url, error=str(exc))
 
     def on_store_retry(self, op: str, attempt: int, exc: BaseException, wait: float) -> None:
         """Hook for ``RetryingStore``: runs in the worker's thread, so it knows the recording."""
@@ -441,7 +464,9 @@ class Uploader:
             for p in proven:
                 self._settle([p])
             return
-        self.store_ok = True
+        with self._cv:
+            self.store_ok = True
+            self._trouble = None
         self.last_success = time.time()
         for p in proven:
             if p.put:
@@ -463,11 +488,10 @@ class Uploader:
             log.emit(lg, "upload.failed", attempts=attempts, next_attempt_in=None, error=str(exc))
             return RecState.FAILED
         wait = self.policy.delay(attempts)
-        when = time.time() + wait
         self.ledger.transition(rec.id, RecState.FAILED, event="upload.failed", error=str(exc),
-                               count_attempt=True, next_attempt_at=when)
+                               count_attempt=True, next_attempt_at=time.time() + wait)
         log.emit(lg, "upload.failed", attempts=attempts, next_attempt_in=round(wait, 1), error=str(exc))
-        self.submit_later(rec.id, when)
+        self.submit_later(rec.id, wait)
         return RecState.FAILED
 
     def _integrity(self, rec: Recording, lg: Any, blob: Blob, exc: IntegrityError) -> RecState:

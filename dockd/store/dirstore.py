@@ -28,6 +28,7 @@ import errno
 import io
 import hashlib
 import os
+import stat
 import threading
 import uuid
 from dataclasses import dataclass
@@ -79,13 +80,24 @@ def _copy(src: int, dst: int) -> None:
             view = view[os.write(dst, view):]
 
 
+# The store itself cannot be reached: a dead, stale or lazily unmounted NAS mount (ENOTCONN,
+# ESTALE, EIO, EHOSTDOWN...), or a mount point that is no longer a directory (ENOTDIR). Passing,
+# as far as dockd can tell: retried with backoff, never taken for a bug or a refusal.
+UNREACHABLE_ERRNOS = frozenset({
+    errno.ENOTDIR, errno.ENOTCONN, errno.ESTALE, errno.EIO, errno.EHOSTDOWN, errno.EHOSTUNREACH,
+    errno.ENETDOWN, errno.ENETUNREACH, errno.ENETRESET, errno.ETIMEDOUT, errno.ECONNRESET,
+    errno.ECONNABORTED, errno.ECONNREFUSED, errno.ENODEV, errno.ENXIO, errno.ENOLINK, errno.ECOMM,
+    errno.EREMOTEIO, errno.EAGAIN, errno.EINTR,
+})
+
+
 def _classify(exc: OSError, what: str) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreFullError(f"{what}: store is full ({exc.strerror})")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
-                     errno.ENAMETOOLONG):
+    if exc.errno in UNREACHABLE_ERRNOS:
+        return TransientStoreError(f"{what}: store unreachable ({exc.strerror or exc})")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENAMETOOLONG):
         return PermanentStoreError(f"{what}: {exc.strerror}")
-    # NAS hiccups: EIO, ESTALE, ETIMEDOUT, ENOTCONN... worth another try
     return TransientStoreError(f"{what}: {exc.strerror or exc}")
 
 
@@ -170,7 +182,8 @@ class DirStore(Store):
             fsync_dir(dest.parent)
             self._settled(key, (st.st_ino, st.st_size, st.st_mtime_ns, digest))
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a dead mount refuses this too: swept at the next put
+                tmp.unlink(missing_ok=True)
             err = _classify(exc, f"put {key}")
             if named:                           # its name may not last: refused until put again
                 with self._lock:
@@ -243,15 +256,17 @@ class DirStore(Store):
         camera of n files cost n² directory entries."""
         if dest.parent in self._listed:
             return
-        self._listed.add(dest.parent)
         try:
             with os.scandir(dest.parent) as it:
                 dead = [dest.parent / e.name for e in it if e.name.startswith(TMP_PREFIX)]
+            for p in dead:
+                if p not in self._writing:
+                    p.unlink(missing_ok=True)
         except FileNotFoundError:
-            return                          # a new day's directory: nothing was left in it
-        for p in dead:
-            if p not in self._writing:
-                p.unlink(missing_ok=True)
+            pass                            # a new day's directory: nothing was left in it
+        except OSError as exc:              # listed again at the next put
+            raise _classify(exc, f"cleanup of {dest.parent.relative_to(self.root)}") from exc
+        self._listed.add(dest.parent)
 
     def verify(self, key: str, blob: Blob) -> ObjectInfo:
         """Size and SHA-256 of the object. An object this store put and read back,
@@ -333,13 +348,31 @@ class DirStore(Store):
             raise _classify(exc, f"delete {key}") from exc
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects under ``prefix``. A missing prefix lists nothing; a store that cannot
+        be read (a dead mount, a root that is not a directory) raises, never lists nothing."""
         base = self.root / prefix if prefix else self.root
-        if not base.exists():
+
+        def walk_error(exc: OSError) -> None:
+            if not isinstance(exc, FileNotFoundError):     # gone since its parent was listed
+                raise exc
+
+        try:
+            if not stat.S_ISDIR(os.stat(self.root).st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.root))
+            if not base.is_dir():
+                os.stat(base)               # FileNotFoundError: nothing under it; others raise
+                return
+            for dirpath, _dirs, files in os.walk(base, onerror=walk_error):
+                for name in sorted(files):
+                    if name.startswith(TMP_PREFIX):
+                        continue
+                    p = Path(dirpath) / name
+                    try:
+                        size = p.stat().st_size
+                    except FileNotFoundError:
+                        continue            # deleted while listed
+                    yield ObjectInfo(key=p.relative_to(self.root).as_posix(), size=size)
+        except FileNotFoundError:
             return
-        for dirpath, _dirs, files in os.walk(base):
-            for name in sorted(files):
-                if name.startswith(TMP_PREFIX):
-                    continue
-                p = Path(dirpath) / name
-                key = p.relative_to(self.root).as_posix()
-                yield ObjectInfo(key=key, size=p.stat().st_size)
+        except OSError as exc:
+            raise _classify(exc, f"list {prefix or '/'}") from exc

@@ -21,7 +21,8 @@ T = TypeVar("T")
 
 
 def is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, DockdError) and exc.retryable
+    """Worth another try within the same call (a full store is rescheduled instead)."""
+    return isinstance(exc, DockdError) and exc.retryable and exc.retry_in_call
 
 
 @dataclass(frozen=True)
