@@ -41,7 +41,9 @@ def registry() -> dict[str, Callable[..., Result]]:
 
 FAULTS_DESCRIBED = {
     "crash": "kill -9 at a seeded log-event count or delay, 1–3 per schedule, during scan/spool/upload/wipe",
-    "store-faults": "connection resets, 503/500 bursts, 429 bursts, stalls, an outage, credentials revoked (403)",
+    "store-faults": "connection resets, 503/500 bursts, 429 bursts, stalls, an outage, credentials revoked (403); "
+                    "a lying store (keeps 1,000 bytes less of each single PUT, echoes the sent size, ETag and checksum), "
+                    "then the honest store",
     "local-faults": "spool disk full (loop ext4), a flipped bit in a spool file, camera pulled mid-read, EIO (dm error target)",
     "hostile": "symlinks, `..`, control chars, invalid UTF-8, 255-byte names, FIFOs, device nodes, many files, "
                "zero-byte, growing file, 1,000-deep tree, 1970/2100 mtimes, unreadable directory; redocks: "

@@ -8,6 +8,12 @@ InvalidAccessKeyId) for a while. While credentials are revoked, nothing may be
 wiped; once restored, the queue must resume on its own (it probes) and
 finish. If a session ends in attention because retries ran out, dockd is
 restarted once the store is healthy, as an operator would.
+
+Lying-store schedules put a proxy in front of moto that keeps 1,000 bytes less
+of every object sent in one request and, asked with HEAD or a listing, echoes
+the size, ETag and checksum that were sent. Nothing may be wiped while it
+lies; dockd is then pointed at the honest store and restarted, and must
+finish.
 """
 
 from __future__ import annotations
@@ -183,12 +189,67 @@ def run_one(ctx: Context, seed: int) -> tuple[dict[str, int], list[str], str | N
             shutil.rmtree(root, ignore_errors=True)
 
 
+LYING_FIRST = 1000        # seeds from here on are lying-store schedules
+
+
+def run_lying(ctx: Context, seed: int) -> tuple[dict[str, int], list[str], str | None]:
+    from faultproxy import TruncatingProxy
+
+    root = ctx.scratch(f"lying-{seed}")
+    ep = ctx.moto()
+    proxy = TruncatingProxy(ep.port)
+    violations: list[str] = []
+    try:
+        bucket = ep.new_bucket()
+        st = h.StationDirs(root, ctx.pub)
+        st.store_url, st.store_extra = ctx.s3_station_extra(ep, bucket, root, endpoint_url=proxy.url)
+        st.extra = "[spool]\nmin_free = 0\n"
+        st.write()
+        # fewer tries against a liar (the harness writes the [upload] section)
+        st.config.write_text(st.config.read_text().replace("attempts = 3", "attempts = 3\nmax_integrity_retries = 2"))
+        stage = root / "stage" / SERIAL
+        h.small_camera(stage, random.Random(seed))
+        before = snapshot(stage)
+        cam = st.inbox / SERIAL
+        cam.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(stage), str(cam))
+        p, phase = h.run_daemon_until_final(st, SERIAL, root / "run1.log", timeout=90,
+                                            s3_min_part=h.TEST_MIN_PART)
+        lied = [b for b in before if b.startswith(b"DCIM/") and len(before[b]) > 0]
+        gone = [b for b in lied if b not in snapshot(cam)]
+        if proxy.lies == 0:
+            violations.append("the proxy never lied: the schedule proves nothing")
+        wiped_whole = [b for b in gone if len(before[b]) >= h.TEST_MIN_PART]   # went up in parts: honest
+        gone = [b for b in gone if b not in wiped_whole]
+        if gone:
+            violations.append(f"wiped on the word of a lying store: {gone}")
+        if phase == "done" and any(len(before[b]) < h.TEST_MIN_PART for b in lied):
+            violations.append("the session against a lying store ended done")
+        violations += ctx.invariants.check(before=before, camera_after=snapshot(cam),
+                                           store=S3View(ep.client(), bucket, "site"), spool=st.spool,
+                                           ledger=st.ledger, serial=SERIAL, interim=True)
+        # the operator points dockd at the honest store and restarts it
+        st.config.write_text(st.config.read_text().replace(proxy.url, ep.endpoint_url))
+        p, phase = h.run_daemon_until_final(st, SERIAL, root / "run2.log", timeout=90,
+                                            s3_min_part=h.TEST_MIN_PART)
+        unfinished = None if phase == "done" else f"phase {phase} on the honest store ({root})"
+        violations += ctx.invariants.check(before=before, camera_after=snapshot(cam),
+                                           store=S3View(ep.client(), bucket, "site"), spool=st.spool,
+                                           ledger=st.ledger, serial=SERIAL)
+        return {"lying store (truncates, echoes HEAD)": 1}, violations, unfinished
+    finally:
+        proxy.close()
+        if not ctx.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 @timed
 def campaign(ctx: Context, seed: int | None = None) -> Result:
     res = Result("store-faults")
-    seeds = [seed] if seed is not None else list(range(140 if ctx.large else 14))
+    seeds = [seed] if seed is not None else (list(range(140 if ctx.large else 14))
+                                             + list(range(LYING_FIRST, LYING_FIRST + (10 if ctx.large else 2))))
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        futs = {pool.submit(run_one, ctx, s): s for s in seeds}
+        futs = {pool.submit(run_lying if s >= LYING_FIRST else run_one, ctx, s): s for s in seeds}
         for f in concurrent.futures.as_completed(futs):
             s = futs[f]
             try:
@@ -196,7 +257,8 @@ def campaign(ctx: Context, seed: int | None = None) -> Result:
             except Exception as exc:  # noqa: BLE001
                 faults, violations, unfinished = {}, [], f"harness error: {exc!r}"
             res.add(s, faults, violations, unfinished)
-    longest = max(f.get("for", 0) for s in seeds for f in schedule(s, ctx.large)["faults"])
+    longest = max([f.get("for", 0) for s in seeds if s < LYING_FIRST for f in schedule(s, ctx.large)["faults"]]
+                  + [0])
     res.notes.append(f"{len(seeds)} schedules against moto through the fault proxy, under `dockd run`; "
                      f"longest outage/stall/revocation {longest:.0f} s")
     return res
