@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
-DOCKD = [sys.executable, "-m", "dockd.cli"] if not (REPO / ".venv/bin/dockd").exists() \
+DOCKD = [sys.executable, "-m", "dockd"] if not (REPO / ".venv/bin/dockd").exists() \
     else [str(REPO / ".venv/bin/dockd")]
 
 
