@@ -139,6 +139,8 @@ def ingest(obj: Ctx, path: Path, serial: str | None, profile: str, progress: boo
     click.echo(summary)
     for name, why in outcome.failed + outcome.refused:
         click.echo(f"  {name}: {why}", err=True)
+    for name, why in outcome.unlisted:
+        click.echo(f"  {name}/: directory could not be listed: {why}", err=True)
     if not outcome.ok:
         sys.exit(EXIT_ATTENTION)
 

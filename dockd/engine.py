@@ -36,11 +36,11 @@ from .errors import (
     SpoolFullError,
 )
 from .ledger import Ledger
-from .model import Phase, RecState, Recording
+from .model import Phase, RecState, Recording, display_path
 from .pipeline import naming
 from .pipeline.content import Sample, rehash
 from .pipeline.scan import scan
-from .pipeline.spool import GroupCommit, Spool, Spooled
+from .pipeline.spool import GONE_ERRNOS, GroupCommit, Spool, Spooled
 from .pipeline.upload import Uploader
 from .pipeline.wipe import wipe
 from .store.base import Blob, MemoryCheckpoint, Store
@@ -63,6 +63,8 @@ READ_ERROR_GRACE_SECONDS = 1.0
 # files in a row that fail with a device error, the camera still answering, before the camera
 # itself is taken for failed: a bad sector spoils a file, a dead card spoils them all
 MAX_UNREADABLE_IN_A_ROW = 3
+# directories a session's error names when some could not be listed (the log names each)
+MAX_NAMED_DIRS = 5
 # recording states nothing more happens to in a session: what its wait for uploads ends on
 SETTLED = frozenset({RecState.VERIFIED, RecState.WIPED, RecState.ATTENTION, RecState.SUPERSEDED})
 
@@ -96,6 +98,7 @@ class LiveSession:
     # what the session was started with; a reload applies to sessions that start after it
     recipients: list[Any] = field(default_factory=list)
     wipe_after: str = "verified"
+    unlisted: list[tuple[str, str]] = field(default_factory=list)  # the last scan's unlistable dirs
 
 
 @dataclass
@@ -108,6 +111,7 @@ class SessionOutcome:
     failed: list[tuple[str, str]]
     refused: list[tuple[str, str]]
     bytes: int
+    unlisted: list[tuple[str, str]] = field(default_factory=list)   # directories never listed, why
 
     @property
     def ok(self) -> bool:
@@ -466,7 +470,7 @@ class Station:
             sid, phase, len(final),
             sum(1 for r in final if r.state in (RecState.VERIFIED, RecState.WIPED)),
             sum(1 for r in final if r.state == RecState.WIPED),
-            failed, refused, sum(r.size for r in final),
+            failed, refused, sum(r.size for r in final), list(live.unlisted),
         )
 
     def _crashed(self, sid: int, live: LiveSession, exc: Exception, release: Callable[[], None] | None) -> None:
@@ -502,12 +506,17 @@ class Station:
                 continue          # reported once, as refused
             if (r.name, r.last_error or r.state.value) not in failed:
                 failed.append((r.name, r.last_error or f"still {r.state.value}"))
-        phase = Phase.ATTENTION if (failed or refused or camera_failed) else Phase.DONE
+        phase = Phase.ATTENTION if (failed or refused or camera_failed or live.unlisted) else Phase.DONE
         if release:
             release()
         error = None
         if phase == Phase.ATTENTION:
             error = f"{len(failed)} recording(s) not verified and wiped, {len(refused)} wipe(s) refused"
+            if live.unlisted:
+                names = ", ".join(name for name, _why in live.unlisted[:MAX_NAMED_DIRS])
+                more = len(live.unlisted) - MAX_NAMED_DIRS
+                error += (f"; {len(live.unlisted)} director(ies) could not be listed, nothing under them "
+                          f"copied: {names}" + (f" and {more} more" if more > 0 else ""))
             if camera_failed:
                 error = f"camera failed: {camera_failed}; {error}"
             live.last_error = error
@@ -564,6 +573,7 @@ class Station:
                      reason=reason)
 
         res = scan(ev.mount, profile, on_skip)
+        live.unlisted = self._unlisted(ev, res.unlisted, lg, live, cancel)
         live.primary_of = {e.rel_path: e.primary for e in res.entries if e.primary is not None}
         found_markers = flags.markers(ev.mount, res.entries, profile.flag_from, on_marker_error)
         recs.clear()
@@ -752,6 +762,24 @@ class Station:
             recs[new.id] = new
         live.current = None
         return changed
+
+    def _unlisted(self, ev: CameraDocked, unlisted: list[tuple[bytes, OSError]], lg: Any, live: LiveSession,
+                  cancel: threading.Event) -> list[tuple[str, str]]:
+        """The directories a scan could not list, escaped, each with why: the session ends in
+        attention for them. A listing that failed as a vanished camera's does (EIO, ENOTCONN...)
+        is the camera gone unless the camera still answers, as for a file that fails to read
+        (see ``_spool_one``): then it is a bad directory, not a dead camera. Raises
+        DeviceGoneError for a camera gone."""
+        gone = [(rel, exc) for rel, exc in unlisted if exc.errno in GONE_ERRNOS]
+        if gone and self._is_camera_lost(ev, live, cancel):
+            rel, exc = gone[0]
+            raise DeviceGoneError(f"cannot list {display_path(rel)}: {exc.strerror} (camera gone?)")
+        out = []
+        for rel, exc in unlisted:
+            name, why = display_path(rel), exc.strerror or str(exc)
+            log.emit(lg, "scan.unlisted", path=name, error=why)
+            out.append((name, why))
+        return out
 
     def _note_marker(self, rec: Recording, marker: str, lg: Any) -> None:
         """Remember the marker; a flagged recording gets one ``recording.flagged`` audit

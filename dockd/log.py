@@ -42,6 +42,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "session.attention": ("error", "a human must look at this camera", "camera, session, error"),
     "session.camera_failed": ("error", "the camera's I/O failed while it stayed in its bay; the session ends in attention", "camera, session, error"),
     "scan.done": ("info", "recordings found on the camera", "camera, recordings, sidecars, bytes, ignored"),
+    "scan.unlisted": ("error", "a camera directory could not be listed: nothing under it was copied; the session ends in attention", "camera, path, error"),
     "scan.skipped": ("warning", "a camera entry was not read (symlink, special file, bad name...)", "camera, path, reason"),
     "recording.found": ("debug", "a new recording was recorded in the ledger", "camera, recording, size"),
     "recording.spooled": ("info", "encrypted copy durable in the spool", "camera, recording, sha256, size, cipher_sha256, seconds"),

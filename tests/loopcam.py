@@ -204,6 +204,22 @@ def read_image(path: Path) -> dict[str, bytes]:
         mnt.rmdir()
 
 
+def corrupt_entry_set(image: Path, name: str) -> None:
+    """Spoil the checksum of the exFAT entry set naming ``name`` (a file name, ASCII) in
+    ``image``: a bad sector in its directory's cluster, as mount.exfat-fuse meets it.
+    Listing that directory then fails with EIO; its siblings, and the rest of the
+    filesystem, still read. The image must not be attached."""
+    data = bytearray(image.read_bytes())
+    at = data.find(name.encode("utf-16-le"))
+    if at < 0 or data.find(name.encode("utf-16-le"), at + 1) >= 0:
+        raise ValueError(f"{name!r} is not named exactly once in {image}")
+    entry = at - 2 - 2 * 32         # the File entry (0x85), then Stream (0xC0), then the name (0xC1)
+    if data[entry] != 0x85 or data[entry + 32] != 0xC0 or data[at - 2] != 0xC1:
+        raise ValueError(f"{name!r} is not the first name entry of an entry set in {image}")
+    data[entry + 2] ^= 0xFF         # SetChecksum, bytes 2-3 of the File entry
+    image.write_bytes(bytes(data))
+
+
 def fsck(path_or_dev: Path | str) -> subprocess.CompletedProcess[str]:
     """``fsck.exfat -n``: read-only check; returncode 0 means clean."""
     return run("fsck.exfat", "-n", str(path_or_dev), check=False)
@@ -340,7 +356,7 @@ def read_errno(path: Path) -> int | None:
     return None
 
 
-__all__ = ["LoopCamera", "attach", "backing_file", "cleanup", "content_for", "detach",
+__all__ = ["LoopCamera", "attach", "backing_file", "cleanup", "content_for", "corrupt_entry_set", "detach",
            "ensure_udevd", "fsck", "holders", "is_attached", "make_camera_image",
            "mounts_of", "read_image", "settle", "skip_reason", "tag_rule", "trigger",
            "unique_label", "unique_tag", "wait_detached", "wait_for", "yank"]

@@ -391,18 +391,121 @@ def test_kernel_block_info_ignores_other_subsystems(tmp_path):
 
 
 def test_inbox_poll_undocks_a_directory_removed_without_an_event(tmp_path):
+    import shutil
+
     from dockd.device.inbox import InboxSource
 
     events = []
     (tmp_path / "CAM1").mkdir()
-    src = InboxSource(tmp_path)
+    (tmp_path / "CAM1" / "A.MP4").write_bytes(b"v")
+    src = InboxSource(tmp_path, quiet=0)
     src.start(events.append)
     try:
         src.stop()                     # no more inotify events: only poll can notice now
-        (tmp_path / "CAM1").rmdir()
+        shutil.rmtree(tmp_path / "CAM1")
         src.poll()
         assert [type(e).__name__ for e in events] == ["CameraDocked", "CameraUndocked"]
         src.poll()
         assert len(events) == 2
     finally:
         src.stop()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _inbox(tmp_path, quiet: float):
+    """An inbox source started on ``tmp_path/inbox`` (what is there is coldplugged), with a
+    clock the test moves; its events. Its inotify observer is stopped: poll alone decides."""
+    from dockd.device import inbox as inbox_mod
+
+    clock = _Clock()
+    events: list = []
+    src = inbox_mod.InboxSource(tmp_path / "inbox", quiet=quiet, clock=clock)
+    src.start(events.append)
+    src.stop()
+    return src, events, clock
+
+
+def test_an_empty_inbox_directory_is_not_a_camera(tmp_path):
+    """An automounter makes the directory first and mounts the camera a moment later:
+    the empty directory must not become a session that finds nothing and reports done
+    (no later event would come for the camera mounted on it)."""
+    (tmp_path / "inbox" / "CAM1" / "DCIM").mkdir(parents=True)    # empty directories hold no file
+    src, events, clock = _inbox(tmp_path, quiet=1.0)
+    for _ in range(5):
+        src.poll()
+        clock.now += 1
+    assert events == []
+
+
+def test_a_plain_inbox_directory_is_a_camera_once_it_holds_files_and_is_quiet(tmp_path):
+    """A camera copied into the inbox file by file is docked once nothing in it has
+    changed for ``quiet`` seconds, not at its first file: a session started mid-copy
+    would report done with the rest never seen."""
+    cam = tmp_path / "inbox" / "CAM1" / "DCIM"
+    cam.mkdir(parents=True)
+    (cam / "A.MP4").write_bytes(b"a")
+    src, events, clock = _inbox(tmp_path, quiet=1.0)
+    clock.now += 0.9
+    (cam / "B.MP4").write_bytes(b"b")          # still copying
+    src.poll()
+    clock.now += 0.9
+    with open(cam / "B.MP4", "ab") as f:         # still writing the same file
+        f.write(b"more")
+    src.poll()
+    clock.now += 0.9
+    src.poll()
+    assert events == []
+    clock.now += 0.2
+    src.poll()
+    assert [(type(e).__name__, e.serial) for e in events] == [("CameraDocked", "CAM1")]
+    src.poll()
+    assert len(events) == 1
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("kind", ["tmpfs", "bind"])
+def test_a_camera_mounted_on_an_inbox_directory_later_is_docked_and_its_unmount_undocks(
+        tmp_path, kind):
+    """mkdir, then a mount a moment later: the mount point is the camera, docked at the
+    next poll (no inotify event says anything was mounted). Unmounted (the directory
+    left behind) it is undocked; mounted again, docked again. A bind mount from the
+    inbox's own filesystem has the inbox's st_dev: only mountinfo tells."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mount)")
+    target = tmp_path / "inbox" / "CAM1"
+    target.mkdir(parents=True)
+    src, events, clock = _inbox(tmp_path, quiet=1.0)
+    src.poll()
+    clock.now += 5
+    src.poll()
+    assert events == []
+    staged = tmp_path / "staged"
+    (staged / "DCIM").mkdir(parents=True)
+    (staged / "DCIM" / "A.MP4").write_bytes(b"a")
+    mount = (["mount", "-t", "tmpfs", "tmpfs", str(target)] if kind == "tmpfs"
+             else ["mount", "--bind", str(staged), str(target)])
+    try:
+        for _ in range(2):
+            subprocess.run(mount, check=True)
+            src.poll()                                    # no time passes: a mount point is docked at once
+            assert [type(e).__name__ for e in events] == ["CameraDocked"]
+            assert events[0].mount == target
+            subprocess.run(["umount", str(target)], check=True)
+            src.poll()
+            assert [type(e).__name__ for e in events] == ["CameraDocked", "CameraUndocked"]
+            clock.now += 5
+            src.poll()
+            assert len(events) == 2                      # the emptied directory is no camera
+            events.clear()
+    finally:
+        subprocess.run(["umount", str(target)], check=False, capture_output=True)

@@ -1128,3 +1128,75 @@ def test_spool_order_puts_evidential_footage_before_everything():
 
     recs = [rec(1, 1), rec(2, 0), rec(3, 9, flagged=True), rec(4, 8, flagged=True), rec(5, 3)]
     assert [r.id for r in sorted(recs, key=spool_order)] == [4, 3, 2, 1, 5]
+
+
+def _camera_with_a_dir_failing_to_list(tmp_path, monkeypatch, err: int, on_fail=None) -> tuple[Path, Path, Path]:
+    """A camera of two recordings in sibling directories (one with a control character in
+    its name); listing the second fails with ``err`` (after ``on_fail()``). Returns (the
+    camera, the readable recording, the unlisted one)."""
+
+    cam = tmp_path / "cams" / "DIR1"
+    good, bad = cam / "DCIM" / "100BWC" / "A.MP4", cam / "DCIM" / "101\x1b[2JBWC" / "B.MP4"
+    for f in (good, bad):
+        f.parent.mkdir(parents=True)
+        f.write_bytes(os.urandom(20_000))
+    real = os.scandir
+
+    def scandir(path):
+        if os.fsencode(path) == os.fsencode(bad.parent):
+            if on_fail is not None:
+                on_fail()
+            raise OSError(err, os.strerror(err))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return cam, good, bad
+
+
+@pytest.mark.parametrize("err", ["EIO", "EACCES"])
+def test_a_directory_that_cannot_be_listed_ends_in_attention_naming_it(make_cfg, tmp_path, monkeypatch,
+                                                                        logs, err):
+    """A directory the camera cannot list (a bad cluster: EIO while the camera still
+    answers, or any other error) hides recordings that were never copied: the session is
+    not done. It ends in attention, its error names the directory (escaped), what could
+    be read is copied, verified and wiped, and the camera is released. Before, the
+    directory was skipped and the session ended done: safe to undock, its files never
+    copied."""
+    import errno
+
+    from dockd import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "READ_ERROR_GRACE_SECONDS", 0.01)
+    cam, good, bad = _camera_with_a_dir_failing_to_list(tmp_path, monkeypatch, getattr(errno, err))
+    released = []
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    out, session = _run_session(st, CameraDocked("DIR1", "generic", cam), cancel=threading.Event(),
+                                release=lambda: released.append(True))
+    monkeypatch.undo()
+    shown = "DCIM/101\\x1b[2JBWC"
+    assert out.phase == Phase.ATTENTION and not out.ok
+    assert out.unlisted == [(shown, os.strerror(getattr(errno, err)))]
+    assert session["phase"] == "attention" and shown in session["error"] and "\x1b" not in session["error"]
+    assert "could not be listed" in session["error"]
+    assert out.wiped == 1 and not good.exists() and bad.exists()
+    assert released == [True] and st.live["DIR1"].safe_to_undock
+    assert [e["path"] for e in logs() if e["event"] == "scan.unlisted"] == [shown]
+
+
+def test_a_directory_that_fails_to_list_as_the_camera_leaves_is_the_camera_gone(make_cfg, tmp_path,
+                                                                                 monkeypatch):
+    """A listing that fails because the camera went (its mount point emptied) is not a
+    bad directory: the session is interrupted, and names no directory."""
+    import errno
+
+    from dockd import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "READ_ERROR_GRACE_SECONDS", 0.01)
+    gone = tmp_path / "gone"
+    cam, good, _bad = _camera_with_a_dir_failing_to_list(
+        tmp_path, monkeypatch, errno.ENOTCONN, on_fail=lambda: os.rename(tmp_path / "cams" / "DIR1", gone))
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    out, session = _run_session(st, CameraDocked("DIR1", "generic", cam))
+    monkeypatch.undo()
+    assert out.phase == Phase.INTERRUPTED and out.unlisted == [] and out.wiped == 0
+    assert "cannot list" in session["error"] and (gone / good.relative_to(cam)).exists()

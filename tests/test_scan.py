@@ -91,3 +91,31 @@ def test_unreadable_root_is_device_gone(tmp_path, generic):
 
     with pytest.raises(DeviceGoneError):
         scan(tmp_path / "missing", generic)
+
+
+def _failing_scandir(monkeypatch, bad: bytes, err: int):
+    """os.scandir, failing with ``err`` for directories whose path ends with ``bad``."""
+    real = os.scandir
+
+    def scandir(path):
+        if os.fsencode(path).endswith(bad):
+            raise OSError(err, os.strerror(err))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_a_directory_that_cannot_be_listed_is_reported_not_skipped(tmp_path, generic, monkeypatch):
+    """Its files were never seen: the scan says so apart from what it chose to skip,
+    with the error, and goes on with its siblings."""
+    import errno
+
+    for d in ("DCIM/100", "DCIM/101"):
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / "A.MP4").write_bytes(b"v")
+    _failing_scandir(monkeypatch, b"DCIM/101", errno.EIO)
+    res = scan(tmp_path, generic)
+    monkeypatch.undo()
+    assert {e.rel_path for e in res.entries} == {b"DCIM/100/A.MP4"}
+    assert [(rel, exc.errno) for rel, exc in res.unlisted] == [(b"DCIM/101", errno.EIO)]
+    assert res.skipped == []

@@ -4,6 +4,8 @@ The camera's filesystem is hostile. We walk it with bytes paths (names need
 not be UTF-8), never follow symlinks, read only regular files, guard against
 directory loops by (dev, inode), bound the depth, and report everything we
 skip. Files that are neither recordings nor their sidecars are left alone.
+A directory that cannot be listed is reported apart (``unlisted``): what is
+under it was never seen, so a session that meets one is not done.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class ScanResult:
     entries: list[Entry] = field(default_factory=list)
     skipped: list[tuple[bytes, str]] = field(default_factory=list)
     ignored: int = 0               # regular files that are not ours: left alone
+    # directories whose listing failed, with the error: their files were never seen
+    unlisted: list[tuple[bytes, OSError]] = field(default_factory=list)
 
     @property
     def bytes(self) -> int:
@@ -47,6 +51,9 @@ def scan(root: Path, profile: Any, on_skip: Callable[[bytes, str], None] | None 
 
     ``profile`` provides ``is_recording(rel)``, ``is_kept(rel)`` and
     ``sidecars_for(rel, names_in_dir)`` over ``str`` paths (surrogate-escaped).
+    A directory whose listing fails (the root's as ``b"."``) goes to ``unlisted``
+    with its error, whatever the errno: whether that is a bad directory or the
+    camera gone is the caller's question (it can ask the camera).
     """
     result = ScanResult()
 
@@ -72,7 +79,7 @@ def scan(root: Path, profile: Any, on_skip: Callable[[bytes, str], None] | None 
             with os.scandir(abs_dir) as it:
                 entries = list(it)
         except OSError as exc:
-            skip(rel_dir or b".", f"unreadable directory: {exc.strerror}")
+            result.unlisted.append((rel_dir or b".", exc))
             continue
         for de in entries:
             rel = os.path.join(rel_dir, de.name) if rel_dir else de.name
