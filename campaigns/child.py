@@ -17,7 +17,7 @@ import sys
 
 import dockd.cli  # noqa: F401  (preloaded by the forkserver)
 import dockd.daemon  # noqa: F401
-import dockd.engine  # noqa: F401
+import dockd.station  # noqa: F401
 import dockd.log
 import dockd.store.s3  # noqa: F401
 
@@ -62,7 +62,7 @@ def _ingest_s3(argv: list[str], min_part: int) -> int:
     from dockd import config as config_mod
     from dockd import log
     from dockd.device.events import CameraDocked
-    from dockd.engine import Station
+    from dockd.station import Station
     from dockd.errors import DockdError
     from dockd.store.s3 import S3Store
 

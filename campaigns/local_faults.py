@@ -88,7 +88,7 @@ def spool_full(ctx: Context, i: int) -> tuple[dict[str, int], list[str]]:
 def bitflip_docked(ctx: Context, i: int) -> tuple[dict[str, int], list[str]]:
     from dockd import config as config_mod
     from dockd.device.events import CameraDocked
-    from dockd.engine import Station
+    from dockd.station import Station
     from dockd.store.dirstore import DirStore
     from dockd.store.retry import RetryPolicy
 
@@ -135,7 +135,7 @@ def bitflip_docked(ctx: Context, i: int) -> tuple[dict[str, int], list[str]]:
 
 def bitflip_undocked(ctx: Context, i: int) -> tuple[dict[str, int], list[str]]:
     from dockd import config as config_mod
-    from dockd.engine import Station
+    from dockd.station import Station
     from dockd.store.retry import RetryPolicy
 
     root = ctx.scratch(f"flipu-{i}")

@@ -118,7 +118,7 @@ def decrypt(identities: tuple[Path, ...], output: Path | None, input: Path | Non
 def ingest(obj: Ctx, path: Path, serial: str | None, profile: str, progress: bool | None) -> None:
     """Dock the directory PATH as a camera, once: copy, upload, verify, wipe."""
     from .device.events import CameraDocked
-    from .engine import Station
+    from .station import Station
     from .pipeline.naming import safe_component
     from .ui import ingest_progress
 

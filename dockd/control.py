@@ -159,7 +159,7 @@ class ControlServer:
         self._last_sample = now
         station = self.daemon.station
         with self._lock:
-            for serial, live in list(station.live.items()):
+            for serial, live in station.sessions.snapshot().items():
                 pr = self._progress.get(serial)
                 if pr is None or pr.session != live.session_id:
                     pr = self._progress[serial] = _Progress(live.session_id)
@@ -183,7 +183,7 @@ class ControlServer:
             last_success=q["last_success"])
         present = d.present_cameras()
         with self._lock:
-            for serial, live in list(station.live.items()):
+            for serial, live in station.sessions.snapshot().items():
                 if serial not in present:
                     continue
                 pr = self._progress.get(serial)

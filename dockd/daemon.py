@@ -1,6 +1,6 @@
 """``dockd run``: the supervisor. Sources → sessions → the shared upload pool.
 
-One thread per docked camera runs ``Station.run_session``; a semaphore
+One thread per docked camera (``session.registry.Sessions``) runs ``Station.run_session``; a semaphore
 (``devices.max_readers``) caps how many cameras are read at once. The upload
 pool (``upload.concurrency`` workers) is shared and takes cameras in turn.
 The main loop dispatches device events, keeps the systemd watchdog fed and
@@ -33,7 +33,7 @@ from . import config as config_mod
 from . import log
 from .config import Config
 from .device.events import CameraDocked, CameraUndocked, DeviceEvent, DeviceSource
-from .engine import LiveSession, Station
+from .station import Station
 from .errors import DockdError
 from .hooks import HookRunner
 from .sdnotify import Notifier
@@ -69,7 +69,6 @@ class Daemon:
         self.events: queue.SimpleQueue[DeviceEvent | str] = queue.SimpleQueue()
         self.station = Station(cfg, policy=policy, backend=backend, logger=self.log)
         self.readers = threading.Semaphore(cfg.devices.max_readers)
-        self.sessions: dict[str, tuple[threading.Thread, threading.Event, CameraDocked]] = {}
         self._present: set[str] = set()
         self._present_lock = threading.Lock()
         self.source: DeviceSource | None = None
@@ -111,10 +110,6 @@ class Daemon:
     def _docked(self, ev: CameraDocked) -> None:
         with self._present_lock:
             self._present.add(ev.serial)
-        cur = self.sessions.get(ev.serial)
-        if cur and cur[0].is_alive():
-            return  # a repeated add/change event for a camera we are already serving
-        cancel = threading.Event()
         source = self.source
 
         def release() -> None:
@@ -125,31 +120,25 @@ class Daemon:
                 except DockdError as exc:
                     self.log.bind(camera=ev.serial).error("device.release_failed", error=str(exc))
 
-        def body() -> None:
+        def body(cancel: threading.Event) -> None:
             try:
                 self.station.run_session(ev, cancel=cancel, release=release, reader=self.readers)
             except Exception as exc:  # a bug in one session must not take the station down
                 self.log.bind(camera=ev.serial).exception("session.crashed", error=str(exc))
 
-        t = threading.Thread(target=body, name=f"session-{ev.serial}", daemon=True)
-        self.sessions[ev.serial] = (t, cancel, ev)
-        t.start()
+        # a repeated add/change event for a camera already being served starts nothing
+        self.station.sessions.dock(ev, body)
 
     def _undocked(self, ev: CameraUndocked) -> None:
-        cur = self.sessions.get(ev.serial)
         log.emit(self.log.bind(camera=ev.serial), "device.undocked", device=ev.device)
-        if cur and ev.device and cur[2].device and ev.device != cur[2].device:
-            # another device carrying the same serial left: the camera served is still here
-            return
+        ours, done = self.station.sessions.undock(ev)
+        if not ours:
+            return      # another device carrying the same serial left: the camera served is here
         with self._present_lock:
             self._present.discard(ev.serial)
-        if cur:
-            cur[1].set()
-            live: LiveSession | None = self.station.live.get(ev.serial)
-            if live is not None and (live.safe_to_undock or not cur[0].is_alive()):
-                # done with the camera: the ledger learns the bay is empty (a session still
-                # working records its own interruption, or its end sees the undock)
-                self.station.ledger.mark_undocked(live.session_id)
+        if done is not None:
+            # done with the camera: the ledger learns the bay is empty
+            self.station.ledger.mark_undocked(done.session_id)
 
     def _forget_previous_run(self) -> int:
         """Sessions of a previous run still marked docked are closed: the source
@@ -163,7 +152,7 @@ class Daemon:
 
     def status_line(self) -> str:
         present = self.present_cameras()
-        busy = [s for k, s in self.station.live.items() if k in present and not s.safe_to_undock]
+        busy = [s for k, s in self.station.sessions.snapshot().items() if k in present and not s.safe_to_undock]
         q = self.station.uploader.snapshot()
         line = (f"{len(present)} docked, {len(busy)} busy, "
                 f"{q['queued'] + q['active'] + q['delayed']} upload(s) pending")
@@ -243,11 +232,8 @@ class Daemon:
         if self.source is not None:
             self.source.stop()
         self.station.stopping = True
-        for _t, cancel, _ev in self.sessions.values():
-            cancel.set()
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for t, _c, _e in self.sessions.values():
-            t.join(max(0.0, deadline - time.monotonic()))
+        self.station.sessions.stop_all(deadline)
         if self.metrics is not None:
             self.metrics.stop()            # last word: dockd_up 0, before the ledger closes
         if self.control is not None:

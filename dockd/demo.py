@@ -20,7 +20,7 @@ from . import log
 from .age import decrypt, format_identity_file, generate_identity
 from .config import Config, DevicesConfig, EncryptionConfig, LogConfig, PathsConfig, StoreConfig
 from .device.events import CameraDocked
-from .engine import Station
+from .station import Station
 from .model import RecState
 
 FIXTURE_SERIAL = "BWC0001"

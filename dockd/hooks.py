@@ -34,7 +34,7 @@ from typing import Any
 
 from . import log
 
-# session "what" (engine.Station.on_change) -> hook event
+# session "what" (station.Station.on_change) -> hook event
 EVENTS = {"docked": "docked", "done": "safe-to-undock", "attention": "attention",
           "interrupted": "interrupted"}
 QUEUE_MAX = 256

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dockd.device.events import CameraDocked, UsbIdentity
-from dockd.engine import Station
+from dockd.station import Station
 from dockd.ledger import event_hash
 from dockd.store.retry import RetryPolicy
 

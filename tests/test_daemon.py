@@ -166,18 +166,25 @@ def test_the_undock_of_another_device_with_the_same_serial_leaves_the_session_al
     from dockd.device.events import CameraDocked, CameraUndocked
 
     d = Daemon(None, make_cfg())
+    cancels: list[threading.Event] = []
     try:
-        cancel = threading.Event()
-        alive = threading.Thread(target=cancel.wait, daemon=True)
-        alive.start()
-        d.sessions["CAMX"] = (alive, cancel, CameraDocked("CAMX", "generic", tmp_path, device="/dev/sdb1"))
+        def session(cancel: threading.Event) -> None:       # a session still working with its camera
+            cancels.append(cancel)
+            cancel.wait()
+
+        assert d.station.sessions.dock(CameraDocked("CAMX", "generic", tmp_path, device="/dev/sdb1"), session)
         d._present.add("CAMX")
+        deadline = time.monotonic() + 5
+        while not cancels and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cancel = cancels[0]
         d._undocked(CameraUndocked("CAMX", device="/dev/sdc1"))
         assert not cancel.is_set() and d.present_cameras() == {"CAMX"}
         d._undocked(CameraUndocked("CAMX", device="/dev/sdb1"))
         assert cancel.is_set() and d.present_cameras() == set()
     finally:
-        cancel.set()
+        for c in cancels:
+            c.set()
         d.station.close()
 
 

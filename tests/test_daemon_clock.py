@@ -12,7 +12,7 @@ import pytest
 
 from dockd import config as config_mod
 from dockd.device.events import CameraDocked
-from dockd.engine import Station
+from dockd.station import Station
 from dockd.errors import TransientStoreError
 from dockd.ledger import Ledger
 from dockd.model import RecState

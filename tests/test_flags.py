@@ -12,7 +12,7 @@ from dockd import flags
 from dockd.config import DevicesConfig
 from dockd.device.events import CameraDocked
 from dockd.device.profiles import FlagFrom
-from dockd.engine import Station
+from dockd.station import Station
 from dockd.model import RecState
 from dockd.store.retry import RetryPolicy
 
@@ -185,7 +185,7 @@ def test_markers_are_not_kept_once_their_recordings_are_settled(event_cfg, camer
         assert out.ok
         recs = {r.name: r for r in st.ledger.recordings(serial="BWC0001")}
         assert store.seen[recs[ROUTINE].object_key][0]["event-marker"] == "none"
-        assert st._markers == {}
+        assert len(st.markers) == 0
     finally:
         st.close()
 

@@ -7,7 +7,7 @@ import sys
 import time
 
 from dockd.device.events import CameraDocked
-from dockd.engine import Station
+from dockd.station import Station
 from dockd.hooks import HookRunner
 from dockd.store.retry import RetryPolicy
 

@@ -8,7 +8,7 @@ import urllib.request
 
 from dockd import status
 from dockd.device.events import CameraDocked
-from dockd.engine import Station
+from dockd.station import Station
 from dockd.errors import PermanentStoreError
 from dockd.metrics import FAILURE_EVENTS, MetricsExporter, render, write_atomic
 from dockd.store.retry import RetryPolicy

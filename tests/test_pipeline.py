@@ -15,7 +15,9 @@ import pytest
 from dockd.age import decrypt
 from dockd.config import StoreConfig, WipeConfig
 from dockd.device.events import CameraDocked
-from dockd.engine import Station, spool_order
+from dockd.session.camera import Graces
+from dockd.session.session import STOPPED_ERROR, deleted_unconfirmed, spool_order
+from dockd.station import Station
 from dockd.errors import DeviceGoneError, PermanentStoreError, StoreAuthError
 from dockd.model import Phase, RecState, Recording
 from dockd.store.retry import RetryPolicy
@@ -524,21 +526,18 @@ def test_a_camera_that_fails_in_its_bay_ends_in_attention_and_says_safe_to_undoc
     must not say "interrupted" (not safe) until someone pulls it: the session ends in
     attention with the card's error, the camera is released, the ledger still has it
     docked, and nothing unproven is wiped. Docked again, it finishes."""
-    from dockd import engine as engine_mod
     from dockd.status import SAFE_PHASES
-
-    monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 0.2)
     _camera_eio_on_fsync(camera, monkeypatch)
     released = []
     cfg = make_cfg()
-    st = Station(cfg, policy=RetryPolicy.immediate(3), patient=False)
+    st = Station(cfg, policy=RetryPolicy.immediate(3), patient=False, graces=Graces(undock=0.2))
     st.start()
     try:
         out = st.run_session(CameraDocked("BWC0001", "generic", camera), cancel=threading.Event(),
                              release=lambda: released.append(True))
         session = st.ledger.session(out.session_id)
         recs = st.ledger.recordings(serial="BWC0001")
-        live = st.live["BWC0001"]
+        live = st.sessions.live("BWC0001")
         audit_events = st.ledger.events(limit=10000)
     finally:
         st.close()
@@ -564,13 +563,10 @@ def test_a_camera_that_fails_in_its_bay_ends_in_attention_and_says_safe_to_undoc
 def test_a_camera_pulled_out_while_its_io_fails_is_interrupted(make_cfg, camera, monkeypatch):
     """A pull-out fails the camera's I/O a moment before the source reports the undock:
     when the undock follows within the grace, the session is interrupted, as before."""
-    from dockd import engine as engine_mod
-
-    monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 30)
     cancel = threading.Event()
     _camera_eio_on_fsync(camera, monkeypatch, then=lambda: threading.Timer(0.1, cancel.set).start())
     cfg = make_cfg()
-    st = Station(cfg, policy=RetryPolicy.immediate(3), patient=False)
+    st = Station(cfg, policy=RetryPolicy.immediate(3), patient=False, graces=Graces(undock=30))
     st.start()
     try:
         t0 = time.monotonic()
@@ -588,11 +584,8 @@ def test_a_camera_whose_device_node_is_gone_is_interrupted_without_its_undock_re
         make_cfg, camera, monkeypatch):
     """The undock report is late (a busy udev), but the kernel has removed the camera's
     device node: it was pulled out, not failed in its bay."""
-    from dockd import engine as engine_mod
-
-    monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 0.2)
     _camera_eio_on_fsync(camera, monkeypatch)
-    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False, graces=Graces(undock=0.2))
     out, session = _run_session(st, CameraDocked("BWC0001", "generic", camera, device=str(camera.parent / "sdz1")), cancel=threading.Event())
     assert out.phase == Phase.INTERRUPTED and session["undocked_at"] is not None
 
@@ -602,7 +595,6 @@ def _dock_with_reads_failing(make_cfg, tmp_path, monkeypatch, serial: str, sizes
     docked with a cancel the test never sets (still in its bay), short graces. Returns
     (its files, the outcome, the session row, its recordings)."""
     import errno
-    from dockd import engine as engine_mod
 
     cam = tmp_path / "cams" / serial
     (cam / "DCIM").mkdir(parents=True)
@@ -615,11 +607,8 @@ def _dock_with_reads_failing(make_cfg, tmp_path, monkeypatch, serial: str, sizes
         if fails(os.readlink(f"/proc/self/fd/{fd}")):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return real_readv(fd, bufs)
-
-    monkeypatch.setattr(engine_mod, "READ_ERROR_GRACE_SECONDS", 0.01)
-    monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 0.05)
     monkeypatch.setattr(os, "readv", readv)
-    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False, graces=Graces(undock=0.05, read_error=0.01))
     st.start()
     try:
         out = st.run_session(CameraDocked(serial, "generic", cam), cancel=threading.Event())
@@ -650,17 +639,16 @@ def test_a_card_that_fails_every_read_is_a_failed_camera_not_a_list_of_bad_files
     """Every file fails with EIO while the mount still answers (a FUSE helper lists from
     memory): after a few files in a row the camera itself is taken for failed, and the
     session ends as one that failed in its bay, not after a wait for every file."""
-    from dockd import engine as engine_mod
 
     files, out, session, recs = _dock_with_reads_failing(make_cfg, tmp_path, monkeypatch, "DEAD1",
                                                          [20_000] * 8, lambda p: True)
     assert out.phase == Phase.ATTENTION and session["error"].startswith("camera failed: ")
-    assert [r.state for r in recs].count(RecState.FAILED) == engine_mod.MAX_UNREADABLE_IN_A_ROW - 1
+    assert [r.state for r in recs].count(RecState.FAILED) == Graces().max_unreadable_in_a_row - 1
     assert all(f.exists() for f in files)
 
 
 def test_the_device_probe_reads_past_the_cache_and_tolerates_what_it_may_not_open(tmp_path):
-    from dockd.engine import _device_reads
+    from dockd.session.camera import device_reads as _device_reads
 
     node = tmp_path / "node"
     node.write_bytes(b"\0" * 8192)
@@ -672,11 +660,8 @@ def test_a_daemon_stopping_during_the_grace_is_not_an_undock(make_cfg, camera, m
     """The daemon stops (stopping, then every session's cancel) while a session waits to
     learn whether its camera left: the camera is still in its bay, so the session keeps
     the phase it reached and is not recorded undocked (the next start resumes it)."""
-    from dockd import engine as engine_mod
-
-    monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 30)
     cancel = threading.Event()
-    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False, graces=Graces(undock=30))
 
     def stop() -> None:                     # what the daemon's shutdown does
         st.stopping = True
@@ -685,7 +670,7 @@ def test_a_daemon_stopping_during_the_grace_is_not_an_undock(make_cfg, camera, m
     _camera_eio_on_fsync(camera, monkeypatch, then=lambda: threading.Timer(0.2, stop).start())
     out, session = _run_session(st, CameraDocked("BWC0001", "generic", camera), cancel=cancel)
     assert session["undocked_at"] is None and session["phase"] == "wiping"
-    assert session["error"] == engine_mod.STOPPED_ERROR
+    assert session["error"] == STOPPED_ERROR
 
 
 def test_a_camera_pulled_out_as_its_session_ends_is_recorded_undocked(make_cfg, camera):
@@ -693,13 +678,13 @@ def test_a_camera_pulled_out_as_its_session_ends_is_recorded_undocked(make_cfg, 
     daemon leaves a running session to record it, so the session's end does."""
     cancel = threading.Event()
     st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
-    real = st._store_manifest
+    real = st.publisher.publish
 
-    def store_manifest(*a, **k):
+    def publish(*a, **k):
         cancel.set()                        # pulled out now
         return real(*a, **k)
 
-    st._store_manifest = store_manifest
+    st.publisher.publish = publish
     out, session = _run_session(st, CameraDocked("BWC0001", "generic", camera), cancel=cancel)
     assert out.phase == Phase.DONE and session["undocked_at"] is not None
 
@@ -721,7 +706,7 @@ def _session_whose_ledger_refuses(make_cfg, camera, monkeypatch, refuses):
     try:
         with pytest.raises(RuntimeError, match="disk I/O error"):
             st.run_session(CameraDocked("BWC0001", "generic", camera), release=lambda: released.append(True))
-        live = st.live["BWC0001"]
+        live = st.sessions.live("BWC0001")
         return released, live, st.ledger.session(live.session_id)
     finally:
         st.close()
@@ -752,13 +737,11 @@ def test_a_camera_failing_in_its_bay_with_its_device_node_present_ends_in_attent
         make_cfg, camera, tmp_path, monkeypatch):
     """The device node is still there (the kernel has not removed the camera) and no
     undock came: the camera failed in its bay."""
-    from dockd import engine as engine_mod
 
     node = tmp_path / "sdz1"
     node.write_bytes(b"")
-    monkeypatch.setattr(engine_mod, "UNDOCK_GRACE_SECONDS", 0.2)
     _camera_eio_on_fsync(camera, monkeypatch)
-    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False, graces=Graces(undock=0.2))
     out, session = _run_session(st, CameraDocked("BWC0001", "generic", camera, device=str(node)), cancel=threading.Event())
     assert out.phase == Phase.ATTENTION and session["undocked_at"] is None
     assert session["error"].startswith("camera failed: ")
@@ -796,7 +779,7 @@ def test_the_note_names_the_session_whose_wipe_deleted_it_after_another_stops_sh
     stops before its wipe confirms anything; session C confirms them. C's manifest must
     name A's wipe, not B's, which deleted nothing."""
     import json as json_
-    from dockd import engine as engine_mod
+    from dockd.session import session as session_mod
 
     cfg = make_cfg()
     _camera_eio_on_fsync(camera, monkeypatch)
@@ -808,7 +791,7 @@ def test_the_note_names_the_session_whose_wipe_deleted_it_after_another_stops_sh
     def wipe_stops_short(*a, **k):
         raise DeviceGoneError("camera gone during wipe: its mount point no longer holds it")
 
-    monkeypatch.setattr(engine_mod, "wipe", wipe_stops_short)
+    monkeypatch.setattr(session_mod, "wipe", wipe_stops_short)
     out_b, recs_b, _, _ = ingest(cfg, camera)
     monkeypatch.undo()
     assert out_b.phase == Phase.INTERRUPTED
@@ -829,11 +812,11 @@ def test_a_file_gone_from_the_camera_that_no_wipe_began_to_delete_stays_verified
     """Only dockd's own deletions are confirmed at the next dock: a verified recording
     whose file vanished some other way (a camera formatted by hand) is not recorded as
     wiped, which would tell an auditor dockd deleted it."""
-    from dockd import engine as engine_mod
+    from dockd.session import session as session_mod
     from dockd.pipeline.wipe import WipeResult
 
     cfg = make_cfg()
-    monkeypatch.setattr(engine_mod, "wipe", lambda *a, **k: WipeResult())     # no wipe at all
+    monkeypatch.setattr(session_mod, "wipe", lambda *a, **k: WipeResult())     # no wipe at all
     out1, recs1, _e, _c = ingest(cfg, camera)
     monkeypatch.undo()
     verified = {r.id for r in recs1 if r.state == RecState.VERIFIED}
@@ -861,9 +844,9 @@ def test_an_unreadable_path_is_not_taken_for_a_deletion(make_cfg, camera, tmp_pa
         st.ledger.mark_wipe_started([rec.id])
         ev = Docked("CAMX", "generic", camera)
         monkeypatch.setattr(os, "lstat", _failing_for(os.lstat, "GONE.MP4", errno.EIO))
-        assert st._deleted_unconfirmed(ev, {}) == {}
+        assert deleted_unconfirmed(st.ledger, ev, {}) == {}
         monkeypatch.undo()
-        got = st._deleted_unconfirmed(ev, {})          # really absent: ENOENT
+        got = deleted_unconfirmed(st.ledger, ev, {})          # really absent: ENOENT
         assert got == {rec.id: sid}                         # with the session whose wipe noted it
     finally:
         st.close()
@@ -886,7 +869,7 @@ def test_a_file_a_later_dock_still_finds_is_no_longer_noted_for_deletion(make_cf
         st.ledger.upsert_found("CAMX", b, "generic", b"DCIM/KEPT.MP4", 5, 1, "recording")   # B sees it
         assert st.ledger.unconfirmed_wipes("CAMX") == []
         st.ledger.open_session("CAMX", "generic", str(camera), None, None, {})
-        assert st._deleted_unconfirmed(Docked("CAMX", "generic", camera), {}) == {}   # gone since: not ours
+        assert deleted_unconfirmed(st.ledger, Docked("CAMX", "generic", camera), {}) == {}   # gone since: not ours
         assert st.ledger.get(rec.id).state == RecState.VERIFIED
     finally:
         st.close()
@@ -907,7 +890,9 @@ def test_wipe_after_spooled_does_not_hold_the_camera_for_refused_credentials(mak
     from dockd.pipeline import upload as upload_mod
 
     monkeypatch.setattr(upload_mod, "AUTH_PROBE_SECONDS", 0.05)   # the timer re-queues them at once
-    real_wait = st._wait_uploads
+    from dockd.session.session import Session
+
+    real_wait = Session.settle
 
     def wait_once_requeued(*a, **k):
         # the state a longer session meets: its recordings back in the queue behind the pause
@@ -917,7 +902,7 @@ def test_wipe_after_spooled_does_not_hold_the_camera_for_refused_credentials(mak
         assert st.uploader.paused and st.uploader.busy_ids()
         return real_wait(*a, **k)
 
-    monkeypatch.setattr(st, "_wait_uploads", wait_once_requeued)
+    monkeypatch.setattr(Session, "settle", wait_once_requeued)
     done: list = []
     try:
         st.start()
@@ -1038,18 +1023,18 @@ def test_a_session_that_fails_inside_shows_attention_not_its_last_phase(make_cfg
     """A bug (or a ledger that cannot be written) ends the session: the bay must say a
     human must look, not show "wiping" until the camera is pulled, and the error
     still reaches the caller (the daemon logs it as session.crashed)."""
-    from dockd import engine as engine_mod
+    from dockd.session import session as session_mod
 
     def broken_wipe(*a, **k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(engine_mod, "wipe", broken_wipe)
+    monkeypatch.setattr(session_mod, "wipe", broken_wipe)
     st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
     try:
         st.start()
         with pytest.raises(RuntimeError, match="boom"):
             st.run_session(CameraDocked("BWC0001", "generic", camera))
-        live = st.live["BWC0001"]
+        live = st.sessions.live("BWC0001")
         assert live.phase == Phase.ATTENTION.value and live.safe_to_undock and "boom" in live.last_error
         session = st.ledger.session(live.session_id)
         assert session["phase"] == Phase.ATTENTION.value and "boom" in session["error"]
@@ -1164,12 +1149,9 @@ def test_a_directory_that_cannot_be_listed_ends_in_attention_naming_it(make_cfg,
     copied."""
     import errno
 
-    from dockd import engine as engine_mod
-
-    monkeypatch.setattr(engine_mod, "READ_ERROR_GRACE_SECONDS", 0.01)
     cam, good, bad = _camera_with_a_dir_failing_to_list(tmp_path, monkeypatch, getattr(errno, err))
     released = []
-    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False, graces=Graces(read_error=0.01))
     out, session = _run_session(st, CameraDocked("DIR1", "generic", cam), cancel=threading.Event(),
                                 release=lambda: released.append(True))
     monkeypatch.undo()
@@ -1179,7 +1161,7 @@ def test_a_directory_that_cannot_be_listed_ends_in_attention_naming_it(make_cfg,
     assert session["phase"] == "attention" and shown in session["error"] and "\x1b" not in session["error"]
     assert "could not be listed" in session["error"]
     assert out.wiped == 1 and not good.exists() and bad.exists()
-    assert released == [True] and st.live["DIR1"].safe_to_undock
+    assert released == [True] and st.sessions.live("DIR1").safe_to_undock
     assert [e["path"] for e in logs() if e["event"] == "scan.unlisted"] == [shown]
 
 
@@ -1189,13 +1171,10 @@ def test_a_directory_that_fails_to_list_as_the_camera_leaves_is_the_camera_gone(
     bad directory: the session is interrupted, and names no directory."""
     import errno
 
-    from dockd import engine as engine_mod
-
-    monkeypatch.setattr(engine_mod, "READ_ERROR_GRACE_SECONDS", 0.01)
     gone = tmp_path / "gone"
     cam, good, _bad = _camera_with_a_dir_failing_to_list(
         tmp_path, monkeypatch, errno.ENOTCONN, on_fail=lambda: os.rename(tmp_path / "cams" / "DIR1", gone))
-    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False)
+    st = Station(make_cfg(), policy=RetryPolicy.immediate(3), patient=False, graces=Graces(read_error=0.01))
     out, session = _run_session(st, CameraDocked("DIR1", "generic", cam))
     monkeypatch.undo()
     assert out.phase == Phase.INTERRUPTED and out.unlisted == [] and out.wiped == 0

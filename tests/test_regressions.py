@@ -40,7 +40,7 @@ def test_a_file_dated_past_2262_is_skipped_not_a_crashed_session(make_cfg, tmp_p
     """hostile campaign, mtimes layout: one file dated 9999 overflowed the ledger's 64-bit
     mtime_ns, and the OverflowError ended the whole session (nothing else was copied)."""
     from dockd.device.events import CameraDocked
-    from dockd.engine import Station
+    from dockd.station import Station
     from dockd.model import Phase
     from dockd.store.retry import RetryPolicy
 

@@ -10,7 +10,7 @@ import pytest
 from dockd.age import decrypt
 from dockd.config import StoreConfig
 from dockd.device.events import CameraDocked
-from dockd.engine import Station
+from dockd.station import Station
 from dockd.model import RecState
 from dockd.store.retry import RetryPolicy
 

@@ -14,7 +14,7 @@ import pytest
 
 import loopcam
 from dockd.device.events import CameraDocked
-from dockd.engine import Station
+from dockd.station import Station
 from dockd.model import Phase
 from dockd.store.retry import RetryPolicy
 
@@ -69,7 +69,7 @@ def test_a_session_on_a_camera_with_an_unlistable_directory_ends_in_attention(ma
             out = st.run_session(CameraDocked("CAM5", "generic", mnt, device=cam.dev), cancel=threading.Event(),
                                  release=lambda: released.append(True))
             session = st.ledger.session(out.session_id)
-            live = st.live["CAM5"]
+            live = st.sessions.live("CAM5")
         finally:
             st.close()
         assert out.phase == Phase.ATTENTION and out.wiped == 2

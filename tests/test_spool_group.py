@@ -15,7 +15,7 @@ from dockd import fsutil
 
 from dockd.age import decrypt, generate_identity
 from dockd.device.events import CameraDocked
-from dockd.engine import Station
+from dockd.station import Station
 from dockd.errors import SpoolError
 from dockd.model import Phase, RecState
 from dockd.pipeline import spool as spool_mod
@@ -212,8 +212,8 @@ def test_a_spool_cap_smaller_than_the_camera_still_finishes(make_cfg, tmp_path):
     store = ScriptedStore(tmp_path / "store", after_put=lambda key: time.sleep(0.05))
     st = Station(cfg, policy=RetryPolicy.immediate(3), backend=store, patient=False)
     full = []
-    real_full = st.is_spool_full
-    st.is_spool_full = lambda: full.append(real_full()) or full[-1]
+    real_full = st.gate.is_full
+    st.gate.is_full = lambda: full.append(real_full()) or full[-1]
     st.start()
     out = st.run_session(CameraDocked("CAP1", "generic", cam))
     st.close()

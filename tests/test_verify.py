@@ -14,7 +14,7 @@ import pytest
 from dockd import custody
 from dockd.age import Encryptor, format_identity_file, generate_identity
 from dockd.device.events import CameraDocked
-from dockd.engine import Station
+from dockd.station import Station
 from dockd.store.retry import RetryPolicy
 
 needs_ssh_keygen = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen not installed")

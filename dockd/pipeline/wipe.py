@@ -8,13 +8,13 @@ deletions the directories are fsynced, the camera's filesystem is synced, and
 the files are listed again; only then is a deletion recorded (``wipe.done``).
 A camera that fails the flush (gone, or its media failing) confirms none of
 this pass's deletions: the wipe raises ``DeviceGoneError``, and the session is
-interrupted (pulled out) or ends in attention (failed in its bay, see the engine).
+interrupted (pulled out) or ends in attention (failed in its bay: session/camera.py).
 Before its first unlink the wipe notes, durably, what it is about to delete; cut
 short, it withdraws the notes of the files it never tried or could not delete.
 
 Idempotent: a verified file that is already gone (a crash, a pull-out or a
 failed flush between unlink and commit) counts as wiped once the camera is
-docked again (the engine hands the wipe such recordings, which no scan finds).
+docked again (the session hands the wipe such recordings, which no scan finds).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
     recs = sorted(recs, key=lambda r: r.role != "sidecar")
     # first decide what may go (each file re-stat'ed), then note it, durably, before the
     # first unlink: after a pull-out or a failed flush the next dock knows which of the
-    # files it no longer finds were deleted here (engine), and only those
+    # files it no longer finds were deleted here (the session's), and only those
     doomed: list[tuple[Recording, bytes, Any]] = []
     for rec in recs:
         if rec.state != RecState.VERIFIED:
