@@ -19,6 +19,12 @@ guess from exception types of third-party libraries.
 
 from __future__ import annotations
 
+import errno
+
+# an OS error with one of these, from a camera's filesystem, may be the camera leaving (or
+# failing as a whole), not one bad file: the caller asks whether the camera still answers
+GONE_ERRNOS = frozenset({errno.EIO, errno.ENODEV, errno.ENXIO, errno.ENOTCONN, errno.ESHUTDOWN, errno.ESTALE})
+
 
 class DockdError(Exception):
     exit_code: int = 1

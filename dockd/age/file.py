@@ -12,12 +12,9 @@ import io
 import os
 from typing import BinaryIO, Sequence
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from ..errors import AgeError, AgeHeaderError, AgeNoIdentityError, AgeUnsupportedError
 from . import format as fmt
-from .keys import FILE_KEY_SIZE, X25519_STANZA_TYPE, Identity, Recipient, new_file_key
+from .keys import FILE_KEY_SIZE, X25519_STANZA_TYPE, Identity, Recipient, hkdf, new_file_key
 from .stream import KEY_SIZE, StreamReader, StreamWriter, payload_size
 
 # HKDF info labels. Distinct labels make the MAC key and the payload key
@@ -37,17 +34,13 @@ DECLINED_STANZA_TYPES = frozenset({"scrypt", "mlkem768x25519", "p256tag", "mlkem
 _READ_BLOCK = 16 * 1024
 
 
-def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt, info=info).derive(ikm)
-
-
 def header_mac(file_key: bytes, header: fmt.Header) -> bytes:
-    mac_key = _hkdf(file_key, b"", HEADER_LABEL)
+    mac_key = hkdf(file_key, b"", HEADER_LABEL, KEY_SIZE)
     return hmac.new(mac_key, header.marshal_without_mac(), "sha256").digest()
 
 
 def payload_key(file_key: bytes, nonce: bytes) -> bytes:
-    return _hkdf(file_key, nonce, PAYLOAD_LABEL)
+    return hkdf(file_key, nonce, PAYLOAD_LABEL, KEY_SIZE)
 
 
 def encrypted_size(plaintext_size: int, header_size: int) -> int:

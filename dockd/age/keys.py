@@ -74,7 +74,9 @@ class Identity(Protocol):
         ...
 
 
-def _hkdf(ikm: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
+def hkdf(ikm: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
+    """HKDF-SHA-256, as age uses it everywhere (the X25519 wrap key, the header MAC key,
+    the payload key)."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
 
 
@@ -115,7 +117,7 @@ class X25519Recipient:
         ephemeral = X25519PrivateKey.generate()  # fresh per stanza and per file
         share = _raw_public(ephemeral.public_key())
         shared = ephemeral.exchange(self._key)
-        wrap_key = _hkdf(shared, share + self._raw, X25519_LABEL, WRAP_KEY_SIZE)
+        wrap_key = hkdf(shared, share + self._raw, X25519_LABEL, WRAP_KEY_SIZE)
         body = ChaCha20Poly1305(wrap_key).encrypt(WRAP_NONCE, file_key, None)
         return [Stanza(X25519_STANZA_TYPE, (b64encode(share),), body)]
 
@@ -177,7 +179,7 @@ class X25519Identity:
             raise AgeHeaderError("X25519 stanza: low-order share") from None
         if hmac.compare_digest(shared, bytes(X25519_KEY_SIZE)):
             raise AgeHeaderError("X25519 stanza: low-order share")
-        wrap_key = _hkdf(shared, share + self._public.public_bytes, X25519_LABEL, WRAP_KEY_SIZE)
+        wrap_key = hkdf(shared, share + self._public.public_bytes, X25519_LABEL, WRAP_KEY_SIZE)
         try:
             return ChaCha20Poly1305(wrap_key).decrypt(WRAP_NONCE, stanza.body, None)
         except InvalidTag:

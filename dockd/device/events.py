@@ -65,3 +65,7 @@ class DeviceSource(Protocol):
     def stop(self) -> None: ...
 
     def release(self, event: CameraDocked) -> None: ...
+
+    def poll(self) -> None:
+        """Called by the daemon's main loop about once a second: notice what no event
+        announced (a camera gone without a report, a directory mounted on later)."""

@@ -24,14 +24,12 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import DeviceGoneError, FileChangedError, SourceError
+from ..errors import GONE_ERRNOS, DeviceGoneError, FileChangedError, SourceError
 
 # bytes at each end of a file: MP4/MOV keep their index (moov) at one end, and a
 # rewrite that restores size and mtime must leave both ends as they were to pass
 SAMPLE_BYTES = 256 << 10
 _READ = 1 << 20
-# a read failing with one of these may be the camera leaving, not one bad file
-GONE_ERRNOS = frozenset({errno.EIO, errno.ENODEV, errno.ENXIO, errno.ENOTCONN, errno.ESHUTDOWN, errno.ESTALE})
 
 
 def sample_ranges(size: int) -> tuple[tuple[int, int], ...]:
@@ -90,14 +88,8 @@ def rehash(path: bytes | str, size: int, mtime_ns: int,
     """Read a camera file whole: (its SHA-256, its sample). Never follows a symlink.
     Raises ``FileChangedError`` if it is not the (size, mtime) expected or changes
     while read, and as ``read_error`` says for read errors."""
+    fd = open_scanned(path, size, mtime_ns)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise read_error(exc, path) from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size or st.st_mtime_ns != mtime_ns:
-            raise FileChangedError(f"{os.fsdecode(path)}: changed since it was scanned")
         sha, sampler, done = hashlib.sha256(), Sampler(size), 0
         while True:
             try:
@@ -117,6 +109,27 @@ def rehash(path: bytes | str, size: int, mtime_ns: int,
         return sha.hexdigest(), sampler.sample()
     finally:
         os.close(fd)
+
+
+def open_scanned(path: bytes | str | os.PathLike[str], size: int, mtime_ns: int) -> int:
+    """Open a camera file the scan saw as (``size``, ``mtime_ns``), for reading, without
+    following a symlink or blocking on a FIFO. Raises ``SourceError`` for a file that is not
+    a regular file, ``FileChangedError`` for one that is no longer what the scan saw, and as
+    ``read_error`` says if it cannot be opened. The caller closes the fd."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise read_error(exc, path) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError(f"{os.fsdecode(path)}: not a regular file")
+        if st.st_size != size or st.st_mtime_ns != mtime_ns:
+            raise FileChangedError(f"{os.fsdecode(path)}: changed since it was scanned")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def read_error(exc: OSError, source: bytes | str | os.PathLike[str]) -> SourceError:

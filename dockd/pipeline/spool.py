@@ -17,7 +17,6 @@ import errno
 import hashlib
 import os
 import queue
-import stat
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -26,11 +25,10 @@ from typing import Callable, Sequence
 
 from ..age import Encryptor
 from ..age.stream import CHUNK_SIZE, TAG_SIZE
-from ..errors import DeviceGoneError, FileChangedError, SourceError, SpoolError, SpoolFullError
+from ..errors import DeviceGoneError, FileChangedError, SpoolError, SpoolFullError
 from ..fsutil import HashingWriter, close_quietly, fsync_dir, make_durable
-from .content import GONE_ERRNOS, Sample, Sampler, read_error
+from .content import Sample, Sampler, open_scanned, read_error
 
-__all__ = ["GONE_ERRNOS", "GroupCommit", "Spool", "Spooled"]
 
 BLOCK = 1 << 20                      # 16 age chunks per read: few syscalls, small memory
 PARTIAL_DIR = "partial"
@@ -131,16 +129,8 @@ class Spool:
         """
         t0 = time.monotonic()
         partial = self.root / PARTIAL_DIR / f"{rec_id}.age"
+        src = open_scanned(source, size, mtime_ns)
         try:
-            src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            raise read_error(exc, source) from exc
-        try:
-            st = os.fstat(src)
-            if not stat.S_ISREG(st.st_mode):
-                raise SourceError(f"{source}: not a regular file")
-            if st.st_size != size or st.st_mtime_ns != mtime_ns:
-                raise FileChangedError(f"{source}: changed since it was scanned")
             try:
                 os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             except OSError:

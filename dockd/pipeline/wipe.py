@@ -31,7 +31,8 @@ from ..errors import DeviceGoneError
 from ..fsutil import close_quietly, syncfs
 from ..ledger import Ledger
 from ..model import RecState, Recording
-from .content import GONE_ERRNOS, Sample
+from ..errors import GONE_ERRNOS
+from .content import Sample
 
 
 @dataclass
@@ -78,7 +79,7 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
         lg = logger.bind(camera=rec.serial, recording=rec.name, sha256=rec.plain_sha256)
         path = os.path.join(root_b, rec.rel_path)
         try:
-            st = os.lstat(path)
+            reason = _why_not(path, rec, samples.get(rec.id))
         except FileNotFoundError:
             _same_camera(root_b, root_dev)
             ledger.transition(rec.id, RecState.WIPED, event="wipe.done", error="already absent")
@@ -91,21 +92,6 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
             result.failed.append((rec, exc.strerror or str(exc)))
             log.emit(lg, "wipe.failed", error=exc.strerror)
             continue
-        reason = None
-        if not stat.S_ISREG(st.st_mode):
-            reason = "no longer a regular file"
-        elif st.st_size != rec.size or st.st_mtime_ns != rec.mtime_ns:
-            reason = (f"changed since it was copied (size {rec.size}→{st.st_size}, "
-                      f"mtime {rec.mtime_ns}→{st.st_mtime_ns})")
-        else:
-            try:
-                reason = _content_differs(path, st, samples.get(rec.id))
-            except OSError as exc:
-                if exc.errno in GONE_ERRNOS:
-                    raise DeviceGoneError(f"camera gone during wipe: {exc.strerror}") from exc
-                result.failed.append((rec, exc.strerror or str(exc)))
-                log.emit(lg, "wipe.failed", error=exc.strerror)
-                continue
         if reason:
             ledger.append_event("wipe.refused", serial=rec.serial, recording_id=rec.id,
                                 session_id=rec.session_id, path=rec.name, reason=reason)
@@ -165,9 +151,17 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
     return result
 
 
-def _content_differs(path: bytes, st: os.stat_result, sample: Sample | None) -> str | None:
-    """Why the file at ``path`` (lstat'ed as ``st``) may not be the content that was
-    copied, or None. Its size and mtime agree already; its sampled blocks must too."""
+def _why_not(path: bytes, rec: Recording, sample: Sample | None) -> str | None:
+    """Why the file at ``path`` may not be deleted on the strength of ``rec``'s copy, or
+    None: it must still be a regular file of the size and mtime copied, and its sampled
+    blocks must hash as they did when this session read it. Raises OSError as the
+    filesystem does (FileNotFoundError: already absent)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return "no longer a regular file"
+    if st.st_size != rec.size or st.st_mtime_ns != rec.mtime_ns:
+        return (f"changed since it was copied (size {rec.size}→{st.st_size}, "
+                f"mtime {rec.mtime_ns}→{st.st_mtime_ns})")
     if sample is None:
         return "its content was not read at this dock; it is checked in full at the next"
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -21,6 +21,7 @@ from .. import flags, log
 from ..device.events import CameraDocked
 from ..device.profiles import Profile
 from ..errors import (
+    GONE_ERRNOS,
     DeviceGoneError,
     DockdError,
     FileChangedError,
@@ -31,7 +32,7 @@ from ..errors import (
 from ..ledger import Ledger
 from ..model import Phase, RecState, Recording, display_path
 from ..pipeline import naming
-from ..pipeline.content import GONE_ERRNOS, Sample, rehash
+from ..pipeline.content import Sample, rehash
 from ..pipeline.scan import scan
 from ..pipeline.spool import GroupCommit, Spooled
 from ..pipeline.wipe import wipe

@@ -76,7 +76,7 @@ from ..errors import (
     UsageError,
 )
 from ..manifest import EVIDENTIAL, retention_class_of
-from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, ObjectInfo, Store
+from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, MemoryCheckpoint, ObjectInfo, Store
 from .channel import open_channel
 
 import structlog
@@ -925,7 +925,7 @@ class S3Store(Store):
             return   # a server without ListMultipartUploads: nothing we can reap
         for u in r.get("Uploads") or []:
             if u.get("Key") == full and u.get("UploadId") != keep:
-                self._abort(full, u["UploadId"], _NoCheckpoint())
+                self._abort(full, u["UploadId"], MemoryCheckpoint())
 
     def _abort(self, full: str, upload_id: str, checkpoint: Checkpoint) -> None:
         try:
@@ -1069,7 +1069,7 @@ class S3Store(Store):
             if use_sum and self._checksum_ok is not True and r.get("ChecksumAlgorithm") is None:
                 # a server that understands checksums echoes the algorithm (in auto mode,
                 # another upload may have learnt meanwhile that this one does not)
-                self._abort(full, r["UploadId"], _NoCheckpoint())
+                self._abort(full, r["UploadId"], MemoryCheckpoint())
                 self._checksum_unsupported("server ignored it")
                 continue
             return {
@@ -1358,12 +1358,3 @@ class S3Store(Store):
         self.client.close()
 
 
-class _NoCheckpoint:
-    def load(self) -> None:
-        return None
-
-    def save(self, state: dict[str, Any]) -> None:
-        pass
-
-    def clear(self) -> None:
-        pass
