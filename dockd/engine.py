@@ -422,11 +422,9 @@ class Station:
                     or (want is not None and r.state != want)]
         if self.cfg.wipe.after == "spooled":
             not_done = [r for r in final if not r.is_durable]
-        refused_names = {name for name, _why in refused}
+        reported = {name for name, _why in refused + failed}
         for r in not_done:
-            if r.name in refused_names:
-                continue          # reported once, as refused
-            if (r.name, r.last_error or r.state.value) not in failed:
+            if r.name not in reported:    # each recording is reported once, with its first reason
                 failed.append((r.name, r.last_error or f"still {r.state.value}"))
         phase = Phase.ATTENTION if (failed or refused or camera_failed) else Phase.DONE
         if release:

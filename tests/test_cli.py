@@ -142,3 +142,23 @@ def test_run_with_a_too_long_socket_path_is_one_clear_line(keypair, tmp_path):
     err = r.stderr.decode()
     assert r.returncode != 0 and "Traceback" not in err
     assert "control socket path may have at most 107 bytes" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_file_the_wipe_cannot_delete_is_reported_once(keypair, tmp_path):
+    """An immutable file (chattr +i: unlink fails with EPERM, even for root) is verified at
+    the store but stays on the camera: the summary counts it once, and names it once."""
+    _ident, pub = keypair
+    cam = tmp_path / "CAM6"
+    shutil.copytree(FIXTURE, cam)
+    stuck = cam / "AUDIO" / "REC_20261120_1402.WAV"
+    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported on this filesystem")
+    try:
+        r = dockd("--config", str(write_config(tmp_path, pub)), "ingest", "--no-progress", str(cam))
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 1, out + err
+    assert "1 not safe, 0 refused" in out, out
+    assert err.count("REC_20261120_1402.WAV") == 1, err
+    assert stuck.exists()
