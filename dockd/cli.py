@@ -294,3 +294,6 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(EXIT_OK)
 
 
+
+if __name__ == "__main__":      # python -m dockd.cli, as the tests run it
+    main()
