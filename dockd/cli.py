@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 
 import click
@@ -26,6 +27,15 @@ class Ctx:
     def __init__(self, config_path: Path | None) -> None:
         self.config_path = config_path
         self._cfg: config_mod.Config | None = None
+        self._lock: Any = None
+
+    def lock_state_dir(self) -> None:
+        """Before the spool, ledger or socket is touched: this process alone writes to
+        the state directory until it exits (exit 2 if another dockd holds it)."""
+        from .statelock import StateLock
+
+        if self._lock is None:
+            self._lock = StateLock(self.cfg.paths.state_dir).acquire()
 
     @property
     def cfg(self) -> config_mod.Config:
@@ -124,6 +134,7 @@ def ingest(obj: Ctx, path: Path, serial: str | None, profile: str, progress: boo
 
     cfg = obj.cfg
     serial = safe_component(serial or path.resolve().name, 64)
+    obj.lock_state_dir()
     station = Station(cfg, patient=False)
     try:
         station.start()
@@ -149,6 +160,7 @@ def run(obj: Ctx) -> None:
     """The daemon: watch for cameras and process each one."""
     from .daemon import Daemon
 
+    obj.lock_state_dir()
     sys.exit(Daemon(obj.config_path, obj.cfg).run())
 
 
@@ -292,7 +304,6 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         sys.exit(0)
     sys.exit(EXIT_OK)
-
 
 
 if __name__ == "__main__":      # python -m dockd.cli, as the tests run it

@@ -37,6 +37,12 @@ class UsageError(DockdError):
     msgid = "usage.invalid"
 
 
+class StateDirBusyError(UsageError):
+    """Another dockd writes to this state directory (one process per state directory)."""
+
+    msgid = "state.busy"
+
+
 class ConfigError(DockdError):
     """A bad configuration. ``key`` names the offending key (dotted path)."""
 
