@@ -7,11 +7,13 @@ code; a traceback is shown only for bugs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 import click
@@ -37,6 +39,17 @@ class Ctx:
         if self._lock is None:
             self._lock = StateLock(self.cfg.paths.state_dir).acquire()
 
+    def check_ledger(self) -> None:
+        """Before a writer relies on it: every page of an existing ledger is readable."""
+        from .ledger import Ledger
+
+        if self.cfg.ledger_path.exists():
+            ledger = Ledger(self.cfg.ledger_path)
+            try:
+                ledger.check()
+            finally:
+                ledger.close()
+
     @property
     def cfg(self) -> config_mod.Config:
         if self._cfg is None:
@@ -44,6 +57,17 @@ class Ctx:
             log.configure(self._cfg.log.level, self._cfg.log.format, stream=sys.stderr
                           if os.environ.get("DOCKD_LOG_STDERR") else None)
         return self._cfg
+
+
+@contextlib.contextmanager
+def ledger_errors(path: Path) -> Iterator[None]:
+    """A failed SQLite call (damaged file, full disk) becomes one line naming the ledger."""
+    from .ledger import ledger_error
+
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise ledger_error(path, exc) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -135,15 +159,17 @@ def ingest(obj: Ctx, path: Path, serial: str | None, profile: str, progress: boo
     cfg = obj.cfg
     serial = safe_component(serial or path.resolve().name, 64)
     obj.lock_state_dir()
-    station = Station(cfg, patient=False)
-    try:
-        station.start()
-        ev = CameraDocked(serial=serial, profile=profile, mount=path.resolve())
-        show = sys.stderr.isatty() if progress is None else progress
-        with ingest_progress(show) as on_progress:
-            outcome = station.run_session(ev, progress=on_progress)
-    finally:
-        station.close()
+    obj.check_ledger()
+    with ledger_errors(cfg.ledger_path):
+        station = Station(cfg, patient=False)
+        try:
+            station.start()
+            ev = CameraDocked(serial=serial, profile=profile, mount=path.resolve())
+            show = sys.stderr.isatty() if progress is None else progress
+            with ingest_progress(show) as on_progress:
+                outcome = station.run_session(ev, progress=on_progress)
+        finally:
+            station.close()
     summary = (f"{serial}: {outcome.found} found, {outcome.verified} verified, "
                f"{outcome.wiped} wiped, {len(outcome.failed)} not safe, {len(outcome.refused)} refused "
                f"→ {outcome.phase.value}")
@@ -161,7 +187,10 @@ def run(obj: Ctx) -> None:
     from .daemon import Daemon
 
     obj.lock_state_dir()
-    sys.exit(Daemon(obj.config_path, obj.cfg).run())
+    obj.check_ledger()
+    with ledger_errors(obj.cfg.ledger_path):
+        code = Daemon(obj.config_path, obj.cfg).run()
+    sys.exit(code)
 
 
 # -- status -------------------------------------------------------------------
@@ -222,21 +251,23 @@ def audit() -> None:
 @click.pass_obj
 def audit_verify(obj: Ctx, as_json: bool) -> None:
     """Check the audit log's hash chain; exit 1 at the first break."""
-    from .errors import AuditChainError
+    from .errors import LedgerError
     from .ledger import Ledger
 
     path = obj.cfg.ledger_path
     if not path.exists():
         raise UsageError(f"no ledger at {path}")
-    ledger = Ledger(path)
     try:
-        count = ledger.verify_chain()
-    except AuditChainError as exc:
+        with ledger_errors(path):
+            ledger = Ledger(path)
+            try:
+                count = ledger.verify_chain()
+            finally:
+                ledger.close()
+    except LedgerError as exc:
         if as_json:
             click.echo(json.dumps({"ok": False, "ledger": str(path), "error": str(exc)}))
         raise
-    finally:
-        ledger.close()
     if as_json:
         click.echo(json.dumps({"ok": True, "ledger": str(path), "events": count}))
     else:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
-from .ledger import Ledger
+from .ledger import Ledger, ledger_error
 from .model import Phase, RecState
 
 SCHEMA = "dockd-status/1"
@@ -187,9 +188,11 @@ def from_ledger(cfg: Config) -> dict[str, Any]:
     """The status view from the ledger alone (daemon down, or one-shot use)."""
     if not cfg.ledger_path.exists():
         return build(cfg, None)
-    ledger = Ledger(cfg.ledger_path)
+    ledger = Ledger(cfg.ledger_path)        # a damaged file raises LedgerDamagedError
     try:
         return build(cfg, ledger)
+    except sqlite3.Error as exc:            # damage deeper in the file, met while reading
+        raise ledger_error(cfg.ledger_path, exc) from None
     finally:
         ledger.close()
 

@@ -162,3 +162,68 @@ def test_a_file_the_wipe_cannot_delete_is_reported_once(keypair, tmp_path):
     assert "1 not safe, 0 refused" in out, out
     assert err.count("REC_20261120_1402.WAV") == 1, err
     assert stuck.exists()
+
+
+def _garbage(p: Path) -> None:
+    p.write_bytes(os.urandom(p.stat().st_size))
+
+
+def _half(p: Path) -> None:
+    os.truncate(p, p.stat().st_size // 2)
+
+
+def _empty(p: Path) -> None:
+    os.truncate(p, 0)
+
+
+@pytest.mark.parametrize("damage", [_garbage, _half, _empty])
+def test_a_damaged_ledger_is_one_clear_line_from_every_command_and_is_kept(keypair, tmp_path, damage):
+    _ident, pub = keypair
+    cfg = write_config(tmp_path, pub)
+    (tmp_path / "cam").mkdir()
+    for i in range(40):       # a ledger of a few pages, so a cut lands inside its data
+        (tmp_path / "cam" / f"V{i:03d}.MP4").write_bytes(os.urandom(3000))
+    assert dockd("--config", str(cfg), "ingest", str(tmp_path / "cam")).returncode == 0
+    ledger = tmp_path / "state" / "ledger.sqlite3"
+    assert not ledger.with_name("ledger.sqlite3-wal").exists()
+    damage(ledger)
+    before = ledger.read_bytes()
+    cam = tmp_path / "CAM5"
+    shutil.copytree(FIXTURE, cam)
+    for args in (["status"], ["status", "--json"], ["audit", "verify"], ["ingest", str(cam)], ["run"]):
+        r = dockd("--config", str(cfg), *args)
+        err = r.stderr.decode()
+        assert r.returncode == 1, (args, r.stdout, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, (args, err)
+        assert str(ledger) in lines[0] and ("damaged" in lines[0] or "empty" in lines[0]), lines[0]
+        assert "backup" in lines[0], lines[0]
+        assert ledger.read_bytes() == before, f"{args} changed the damaged ledger"
+    assert sorted(p.name for p in cam.rglob("*")) == sorted(p.name for p in FIXTURE.rglob("*"))
+
+
+def test_damage_deep_inside_the_ledger_stops_ingest_and_run_before_they_start(keypair, tmp_path):
+    """A page in the middle scribbled over: the header and schema still read, so only a
+    full read finds it; a writer checks before it relies on the ledger."""
+    _ident, pub = keypair
+    cfg = write_config(tmp_path, pub)
+    (tmp_path / "cam").mkdir()
+    for i in range(200):
+        (tmp_path / "cam" / f"V{i:03d}.MP4").write_bytes(os.urandom(500))
+    assert dockd("--config", str(cfg), "ingest", str(tmp_path / "cam")).returncode == 0
+    ledger = tmp_path / "state" / "ledger.sqlite3"
+    size = ledger.stat().st_size
+    assert size > 16 * 4096
+    with open(ledger, "r+b") as f:
+        f.seek(size // 2 // 4096 * 4096)
+        f.write(os.urandom(4096))
+    before = ledger.read_bytes()
+    cam = tmp_path / "CAM4"
+    shutil.copytree(FIXTURE, cam)
+    for args in (["ingest", str(cam)], ["run"]):
+        r = dockd("--config", str(cfg), *args)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and len(err.strip().splitlines()) == 1, (args, err)
+        assert str(ledger) in err and "damaged" in err and "Traceback" not in err, err
+        assert ledger.read_bytes() == before
+    assert len(list(cam.rglob("*.MP4"))) == 2
