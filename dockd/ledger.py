@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -152,10 +153,20 @@ def ledger_error(path: Path, exc: BaseException) -> LedgerError:
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return _damaged(path, str(exc))
-    if code == sqlite3.SQLITE_FULL:
-        return LedgerFullError(f"ledger {path}: the disk holding it is full ({exc}); nothing more "
-                               "was recorded or deleted: free space there and run again")
+    if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and _is_full(path.parent)):
+        # a disk with no block left fails the -shm sizing as an I/O error, not as "full"
+        return LedgerFullError(
+            f"ledger {path}: the disk holding it is full ({exc}); dockd stopped here, and deletes "
+            "nothing from a camera before the ledger has recorded it verified: free space there "
+            "and run again")
     return LedgerError(f"ledger {path}: {exc}")
+
+
+def _is_full(directory: Path) -> bool:
+    try:
+        return os.statvfs(directory).f_bavail == 0
+    except OSError:
+        return False
 
 
 class Ledger:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -227,3 +228,69 @@ def test_damage_deep_inside_the_ledger_stops_ingest_and_run_before_they_start(ke
         assert str(ledger) in err and "damaged" in err and "Traceback" not in err, err
         assert ledger.read_bytes() == before
     assert len(list(cam.rglob("*.MP4"))) == 2
+
+
+@pytest.fixture
+def small_state_fs(tmp_path: Path):
+    """The state directory on a real 1 MiB tmpfs (the spool and store elsewhere)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(state)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    yield state
+    subprocess.run(["umount", "-l", str(state)], check=True)
+
+
+def _fill(fs: Path, leave: int) -> Path:
+    free = os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize
+    filler = fs / "filler"
+    with open(filler, "wb") as f:
+        f.truncate(0)
+        os.posix_fallocate(f.fileno(), 0, max(0, free - leave))
+    if leave == 0:       # whatever allocation rounding left: take it too
+        fd = os.open(filler, os.O_WRONLY | os.O_APPEND)
+        try:
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * 512)
+        finally:
+            os.close(fd)
+    return filler
+
+
+@pytest.mark.parametrize("leave", [0, 60 * 1024], ids=["full-before", "fills-mid-run"])
+def test_ingest_with_the_ledgers_disk_full_says_so_and_wipes_only_what_is_recorded(
+        keypair, tmp_path, small_state_fs, leave):
+    _ident, pub = keypair
+    cfg = write_config(tmp_path, pub)
+    cfg.write_text(cfg.read_text().replace(f'spool_dir = "{tmp_path}/state/spool"',
+                                           f'spool_dir = "{tmp_path}/spool"'))
+    first = tmp_path / "CAM1"
+    shutil.copytree(FIXTURE, first)
+    assert dockd("--config", str(cfg), "ingest", str(first)).returncode == 0     # a ledger exists
+    cam = tmp_path / "CAM2"
+    cam.mkdir()
+    for i in range(200):
+        (cam / f"V{i:03d}.MP4").write_bytes(os.urandom(1000))
+    filler = _fill(small_state_fs, leave)
+    r = dockd("--config", str(cfg), "ingest", "--no-progress", str(cam))
+    err = r.stderr.decode()
+    assert r.returncode == 1, (r.stdout.decode()[-2000:], err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert str(small_state_fs / "ledger.sqlite3") in err and "full" in err, err
+    filler.unlink()
+    # every file gone from the camera is recorded wiped, after its copy was proven at the store
+    from dockd.ledger import Ledger
+
+    led = Ledger(small_state_fs / "ledger.sqlite3")
+    try:
+        states = {r.name: r for r in led.recordings(serial="CAM2")}
+    finally:
+        led.close()
+    stored = {p.name.split(".")[0] + ".MP4" for p in (tmp_path / "store").rglob("V*.age")}
+    for i in range(200):
+        name = f"V{i:03d}.MP4"
+        if not (cam / name).exists():
+            assert states[name].state.value == "wiped" and name in stored, name
