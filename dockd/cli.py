@@ -21,6 +21,7 @@ import click
 from . import config as config_mod
 from . import log
 from .errors import DockdError, UsageError
+from .model import escape_controls
 
 EXIT_OK, EXIT_ATTENTION, EXIT_USAGE = 0, 1, 2
 
@@ -173,9 +174,9 @@ def ingest(obj: Ctx, path: Path, serial: str | None, profile: str, progress: boo
     summary = (f"{serial}: {outcome.found} found, {outcome.verified} verified, "
                f"{outcome.wiped} wiped, {len(outcome.failed)} not safe, {len(outcome.refused)} refused "
                f"→ {outcome.phase.value}")
-    click.echo(summary)
+    click.echo(escape_controls(summary))
     for name, why in outcome.failed + outcome.refused:
-        click.echo(f"  {name}: {why}", err=True)
+        click.echo(escape_controls(f"  {name}: {why}"), err=True)
     if not outcome.ok:
         sys.exit(EXIT_ATTENTION)
 
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(EXIT_USAGE)
     except DockdError as exc:
-        click.echo(f"dockd: {exc}", err=True)
+        click.echo(f"dockd: {escape_controls(str(exc))}", err=True)   # it may quote a camera's names
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
