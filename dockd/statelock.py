@@ -33,8 +33,12 @@ class StateLock:
 
     def acquire(self) -> "StateLock":
         """Raises ``StateDirBusyError`` (exit 2) if another process holds it."""
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:        # unwritable, read-only, or a symlink planted as the lock
+            raise StateDirBusyError(f"cannot lock state directory {self.state_dir}: {self.path}: "
+                                    f"{exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -294,3 +294,19 @@ def test_ingest_with_the_ledgers_disk_full_says_so_and_wipes_only_what_is_record
         name = f"V{i:03d}.MP4"
         if not (cam / name).exists():
             assert states[name].state.value == "wiped" and name in stored, name
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_line_exit_2(keypair, tmp_path):
+    """A symlink planted where the lock goes is not followed (nor a traceback)."""
+    _ident, pub = keypair
+    cfg = write_config(tmp_path, pub)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "elsewhere").write_text("")
+    (tmp_path / "state" / "dockd.lock").symlink_to(tmp_path / "elsewhere")
+    cam = tmp_path / "CAM3"
+    shutil.copytree(FIXTURE, cam)
+    r = dockd("--config", str(cfg), "ingest", str(cam))
+    err = r.stderr.decode()
+    assert r.returncode == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "dockd.lock" in err and str(tmp_path / "state") in err
+    assert not (tmp_path / "state" / "ledger.sqlite3").exists()
