@@ -7,10 +7,13 @@ code; a traceback is shown only for bugs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
+from typing import Any, Iterator
 
 
 import click
@@ -18,6 +21,7 @@ import click
 from . import config as config_mod
 from . import log
 from .errors import DockdError, UsageError
+from .model import escape_controls
 
 EXIT_OK, EXIT_ATTENTION, EXIT_USAGE = 0, 1, 2
 
@@ -26,6 +30,26 @@ class Ctx:
     def __init__(self, config_path: Path | None) -> None:
         self.config_path = config_path
         self._cfg: config_mod.Config | None = None
+        self._lock: Any = None
+
+    def lock_state_dir(self) -> None:
+        """Before the spool, ledger or socket is touched: this process alone writes to
+        the state directory until it exits (exit 2 if another dockd holds it)."""
+        from .statelock import StateLock
+
+        if self._lock is None:
+            self._lock = StateLock(self.cfg.paths.state_dir).acquire()
+
+    def check_ledger(self) -> None:
+        """Before a writer relies on it: every page of an existing ledger is readable."""
+        from .ledger import Ledger
+
+        if self.cfg.ledger_path.exists():
+            ledger = Ledger(self.cfg.ledger_path)
+            try:
+                ledger.check()
+            finally:
+                ledger.close()
 
     @property
     def cfg(self) -> config_mod.Config:
@@ -34,6 +58,17 @@ class Ctx:
             log.configure(self._cfg.log.level, self._cfg.log.format, stream=sys.stderr
                           if os.environ.get("DOCKD_LOG_STDERR") else None)
         return self._cfg
+
+
+@contextlib.contextmanager
+def ledger_errors(path: Path) -> Iterator[None]:
+    """A failed SQLite call (damaged file, full disk) becomes one line naming the ledger."""
+    from .ledger import ledger_error
+
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise ledger_error(path, exc) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -124,23 +159,26 @@ def ingest(obj: Ctx, path: Path, serial: str | None, profile: str, progress: boo
 
     cfg = obj.cfg
     serial = safe_component(serial or path.resolve().name, 64)
-    station = Station(cfg, patient=False)
-    try:
-        station.start()
-        ev = CameraDocked(serial=serial, profile=profile, mount=path.resolve())
-        show = sys.stderr.isatty() if progress is None else progress
-        with ingest_progress(show) as on_progress:
-            outcome = station.run_session(ev, progress=on_progress)
-    finally:
-        station.close()
+    obj.lock_state_dir()
+    obj.check_ledger()
+    with ledger_errors(cfg.ledger_path):
+        station = Station(cfg, patient=False)
+        try:
+            station.start()
+            ev = CameraDocked(serial=serial, profile=profile, mount=path.resolve())
+            show = sys.stderr.isatty() if progress is None else progress
+            with ingest_progress(show) as on_progress:
+                outcome = station.run_session(ev, progress=on_progress)
+        finally:
+            station.close()
     summary = (f"{serial}: {outcome.found} found, {outcome.verified} verified, "
                f"{outcome.wiped} wiped, {len(outcome.failed)} not safe, {len(outcome.refused)} refused "
                f"→ {outcome.phase.value}")
-    click.echo(summary)
+    click.echo(escape_controls(summary))
     for name, why in outcome.failed + outcome.refused:
-        click.echo(f"  {name}: {why}", err=True)
+        click.echo(escape_controls(f"  {name}: {why}"), err=True)
     for name, why in outcome.unlisted:
-        click.echo(f"  {name}/: directory could not be listed: {why}", err=True)
+        click.echo(escape_controls(f"  {name}/: directory could not be listed: {why}"), err=True)
     if not outcome.ok:
         sys.exit(EXIT_ATTENTION)
 
@@ -151,7 +189,11 @@ def run(obj: Ctx) -> None:
     """The daemon: watch for cameras and process each one."""
     from .daemon import Daemon
 
-    sys.exit(Daemon(obj.config_path, obj.cfg).run())
+    obj.lock_state_dir()
+    obj.check_ledger()
+    with ledger_errors(obj.cfg.ledger_path):
+        code = Daemon(obj.config_path, obj.cfg).run()
+    sys.exit(code)
 
 
 # -- status -------------------------------------------------------------------
@@ -212,21 +254,23 @@ def audit() -> None:
 @click.pass_obj
 def audit_verify(obj: Ctx, as_json: bool) -> None:
     """Check the audit log's hash chain; exit 1 at the first break."""
-    from .errors import AuditChainError
+    from .errors import LedgerError
     from .ledger import Ledger
 
     path = obj.cfg.ledger_path
     if not path.exists():
         raise UsageError(f"no ledger at {path}")
-    ledger = Ledger(path)
     try:
-        count = ledger.verify_chain()
-    except AuditChainError as exc:
+        with ledger_errors(path):
+            ledger = Ledger(path)
+            try:
+                count = ledger.verify_chain()
+            finally:
+                ledger.close()
+    except LedgerError as exc:
         if as_json:
             click.echo(json.dumps({"ok": False, "ledger": str(path), "error": str(exc)}))
         raise
-    finally:
-        ledger.close()
     if as_json:
         click.echo(json.dumps({"ok": True, "ledger": str(path), "events": count}))
     else:
@@ -287,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(EXIT_USAGE)
     except DockdError as exc:
-        click.echo(f"dockd: {exc}", err=True)
+        click.echo(f"dockd: {escape_controls(str(exc))}", err=True)   # it may quote a camera's names
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -296,3 +340,5 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(EXIT_OK)
 
 
+if __name__ == "__main__":      # python -m dockd.cli, as the tests run it
+    main()

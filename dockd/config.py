@@ -14,6 +14,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -62,10 +63,28 @@ class StationConfig(_Section):
     id: str = Field(default="dock-01", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
+def _absolute_dir(v: Any) -> Any:
+    """A directory dockd writes to: absolute (a relative one, or "", which is ".", would
+    follow whatever directory dockd was started in), free of control characters."""
+    if isinstance(v, (str, Path)):
+        if not str(v) or not Path(v).is_absolute():
+            raise ValueError(f"must be an absolute path, got {str(v)!r}")
+        if _has_control(str(v)):
+            raise ValueError(f"must not contain control characters, got {str(v)!r}")
+    return v
+
+
+def _has_control(text: str) -> bool:
+    return any(not ch.isprintable() for ch in text)
+
+
+AbsDir = Annotated[Path, BeforeValidator(_absolute_dir)]
+
+
 class PathsConfig(_Section):
-    state_dir: Path = Path("/var/lib/dockd")
-    spool_dir: Path = Path("/var/lib/dockd/spool")
-    runtime_dir: Path = Path("/run/dockd")
+    state_dir: AbsDir = Path("/var/lib/dockd")
+    spool_dir: AbsDir = Path("/var/lib/dockd/spool")
+    runtime_dir: AbsDir = Path("/run/dockd")
 
 
 class EncryptionConfig(_Section):
@@ -89,6 +108,33 @@ class TimetableEntry(_Section):
     start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")   # "HH:MM", local time
     end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     rate_limit: Size                                           # bytes/s, 0 = unlimited
+
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IPV4_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
+_PREFIX_RULE = ("segments of letters, digits, '.', '_', '-' separated by '/', none starting with '.', "
+                "not starting with '/'")
+# where a file:// store must never be: pseudo-filesystems, where "writing" never lands
+_NOT_A_STORE = (Path("/dev"), Path("/proc"), Path("/sys"))
+
+
+def _is_key_prefix(v: str) -> bool:
+    """An object-key prefix: empty, or relative segments none of which can climb
+    (``..``), hide (``.x``) or carry control characters."""
+    return v == "" or (len(v) <= 200 and all(_SEGMENT_RE.match(seg) for seg in v.split("/")))
+
+
+def _check_file_store(host: str, path: str) -> None:
+    if host not in ("", "localhost"):
+        raise ValueError(f"file:// URL names host {host!r}; use file:///absolute/path")
+    if not path or not path.startswith("/") or path == "/":
+        raise ValueError("file:// URL needs an absolute directory, e.g. file:///srv/evidence")
+    p = Path(path)
+    if any(p == d or d in p.parents for d in _NOT_A_STORE):
+        raise ValueError(f"{path} is not a place to keep evidence")
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{path} exists and is not a directory")
 
 
 class StoreConfig(_Section):
@@ -128,6 +174,26 @@ class StoreConfig(_Section):
     def _scheme(cls, v: str) -> str:
         if not re.match(r"^(file|s3|https?)://", v):
             raise ValueError("must start with file://, s3:// or https://")
+        if _has_control(v):
+            raise ValueError("must not contain control characters")
+        u = urlsplit(v)
+        if u.scheme == "file":
+            _check_file_store(u.netloc, unquote(u.path))
+        elif u.scheme == "s3":
+            if not _BUCKET_RE.match(u.netloc) or ".." in u.netloc or _IPV4_RE.match(u.netloc):
+                raise ValueError(f"{u.netloc!r} is not a valid S3 bucket name (3-63 characters: "
+                                 "lower-case letters, digits, '.', '-'; starting and ending alphanumeric)")
+            if not _is_key_prefix(u.path.strip("/")) or "//" in u.path:
+                raise ValueError(f"key prefix {u.path!r} after the bucket: {_PREFIX_RULE}")
+        elif not u.hostname:
+            raise ValueError("names no host")
+        return v
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not _is_key_prefix(v):
+            raise ValueError(f"{v!r}: {_PREFIX_RULE}")
         return v
 
     @model_validator(mode="after")
@@ -148,9 +214,9 @@ class StoreConfig(_Section):
 class DevicesConfig(_Section):
     source: Literal["inbox", "udev", "kernel"] = "inbox"
     udev_tag: str = Field(default="dockd", pattern=r"^[A-Za-z0-9_-]{1,64}$")   # TAG the rules set
-    inbox_dir: Path = Path("/var/lib/dockd/inbox")
-    profiles_dir: Path | None = None
-    mount_dir: Path = Path("/run/dockd/mnt")
+    inbox_dir: AbsDir = Path("/var/lib/dockd/inbox")
+    profiles_dir: AbsDir | None = None
+    mount_dir: AbsDir = Path("/run/dockd/mnt")
     fuse_helpers: dict[str, str] = Field(default_factory=lambda: {"exfat": "mount.exfat-fuse"})
     max_readers: int = Field(default=8, ge=1)
 
@@ -215,7 +281,9 @@ def _first_error(exc: ValidationError) -> ConfigError:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"])
     msg = err["msg"]
-    if err["type"] == "extra_forbidden":
+    if err["type"] == "value_error":
+        msg = str(err["ctx"]["error"])       # our own validator's words, without pydantic's preamble
+    elif err["type"] == "extra_forbidden":
         msg = "unknown key"
     elif err["type"] == "missing":
         msg = "required key is missing"

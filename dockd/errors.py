@@ -48,6 +48,12 @@ class UsageError(DockdError):
     msgid = "usage.invalid"
 
 
+class StateDirBusyError(UsageError):
+    """Another dockd writes to this state directory (one process per state directory)."""
+
+    msgid = "state.busy"
+
+
 class ConfigError(DockdError):
     """A bad configuration. ``key`` names the offending key (dotted path)."""
 
@@ -193,6 +199,21 @@ class ObjectMissingError(PermanentStoreError):
 
 class LedgerError(DockdError):
     msgid = "ledger.error"
+
+
+class LedgerDamagedError(LedgerError):
+    """The ledger file is not a sound SQLite database (overwritten, truncated). It is
+    evidence: dockd never replaces or deletes it. Exit 1: the command and configuration
+    were right, the station's record needs a human (as a broken audit chain does)."""
+
+    msgid = "ledger.damaged"
+
+
+class LedgerFullError(LedgerError):
+    """The disk holding the ledger is full: nothing more can be recorded, so nothing
+    more may be done (every step is recorded before the action that depends on it)."""
+
+    msgid = "ledger.full"
 
 
 class AuditChainError(LedgerError):

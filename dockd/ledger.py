@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -27,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import AuditChainError, LedgerError
+from .errors import AuditChainError, LedgerDamagedError, LedgerError, LedgerFullError
 from .model import TRANSITIONS, Phase, RecState, Recording, display_path
 
 GENESIS = "0" * 64
@@ -186,25 +187,77 @@ _SOURCES: dict[RecState, tuple[str, ...]] = {
 }
 
 
+def _damaged(path: Path, what: str) -> LedgerDamagedError:
+    return LedgerDamagedError(
+        f"ledger {path} is damaged ({what}); dockd will not use or replace it: keep it as evidence, "
+        "move it aside with its -wal and -shm files, and restore the state directory from a backup")
+
+
+def ledger_error(path: Path, exc: BaseException) -> LedgerError:
+    """One line for an operator about a failed SQLite call on the ledger at ``path``:
+    what is wrong and what to do. A damaged file is never touched: it is evidence."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return _damaged(path, str(exc))
+    if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and _is_full(path.parent)):
+        # a disk with no block left fails the -shm sizing as an I/O error, not as "full"
+        return LedgerFullError(
+            f"ledger {path}: the disk holding it is full ({exc}); dockd stopped here, and deletes "
+            "nothing from a camera before the ledger has recorded it verified: free space there "
+            "and run again")
+    return LedgerError(f"ledger {path}: {exc}")
+
+
+def _is_full(directory: Path) -> bool:
+    try:
+        return os.statvfs(directory).f_bavail == 0
+    except OSError:
+        return False
+
+
 class Ledger:
     """Thread-safe: one connection guarded by a lock; every method is one transaction."""
 
     def __init__(self, path: Path) -> None:
+        """Open (or create) the ledger. An existing file that is not a sound ledger raises
+        ``LedgerDamagedError`` and is left exactly as it was."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        wal = self.path.with_name(self.path.name + "-wal")
+        if self.path.exists() and self.path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size):
+            # SQLite would take an empty file for a new database and write a fresh ledger
+            # over it: a ledger truncated to nothing must be noticed, not replaced
+            raise LedgerDamagedError(
+                f"ledger {self.path} is empty (truncated?); dockd will not replace it: restore the "
+                "state directory from a backup, or remove the empty file to start a new ledger")
         try:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False,
                                        isolation_level=None, timeout=30)
         except sqlite3.Error as exc:
-            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from None
+            raise ledger_error(self.path, exc) from None
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")   # FULL per durable commit, see above
         self._late_durable = False
         self._tx_durable = False            # the open outer transaction commits FULL
         self._session_usb: dict[int, tuple[str, Any]] = {}
-        self._migrate()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")   # FULL per durable commit, see above
+            self._migrate()                                 # leaves foreign_keys=ON
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise ledger_error(self.path, exc) from None
+
+    def check(self) -> None:
+        """Read every page (``PRAGMA quick_check``): damage anywhere raises
+        ``LedgerDamagedError`` now, before a session relies on the ledger."""
+        try:
+            with self._lock:
+                rows = self._db.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.Error as exc:
+            raise ledger_error(self.path, exc) from None
+        if [r[0] for r in rows] != ["ok"]:
+            raise _damaged(self.path, f"quick_check: {rows[0][0]}")
 
     # -- plumbing -----------------------------------------------------------
 

@@ -55,23 +55,35 @@ TRANSITIONS: dict[RecState, frozenset[RecState]] = {
 }
 
 
-@functools.lru_cache(maxsize=1 << 15)
-def display_path(rel: bytes) -> str:
-    """A camera path for humans and logs: invalid UTF-8 and controls escaped.
-    Cached: every log line and ledger event names its recording."""
-    text = os.fsdecode(rel)
-    if text.isprintable() and text.isascii():
+def escape_controls(text: str) -> str:
+    """``text`` made safe for a terminal: every character that is not printable (C0,
+    DEL, C1 such as U+009B CSI, Unicode format and separator characters such as bidi
+    overrides and U+2028) and every undecodable byte (surrogateescape) is written as
+    a visible ``\\xNN`` / ``\\uNNNN`` escape. Printable text is returned as it is."""
+    if text.isprintable():
         return text                        # the common case: nothing to escape
     out = []
     for ch in text:
         o = ord(ch)
         if 0xDC80 <= o <= 0xDCFF:          # surrogateescape'd byte
             out.append(f"\\x{o - 0xDC00:02x}")
-        elif o < 0x20 or o == 0x7F:
-            out.append(f"\\x{o:02x}")
-        else:
+        elif ch.isprintable():
             out.append(ch)
+        elif o < 0x100:
+            out.append(f"\\x{o:02x}")
+        elif o < 0x10000:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(f"\\U{o:08x}")
     return "".join(out)
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def display_path(rel: bytes) -> str:
+    """A camera path for humans and logs: invalid UTF-8 and every non-printable
+    character escaped (``escape_controls``). Cached: every log line and ledger event
+    names its recording."""
+    return escape_controls(os.fsdecode(rel))
 
 
 @dataclass

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
-from .ledger import Ledger
-from .model import Phase, RecState
+from .ledger import Ledger, ledger_error
+from .model import Phase, RecState, escape_controls
 
 SCHEMA = "dockd-status/1"
 
@@ -187,9 +188,11 @@ def from_ledger(cfg: Config) -> dict[str, Any]:
     """The status view from the ledger alone (daemon down, or one-shot use)."""
     if not cfg.ledger_path.exists():
         return build(cfg, None)
-    ledger = Ledger(cfg.ledger_path)
+    ledger = Ledger(cfg.ledger_path)        # a damaged file raises LedgerDamagedError
     try:
         return build(cfg, ledger)
+    except sqlite3.Error as exc:            # damage deeper in the file, met while reading
+        raise ledger_error(cfg.ledger_path, exc) from None
     finally:
         ledger.close()
 
@@ -243,6 +246,15 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
 
 
+def _t(value: Any) -> str:
+    """A value for rich markup: non-printables escaped (a camera names its files, and may
+    name itself, with terminal control sequences), and ``[`` escaped so that no camera
+    string can style itself (say, as a green "SAFE TO UNDOCK")."""
+    from rich.markup import escape
+
+    return escape(escape_controls(str(value)))
+
+
 def _undock(b: dict[str, Any]) -> str:
     if not b["safe_to_undock"]:
         return "[bold red]DO NOT UNDOCK[/]"
@@ -257,7 +269,7 @@ def render(snap: dict[str, Any], console: Any = None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    head = f"dockd status: station {snap['station']}"
+    head = f"dockd status: station {_t(snap['station'])}"
     if snap["daemon"]["running"]:
         head += f"  (daemon pid {snap['daemon']['pid']}, up {_duration(snap['daemon']['uptime_seconds'])})"
     else:
@@ -275,7 +287,7 @@ def render(snap: dict[str, Any], console: Any = None) -> None:
         t.add_column("Undock", no_wrap=True)
         for b in snap["bays"]:
             r, n = b["recordings"], b["bytes"]
-            t.add_row(b["bay"] or "-", f"{b['camera']}\n[dim]{b['profile']}[/]", b["phase"],
+            t.add_row(_t(b["bay"] or "-"), f"{_t(b['camera'])}\n[dim]{_t(b['profile'])}[/]", _t(b["phase"]),
                       f"{r['spooled']}/{r['total']}\n{_short(n['spooled'])}",
                       f"{r['verified']}\n{_short(n['verified'])}",
                       f"{r['wiped']}\n{_short(n['wiped'])}",
@@ -285,7 +297,8 @@ def render(snap: dict[str, Any], console: Any = None) -> None:
         console.print(t)
         for b in snap["bays"]:
             if b["last_error"]:
-                console.print(f"  {b['camera']}: {b['last_error']}", highlight=False, markup=False)
+                console.print(escape_controls(f"  {b['camera']}: {b['last_error']}"), highlight=False,
+                              markup=False)
     else:
         console.print("No cameras docked.")
     q = snap["queue"]
@@ -295,13 +308,13 @@ def render(snap: dict[str, Any], console: Any = None) -> None:
     if q["active"]:
         line += f", {q['active']} uploading"
     if q["paused"]:
-        line += f"  [bold red]PAUSED: {q['paused']}[/]"
+        line += f"  [bold red]PAUSED: {_t(q['paused'])}[/]"
     console.print(line, highlight=False)
     st = snap["store"]
     reach = {True: "[green]reachable[/]", False: "[bold red]UNREACHABLE[/]", None: "reachability unknown"}
-    line = f"Store: {st['url']} ({reach[st['reachable']]}), last verified {_when(st['last_success'])}"
+    line = f"Store: {_t(st['url'])} ({reach[st['reachable']]}), last verified {_when(st['last_success'])}"
     if st["last_error"] and st["reachable"] is False:
-        line += f": {st['last_error'][:60]}"
+        line += f": {_t(st['last_error'][:60])}"
     console.print(line, highlight=False)
     sp = snap["spool"]
     line = (f"Spool: {sp['files']} file(s), {_size(sp['used_bytes'])} used"
@@ -315,7 +328,7 @@ def render(snap: dict[str, Any], console: Any = None) -> None:
         for a in snap["attention"][:20]:
             retry = (f" (attempt {a['attempts']}, retry at {_when(a['next_attempt_at'])})"
                      if a["next_attempt_at"] else f" (attempt {a['attempts']})")
-            console.print(f"  {a['camera']} {a['recording']}: {a['state']}: {a['error']}{retry}",
+            console.print(escape_controls(f"  {a['camera']} {a['recording']}: {a['state']}: {a['error']}{retry}"),
                           highlight=False, markup=False)
         if len(snap["attention"]) > 20:
             console.print(f"  … and {len(snap['attention']) - 20} more (dockd status --json)")

@@ -6,6 +6,7 @@ import contextlib
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -14,6 +15,8 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+
+from .model import escape_controls
 
 
 @contextlib.contextmanager
@@ -35,7 +38,9 @@ def ingest_progress(show: bool) -> Iterator[Callable[[Any, int], None] | None]:
         task = bar.add_task("spool", total=None, camera="", file="")
 
         def update(live: Any, _n: int) -> None:
+            # the fields are rich markup: a camera's names are escaped for the terminal and for it
             bar.update(task, total=live.total_bytes or None, completed=live.spooled_bytes,
-                       camera=live.serial, file=(live.current or "")[-40:])
+                       camera=escape(escape_controls(live.serial)),
+                       file=escape(escape_controls(live.current or "")[-40:]))
 
         yield update

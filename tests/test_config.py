@@ -63,6 +63,55 @@ def test_each_kind_of_error_names_its_key(text, key, words):
     assert "\n" not in str(err)
 
 
+@pytest.mark.parametrize("body, key, words", [
+    ('[store]\nprefix = "../../x"', "store.prefix", "'../../x'"),                # climbs out
+    ('[store]\nprefix = "/abs/olute"', "store.prefix", "not starting with '/'"),
+    ('[store]\nprefix = "ev/./x"', "store.prefix", "starting with '.'"),
+    ('[store]\nprefix = "a\\u001b[2Jb"', "store.prefix", "segments"),             # control characters
+    ('[store]\nprefix = "a\\u009bb"', "store.prefix", "segments"),                # C1 control
+    ('[paths]\nstate_dir = ""', "paths.state_dir", "absolute"),                  # "" is "."
+    ('[paths]\nspool_dir = ""', "paths.spool_dir", "absolute"),
+    ('[paths]\nruntime_dir = ""', "paths.runtime_dir", "absolute"),
+    ('[paths]\nstate_dir = "var/lib/dockd"', "paths.state_dir", "absolute"),
+    ('[paths]\nstate_dir = "/var/lib/\\u0007dockd"', "paths.state_dir", "control"),
+    ('[devices]\ninbox_dir = "inbox"', "devices.inbox_dir", "absolute"),
+    ('[devices]\nmount_dir = ""', "devices.mount_dir", "absolute"),
+    ('[store]\nurl = "file:///dev/null"', "store.url", "not a place"),          # a device
+    ('[store]\nurl = "file:///proc/self"', "store.url", "not a place"),
+    ('[store]\nurl = "file://{file}"', "store.url", "not a directory"),          # a regular file
+    ('[store]\nurl = "file://srv/evidence"', "store.url", "host 'srv'"),        # relative, really a host
+    ('[store]\nurl = "file://"', "store.url", "absolute"),
+    ('[store]\nurl = "file:///"', "store.url", "absolute"),
+    ('[store]\nurl = "file:///srv/\\u001b[2J"', "store.url", "control"),
+    ('[store]\nurl = "s3://My_Bucket/evidence"', "store.url", "bucket name"),
+    ('[store]\nurl = "s3://ab"', "store.url", "bucket name"),
+    ('[store]\nurl = "s3://a..b/x"', "store.url", "bucket name"),
+    ('[store]\nurl = "s3://192.168.1.10/x"', "store.url", "bucket name"),
+    ('[store]\nurl = "s3:///evidence"', "store.url", "bucket name"),
+    ('[store]\nurl = "s3://evidence-bucket/../x"', "store.url", "key prefix"),
+    ('[store]\nurl = "https:///files/"', "store.url", "no host"),
+])
+def test_values_that_would_fail_later_are_refused_at_load(tmp_path, body, key, words):
+    """Each of these used to load and then misbehave: keys escaping the prefix, a ledger
+    written to the current directory, an ingest that never returned."""
+    (tmp_path / "f").write_text("x")
+    text = f'[encryption]\nrecipients = ["{PUB}"]\n' + body.replace("{file}", str(tmp_path / "f"))
+    with pytest.raises(ConfigError) as ei:
+        config.parse(text, "dockd.toml")
+    assert ei.value.key == key and words in str(ei.value), str(ei.value)
+    assert ei.value.exit_code == 2 and "\n" not in str(ei.value)
+    assert all(ch.isprintable() for ch in str(ei.value)), repr(str(ei.value))
+
+
+@pytest.mark.parametrize("body", [
+    '[store]\nprefix = ""', '[store]\nprefix = "evidence/site-1/v2.0"',
+    '[store]\nurl = "s3://evidence-bucket"', '[store]\nurl = "s3://t-0123abc/e"',
+    '[store]\nurl = "file:///srv/not/made/yet"', '[store]\nurl = "https://tus.example.org/files/"',
+])
+def test_ordinary_values_still_load(body):
+    config.parse(f'[encryption]\nrecipients = ["{PUB}"]\n' + body)
+
+
 def test_sizes_accept_units():
     assert config.parse_size("64MiB") == 64 << 20
     assert config.parse_size("1GB") == 10**9
@@ -116,6 +165,30 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path, body, key):
     assert key in lines[0] and "config error" in lines[0]
 
 
+@pytest.mark.parametrize("body, key", [
+    ('[paths]\nstate_dir = ""', "paths.state_dir"),
+    ('[store]\nprefix = "../../x"', "store.prefix"),
+    ('[store]\nurl = "file:///dev/null"', "store.url"),
+])
+@pytest.mark.parametrize("command", ["ingest", "run"])
+def test_cli_refuses_at_load_what_would_fail_later(tmp_path, body, key, command):
+    """Before any file is written: no ledger in the current directory, nothing in the
+    store, and an ingest that returns."""
+    (tmp_path / "cam").mkdir()
+    (tmp_path / "cam" / "a.mp4").write_bytes(b"x" * 100)
+    f = tmp_path / "dockd.toml"
+    f.write_text(f'[encryption]\nrecipients = ["{PUB}"]\n{body}\n')
+    args = ["ingest", str(tmp_path / "cam")] if command == "ingest" else ["run"]
+    r = subprocess.run([sys.executable, "-m", "dockd", "--config", str(f), *args], capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path,
+                       env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "config error" in lines[0], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam", "dockd.toml"]
+    assert (tmp_path / "cam" / "a.mp4").exists()
+
+
 def test_cli_missing_config_file_is_exit_2(tmp_path):
     r = run_cli("--config", str(tmp_path / "missing.toml"), "status")
     assert r.returncode == 2 and "cannot read" in r.stderr and "Traceback" not in r.stderr
@@ -152,10 +225,10 @@ S3_OFF_LOOPBACK = GOOD.replace('url = "file:///srv/evidence"',
     (S3_OFF_LOOPBACK, "store.endpoint_url"),
     (GOOD.replace("file:///srv/evidence", "http://192.0.2.10:1080/files/"), "store.url"),        # tus
     (GOOD.replace("file:///srv/evidence", "http://tus.example.org/files/"), "store.url"),
-    (GOOD.replace("file:///srv/evidence", "s3://b\"\nendpoint_url = \"http://127.0.0.2.nip.io:9"), "store.endpoint_url"),
-    (GOOD.replace("file:///srv/evidence", "s3://b\"\nendpoint_url = \"http://[::ffff:10.0.0.1]:9"), "store.endpoint_url"),
-    (GOOD.replace("file:///srv/evidence", "s3://b\"\nendpoint_url = \"http://127.0.0.1@192.0.2.10:9"), "store.endpoint_url"),
-    (GOOD.replace("file:///srv/evidence", "s3://b\"\nendpoint_url = \"HTTP://localhost.example.org:9"), "store.endpoint_url"),
+    (GOOD.replace("file:///srv/evidence", "s3://evidence-bucket\"\nendpoint_url = \"http://127.0.0.2.nip.io:9"), "store.endpoint_url"),
+    (GOOD.replace("file:///srv/evidence", "s3://evidence-bucket\"\nendpoint_url = \"http://[::ffff:10.0.0.1]:9"), "store.endpoint_url"),
+    (GOOD.replace("file:///srv/evidence", "s3://evidence-bucket\"\nendpoint_url = \"http://127.0.0.1@192.0.2.10:9"), "store.endpoint_url"),
+    (GOOD.replace("file:///srv/evidence", "s3://evidence-bucket\"\nendpoint_url = \"HTTP://localhost.example.org:9"), "store.endpoint_url"),
 ])
 def test_plain_http_off_loopback_is_refused_at_load(text, key):
     with pytest.raises(ConfigError) as ei:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -279,3 +280,78 @@ def test_a_reload_is_a_clean_cut_new_sessions_use_new_recipients(tmp_path, notif
         other = new if want is old else old
         assert _decrypts_with(p, want), f"{name} does not decrypt with the key its session started with"
         assert not _decrypts_with(p, other), f"{name} also decrypts with the other key"
+
+
+def _dockd(cfg_path: Path, *args: str) -> "subprocess.CompletedProcess[str]":
+    from notify import DOCKD, REPO
+
+    return subprocess.run(DOCKD + ["--config", str(cfg_path), *args], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+
+
+def test_a_second_run_on_the_same_state_dir_exits_2_and_the_first_carries_on(tmp_path, identity,
+                                                                              notify_sock):
+    import shutil
+
+    from conftest import FIXTURE_CAMERA
+
+    cfg_path = write_config(tmp_path, str(identity.public()), "[spool]\nmin_free = 0\n")
+    cfg = config_mod.load(cfg_path)
+    d = DaemonProcess(cfg_path, notify_sock)
+    try:
+        notify_sock.wait_for(lambda m: m.get("READY") == "1", 30)
+        second = _dockd(cfg_path, "run")
+        assert second.returncode == 2, second.stdout + second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
+        assert str(tmp_path / "state") in lines[0] and f"pid {d.proc.pid}" in lines[0], lines[0]
+        # the first is unharmed: its socket still answers as itself, and it still serves cameras
+        assert d.proc.poll() is None
+        assert query(cfg)["daemon"]["pid"] == d.proc.pid
+        (tmp_path / "inbox").mkdir(exist_ok=True)
+        shutil.copytree(FIXTURE_CAMERA, tmp_path / "inbox" / "CAM2")
+        d.wait_event("session.done", 60, where=lambda e: e.get("camera") == "CAM2")
+        rc, _ = d.terminate()
+    finally:
+        d.kill()
+    assert rc == 0
+    # once it is gone, the state directory is free again (the kernel dropped the lock)
+    third = DaemonProcess(cfg_path, None)
+    try:
+        third.wait_event("daemon.started", 30)
+        assert third.terminate()[0] == 0
+    finally:
+        third.kill()
+
+
+def test_ingest_while_run_works_exits_2_and_leaves_the_daemons_spool_alone(tmp_path, identity,
+                                                                           notify_sock):
+    import shutil
+
+    from conftest import FIXTURE_CAMERA
+
+    cfg_path = write_config(tmp_path, str(identity.public()), "[spool]\nmin_free = 0\n")
+    cam = tmp_path / "cams" / "CAM3"
+    shutil.copytree(FIXTURE_CAMERA, cam)
+    d = DaemonProcess(cfg_path, notify_sock)
+    try:
+        notify_sock.wait_for(lambda m: m.get("READY") == "1", 30)
+        # a recording the daemon is half-way through copying (a start discards partials)
+        partial = tmp_path / "state" / "spool" / "partial" / "41.age"
+        partial.write_bytes(b"half a recording")
+        r = _dockd(cfg_path, "ingest", "--no-progress", str(cam))
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "in use by another dockd" in r.stderr and f"pid {d.proc.pid}" in r.stderr, r.stderr
+        assert partial.read_bytes() == b"half a recording"
+        assert d.proc.poll() is None and not d.events("daemon.recovered")[1:]
+        rc, _ = d.terminate()
+    finally:
+        d.kill()
+    assert rc == 0
+    assert sorted(p.relative_to(cam) for p in cam.rglob("*")) == sorted(
+        p.relative_to(FIXTURE_CAMERA) for p in FIXTURE_CAMERA.rglob("*"))
+    led = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    try:
+        assert led.sessions() == []           # the refused ingest opened no session
+    finally:
+        led.close()

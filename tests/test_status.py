@@ -257,3 +257,99 @@ def test_stale_socket_means_not_running(tmp_path, identity):
     out = _cli(cfg_path, "--json")
     assert time.monotonic() - t0 < 10
     assert json.loads(out.stdout)["daemon"]["running"] is False
+
+
+# -- a hostile camera's names on the terminal ------------------------------------
+
+HOSTILE = [
+    b"\x1b[2J\x1b[HSAFE TO UNDOCK.MP4",            # clear the screen, home, spoof
+    "csi\u009b2J\u009b1;1HSAFE TO UNDOCK.MP4".encode(),   # C1 CSI, as UTF-8
+    b"raw\x9b2J.MP4",                              # C1 CSI as a bare byte (not UTF-8)
+    b"cr\rSAFE TO UNDOCK.MP4",
+    b"bell\x07\x07.MP4",
+    b"[blink green]SAFE TO UNDOCK.MP4",             # rich markup
+    "bidi\u202eKCODNU.MP4".encode(),
+    b"del\x7f\x08.MP4",
+]
+
+
+def _assert_no_control(out: bytes, what: str) -> None:
+    """No byte a terminal could take for a control: the output is UTF-8 (a bare 0x9b is
+    CSI to an 8-bit terminal) and every character is printable, or a newline."""
+    text = out.decode("utf-8")           # raises on a raw C1 byte
+    bad = sorted({repr(ch) for ch in text if not ch.isprintable() and ch != "\n"})
+    assert not bad, f"{what}: raw control characters {bad} reached the terminal"
+
+
+def _hostile_camera(root: Path) -> Path:
+    import os
+
+    cam = root / "CAMX"
+    (cam / "DCIM").mkdir(parents=True)
+    for name in HOSTILE:
+        with open(os.path.join(os.fsencode(cam / "DCIM"), name), "wb") as f:
+            f.write(os.urandom(2000))
+    return cam
+
+
+def test_a_cameras_control_characters_never_reach_the_terminal(tmp_path, identity):
+    """Names with escape sequences, C1 controls, CR, BEL and SAFE TO UNDOCK spoofs, in
+    every output a human reads: ingest (progress bar, summary, per-file errors),
+    status from the ledger, and status from a running daemon."""
+    (tmp_path / "afile").write_text("not a directory")      # a store that refuses every upload
+    extra = "[spool]\nmin_free = 0\n[upload]\nattempts = 1\nbackoff_initial = 0\nbackoff_max = 0\n"
+    cfg_path = write_config(tmp_path, str(identity.public()), extra, store=tmp_path / "afile" / "store")
+    cam = _hostile_camera(tmp_path / "cams")
+    env = dict(__import__("os").environ, COLUMNS="200")
+    r = subprocess.run(DOCKD + ["--config", str(cfg_path), "ingest", "--progress", str(cam)],
+                       capture_output=True, timeout=120, cwd=REPO, env=env)
+    assert r.returncode == 1, r.stderr.decode(errors="replace")
+    _assert_no_control(r.stdout, "ingest stdout")
+    _assert_no_control(r.stderr, "ingest stderr")
+    assert r.stderr.count(b"SAFE TO UNDOCK") >= 3     # the names are shown, escaped
+    assert b"\\x1b[2J" in r.stderr and b"\\x9b2J" in r.stderr
+    assert len(list((cam / "DCIM").iterdir())) == len(HOSTILE)
+
+    down = _cli(cfg_path)
+    assert down.returncode == 1 and "daemon not running" in down.stdout, down.stderr
+    _assert_no_control(down.stdout.encode(), "status (from the ledger)")
+    assert "\\x1b[2J" in down.stdout and "[blink green]SAFE TO UNDOCK" in down.stdout
+
+    # the same camera docked at a running daemon: its bay, and its failing recordings
+    (tmp_path / "inbox").mkdir()
+    import shutil
+
+    shutil.move(str(cam), str(tmp_path / "inbox" / "CAMX"))
+    sock = NotifySocket(tmp_path / "notify.sock")
+    d = DaemonProcess(cfg_path, sock)
+    try:
+        sock.wait_for(lambda m: m.get("READY") == "1", 30)
+        d.wait_event("upload.failed", 60, count=len(HOSTILE))
+        up = _cli(cfg_path)
+        up_json = _cli(cfg_path, "--json")
+        rc, _ = d.terminate()
+    finally:
+        d.kill()
+        sock.close()
+    assert rc == 0
+    assert "daemon pid" in up.stdout, up.stdout + up.stderr
+    _assert_no_control(up.stdout.encode(), "status (from the daemon)")
+    _assert_no_control(up.stderr.encode(), "status stderr")
+    _assert_no_control(up_json.stdout.encode(), "status --json")
+    assert "\\x1b[2J" in up.stdout
+
+
+def test_the_table_escapes_every_camera_supplied_field():
+    """Fields a camera's USB descriptors and the ledger carry (serial, profile, bay,
+    errors), rendered: no control character, no markup of the camera's own."""
+    snap = json.loads(json.dumps(FIXED))
+    hostile = "\x1b[2J\u009b1;1H\r[bold green]SAFE TO UNDOCK[/]\x07"
+    b = snap["bays"][0]
+    b.update(bay=hostile, camera="CAM" + hostile, profile="p" + hostile, last_error="e" + hostile)
+    snap["attention"] = [{"camera": hostile, "recording": hostile, "state": "failed", "error": hostile,
+                          "attempts": 1, "next_attempt_at": None}]
+    snap["queue"]["paused"] = hostile
+    snap["store"].update(reachable=False, last_error=hostile)
+    out = _text(snap, width=400)
+    _assert_no_control(out.encode(), "table")
+    assert "[bold green]SAFE TO UNDOCK[/]" in out

@@ -594,16 +594,15 @@ class Session:
 
     def _not_done(self, final: list[Recording]) -> None:
         """Add to ``failed`` each recording not verified and wiped (with ``after = "spooled"``:
-        not durable), once: a refused wipe is reported as refused only."""
+        not durable) that is not reported already: each recording once, with its first reason
+        (a refused wipe as refused, a failed unlink as failed)."""
         if self.wipe_after == "spooled":
             not_done = [r for r in final if not r.is_durable]
         else:
             not_done = [r for r in final if r.state != RecState.WIPED]
-        refused = {name for name, _why in self.refused}
+        reported = {name for name, _why in self.refused + self.failed}
         for r in not_done:
-            if r.name in refused:
-                continue
-            if (r.name, r.last_error or r.state.value) not in self.failed:
+            if r.name not in reported:    # each recording is reported once, with its first reason
                 self.failed.append((r.name, r.last_error or f"still {r.state.value}"))
 
     def _error(self) -> str:
