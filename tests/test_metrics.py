@@ -10,12 +10,23 @@ from dockd import status
 from dockd.device.events import CameraDocked
 from dockd.engine import Station
 from dockd.errors import PermanentStoreError
-from dockd.metrics import FAILURE_EVENTS, MetricsExporter, render, write_atomic
+from dockd.metrics import (
+    DURATION_BUCKETS,
+    FAILURE_EVENTS,
+    SESSION_OUTCOMES,
+    MetricsExporter,
+    Tally,
+    build_info,
+    render,
+    write_atomic,
+)
+from dockd.model import Phase, RecState
 from dockd.store.retry import RetryPolicy
 
 from fakes import ScriptedStore
+from prom import free_port
 
-LINE = re.compile(r'^([a-z_]+)(\{([a-z_]+="[^"\\\n]*")(,[a-z_]+="[^"\\\n]*")*\})? (-?[0-9.e+]+|NaN)$')
+LINE = re.compile(r'^([a-z_]+)(\{([a-z_]+="[^"\\\n]*")(,[a-z_]+="[^"\\\n]*")*\})? (-?[0-9.e+-]+|NaN)$')
 
 
 def parse(text: str) -> dict[str, float]:
@@ -30,7 +41,9 @@ def parse(text: str) -> dict[str, float]:
         else:
             m = LINE.match(ln)
             assert m, f"bad exposition line: {ln!r}"
-            assert m.group(1) in helped and m.group(1) in typed
+            family = re.sub(r"_(bucket|sum|count)$", "", m.group(1))
+            family = family if family in typed else m.group(1)
+            assert family in helped and family in typed
             out[ln.rsplit(" ", 1)[0]] = float(m.group(5))
     return out
 
@@ -60,10 +73,13 @@ def test_exposition_from_the_ledger(make_cfg, camera, tmp_path):
     assert m["dockd_upload_queue_recordings"] == 6 and m["dockd_upload_queue_bytes"] > 0
     assert m["dockd_spool_free_bytes"] > 0
     # labels come from closed sets only: no file names, no error text
-    labels = {k for k in m if "{" in k}
-    allowed = {f'dockd_failures_total{{reason="{r}"}}' for r in FAILURE_EVENTS}
-    for k in labels - allowed:
-        assert re.fullmatch(r'dockd_recording(s|_bytes)\{state="[a-z]+"\}', k), k
+    closed = {"state": {s.value for s in RecState}, "reason": set(FAILURE_EVENTS),
+              "outcome": set(SESSION_OUTCOMES), "phase": {p.value for p in Phase},
+              "le": {repr(b) for b in DURATION_BUCKETS} | {"+Inf"},
+              "version": {build_info()["version"]}, "python": {build_info()["python"]}}
+    for k in m:
+        for name, value in re.findall(r'([a-z_]+)="([^"]*)"', k):
+            assert value in closed[name], k
     assert "bucket gone" not in text and "VID_" not in text
 
 
@@ -71,13 +87,13 @@ def test_failure_counters_are_monotonic_and_incremental(make_cfg, camera, tmp_pa
     st = _station_after_failures(make_cfg, camera, tmp_path)
     try:
         ex = MetricsExporter(st.cfg, lambda: status.build(st.cfg, st.ledger), st.ledger.counts, lambda: 0.0)
-        first = ex.failures.refresh()
+        first = ex.tally.refresh().failures
         st.ledger.append_event("upload.failed", serial="BWC0001")
-        second = ex.failures.refresh()
+        second = ex.tally.refresh().failures
     finally:
         st.close()
     assert second["upload.failed"] == first["upload.failed"] + 1
-    assert ex.failures.refresh() == second
+    assert ex.tally.refresh().failures == second
 
 
 def test_textfile_is_replaced_atomically(tmp_path, make_cfg):
@@ -131,7 +147,67 @@ def test_unknown_store_reachability_is_absent_not_zero():
     from dockd.config import Config
 
     snap = status.build(Config(), None)
-    text = render(snap, {}, {})
+    text = render(snap, {}, Tally())
     assert "\ndockd_store_reachable " not in text
     snap["store"]["reachable"] = False
-    assert parse(render(snap, {}, {}))["dockd_store_reachable"] == 0
+    assert parse(render(snap, {}, Tally()))["dockd_store_reachable"] == 0
+
+
+# -- counters, against the real daemon ------------------------------------------
+
+def _daemon_scrape(port: int, **auth) -> str:
+    import requests
+
+    r = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10, **auth)
+    r.raise_for_status()
+    return r.text
+
+
+def test_a_running_daemon_passes_promtool_and_its_counters_survive_a_restart(tmp_path, identity):
+    import shutil
+
+    from notify import REPO, DaemonProcess, NotifySocket, write_config
+    from prom import run_promtool, samples
+
+    port = free_port()
+    cfg_path = write_config(tmp_path, str(identity.public()),
+                            f'[spool]\nmin_free = 0\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    fixture = REPO / "fixtures" / "cameras" / "BWC0001"
+    shutil.copytree(fixture, tmp_path / "inbox" / "BWC0001")
+
+    def run(until) -> str:
+        sock = NotifySocket(tmp_path / "notify.sock")
+        d = DaemonProcess(cfg_path, sock)
+        try:
+            sock.wait_for(lambda m: m.get("READY") == "1", 30)
+            until(d)
+            text = _daemon_scrape(port)
+            rc, _ = d.terminate()
+        finally:
+            d.kill()
+            sock.close()
+            (tmp_path / "notify.sock").unlink(missing_ok=True)
+        assert rc == 0
+        return text
+
+    done: list[dict] = []
+    first = run(lambda d: done.extend(d.wait_event("session.done", 60)))
+    plain = done[0]["bytes"]
+    lint = run_promtool("check", "metrics", stdin=first)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    m = samples(first)
+    for step in ("spooled", "uploaded", "wiped"):
+        assert m[f"dockd_{step}_recordings_total"] == 6
+        assert m[f"dockd_{step}_bytes_total"] == plain
+    assert m['dockd_session_duration_seconds_count{outcome="done"}'] == 1
+    assert m['dockd_session_duration_seconds_bucket{outcome="done",le="+Inf"}'] == 1
+    assert m['dockd_bays{phase="done"}'] == 1
+    assert "dockd_oldest_unverified_recording_timestamp_seconds" not in m     # all proven
+    assert any(k.startswith("dockd_build_info{") and v == 1 for k, v in m.items())
+
+    # a restart with the camera gone: the first scrape shows the same totals, not 0, not double
+    shutil.rmtree(tmp_path / "inbox" / "BWC0001")
+    again = samples(run(lambda d: None))
+    counters = [k for k in m if k.endswith("_total") or k.startswith("dockd_session_duration_seconds")]
+    assert counters and {k: again[k] for k in counters} == {k: m[k] for k in counters}
+    assert again["dockd_start_time_seconds"] > m["dockd_start_time_seconds"]
