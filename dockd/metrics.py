@@ -3,7 +3,8 @@
 ``metrics.textfile``: a file for node_exporter's textfile collector,
 rewritten every ``metrics.interval`` seconds atomically (temp file in the same
 directory, fsync, rename), so the collector never reads half a file.
-``metrics.listen``: ``127.0.0.1:PORT`` serves ``GET /metrics``.
+``metrics.listen``: ``HOST:PORT`` serves ``GET /metrics``; off loopback only with
+TLS and basic auth from ``metrics.web_config`` (webconfig.py), checked at load.
 
 Everything is derived from the status snapshot and the ledger, the same
 sources ``dockd status`` reads, so the three never disagree. Counters are
@@ -18,7 +19,9 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import socket
 import sqlite3
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.request import pathname2url
 
+from .errors import ConfigError
 from .model import Phase, RecState
 
 # Catalogued events that mean "something went wrong"; counted from the ledger's
@@ -272,6 +276,84 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+# Connections served at once; past that a connection is closed at once (a scraper
+# retries at its next interval), so a flood off loopback cannot pile up threads.
+MAX_CONNECTIONS = 8
+HANDSHAKE_TIMEOUT = 10.0      # seconds for a TLS handshake, in the connection's own thread
+REQUEST_TIMEOUT = 30.0
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    """HTTP, or HTTPS with ``tls``: the handshake runs in the connection's thread, so
+    a client that stalls it holds up nobody else."""
+
+    daemon_threads = True
+
+    def __init__(self, addr: tuple[str, int], handler: type, tls: ssl.SSLContext | None,
+                 ipv6: bool) -> None:
+        self.address_family = socket.AF_INET6 if ipv6 else socket.AF_INET
+        self.tls = tls
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(addr, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            request.settimeout(HANDSHAKE_TIMEOUT)
+            conn = self.tls.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError):
+            return                          # not TLS, a wrong CA, a stalled handshake: dropped
+        try:
+            super().finish_request(conn, client_address)
+        finally:
+            conn.close()
+
+
+def _handler(exporter: "MetricsExporter", auth: Any) -> type:
+    class Handler(BaseHTTPRequestHandler):
+        timeout = REQUEST_TIMEOUT
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if auth is not None and not auth.check(self.headers.get("Authorization")):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="dockd"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if self.path.split("?", 1)[0] != "/metrics":
+                self.send_error(404)
+                return
+            body = exporter.text().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_a: Any) -> None:   # our stdout is JSON lines only
+            pass
+
+    return Handler
+
+
 class MetricsExporter:
     """Started with the daemon when ``metrics.textfile`` or ``metrics.listen`` is set."""
 
@@ -294,36 +376,21 @@ class MetricsExporter:
         return render(self.snapshot(), self.counts(), self.tally.refresh(), up=up)
 
     def start(self) -> None:
+        """Listen (and write the first textfile). A web config that cannot be used, or an
+        address that cannot be bound, is a ``ConfigError``: nothing listens then."""
         listen = self.cfg.metrics.listen
         if listen:
-            host, port = listen.rsplit(":", 1)
-            host = host.strip("[]")
-            exporter = self
+            from . import webconfig
+            from .config import split_listen
 
-            class Handler(BaseHTTPRequestHandler):
-                def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                    if self.path.split("?", 1)[0] != "/metrics":
-                        self.send_error(404)
-                        return
-                    body = exporter.text().encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", CONTENT_TYPE)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-
-                def log_message(self, *_a: Any) -> None:   # our stdout is JSON lines only
-                    pass
-
-            cls = ThreadingHTTPServer
-            if ":" in host:
-                import socket
-
-                class V6(ThreadingHTTPServer):
-                    address_family = socket.AF_INET6
-                cls = V6
-            self._http = cls((host, int(port)), Handler)
-            self._http.daemon_threads = True
+            host, port = split_listen(listen)
+            web = webconfig.load(self.cfg.metrics.web_config) if self.cfg.metrics.web_config else None
+            auth = webconfig.BasicAuth(web.users) if web is not None and web.has_auth else None
+            tls = web.tls_context() if web is not None else None
+            try:
+                self._http = _MetricsServer((host, port), _handler(self, auth), tls, ipv6=":" in host)
+            except OSError as exc:
+                raise ConfigError("metrics.listen", f"cannot listen on {listen}: {exc.strerror}") from None
             threading.Thread(target=self._http.serve_forever, name="metrics-http", daemon=True).start()
         self.tick()
 

@@ -6,6 +6,8 @@ import re
 import socket
 import urllib.request
 
+import pytest
+
 from dockd import status
 from dockd.device.events import CameraDocked
 from dockd.engine import Station
@@ -211,3 +213,118 @@ def test_a_running_daemon_passes_promtool_and_its_counters_survive_a_restart(tmp
     counters = [k for k in m if k.endswith("_total") or k.startswith("dockd_session_duration_seconds")]
     assert counters and {k: again[k] for k in counters} == {k: m[k] for k in counters}
     assert again["dockd_start_time_seconds"] > m["dockd_start_time_seconds"]
+
+
+# -- beyond loopback: TLS and basic auth (exporter-toolkit web config) -----------
+
+def test_tls_and_basic_auth_with_a_real_client(tmp_path, make_cfg):
+    import requests
+
+    from dockd.config import MetricsConfig
+    from prom import web_config
+
+    web = web_config(tmp_path / "web", {"prometheus": "correct horse", "grafana": "battery staple"})
+    port = free_port()
+    cfg = make_cfg(metrics=MetricsConfig(listen=f"127.0.0.1:{port}", web_config=web))
+    snap = status.build(cfg, None)
+    ex = MetricsExporter(cfg, lambda: snap, lambda: {}, lambda: 0.0)
+    ex.start()
+    url = f"https://127.0.0.1:{port}/metrics"
+    ca = str(tmp_path / "web" / "ca.pem")
+    try:
+        for _ in range(2):          # the second time from the remembered right password
+            r = requests.get(url, verify=ca, auth=("prometheus", "correct horse"), timeout=10)
+            assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            assert parse(r.text)["dockd_up"] == 1
+        assert requests.get(url, verify=ca, auth=("grafana", "battery staple"), timeout=10).status_code == 200
+        for auth in (("prometheus", "wrong"), ("prometheus", "battery staple"), ("nobody", "correct horse"),
+                     ("prometheus", ""), None):
+            r = requests.get(url, verify=ca, auth=auth, timeout=10)
+            assert r.status_code == 401, auth
+            assert r.headers["WWW-Authenticate"] == 'Basic realm="dockd"' and "dockd_" not in r.text
+        for header in ("Basic !!!", "Basic " + "cHJvbWV0aGV1cw==", "Bearer x", "Basic"):
+            r = requests.get(url, verify=ca, headers={"Authorization": header}, timeout=10)
+            assert r.status_code == 401, header
+        r = requests.get(url.replace("/metrics", "/other"), verify=ca, timeout=10)
+        assert r.status_code == 401                     # who may ask comes before what is asked
+        r = requests.get(url.replace("/metrics", "/other"), verify=ca, auth=("prometheus", "correct horse"),
+                         timeout=10)
+        assert r.status_code == 404
+        with pytest.raises(requests.exceptions.SSLError):    # a CA the client does not know
+            requests.get(url, auth=("prometheus", "correct horse"), timeout=10)
+        with pytest.raises(requests.exceptions.ConnectionError):   # plain http gets nothing
+            requests.get(url.replace("https:", "http:"), auth=("prometheus", "correct horse"), timeout=10)
+    finally:
+        ex.stop()
+
+
+def _config_error(tmp_path, metrics: str) -> str:
+    from dockd.config import parse as parse_config
+    from dockd.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(f"[metrics]\n{metrics}\n")
+    return str(err.value)
+
+
+def test_off_loopback_is_refused_without_tls_and_auth(tmp_path):
+    from dockd.config import parse as parse_config
+    from prom import web_config
+
+    for host in ("0.0.0.0", "[::]", "", "192.0.2.10", "dock-01.example"):
+        msg = _config_error(tmp_path, f'listen = "{host}:9708"')
+        assert msg.startswith("config error: metrics.listen: ") and "off loopback" in msg, msg
+    tls_only = web_config(tmp_path / "a", {})
+    auth_only = web_config(tmp_path / "b", {"prometheus": "pw"}, tls=False)
+    for web in (tls_only, auth_only):
+        msg = _config_error(tmp_path, f'listen = "0.0.0.0:9708"\nweb_config = "{web}"')
+        assert msg.startswith("config error: metrics.listen: "), msg
+    both = web_config(tmp_path / "c", {"prometheus": "pw"})
+    cfg = parse_config(f'[metrics]\nlisten = "0.0.0.0:9708"\nweb_config = "{both}"\n')
+    assert cfg.metrics.web_config == both
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "[::1]"):       # loopback needs neither
+        assert parse_config(f'[metrics]\nlisten = "{host}:9708"\n').metrics.listen == f"{host}:9708"
+
+
+def test_a_web_config_dockd_cannot_honour_is_refused_by_name(tmp_path):
+    from prom import web_config
+
+    cases = {
+        "http_server_config:\n  http2: false\n": "metrics.web_config: http_server_config: not supported",
+        "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  client_ca_file: ca.pem\n":
+            "metrics.web_config: tls_server_config.client_ca_file: not supported",
+        "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  min_version: TLS11\n":
+            "metrics.web_config: tls_server_config.min_version",
+        "tls_server_config:\n  cert_file: a.crt\n": "metrics.web_config: tls_server_config.key_file: required",
+        "basic_auth_users:\n  prometheus: plaintext\n": "metrics.web_config: basic_auth_users.prometheus: not a bcrypt",
+        "basic_auth_users: [prometheus]\n": "metrics.web_config: basic_auth_users: expected a mapping",
+        "- a\n- b\n": "metrics.web_config: ",
+        "tls_server_config: {\n": "not valid YAML",
+    }
+    for i, (text, want) in enumerate(cases.items()):
+        path = tmp_path / f"web{i}.yml"
+        path.write_text(text)
+        msg = _config_error(tmp_path, f'listen = "127.0.0.1:9708"\nweb_config = "{path}"')
+        assert want in msg and "\n" not in msg, (text, msg)
+    web = web_config(tmp_path / "d", {"prometheus": "pw"})
+    msg = _config_error(tmp_path, f'textfile = "{tmp_path}/m.prom"\nweb_config = "{web}"')
+    assert msg.startswith("config error: metrics.web_config: applies to metrics.listen only")
+
+
+def test_dockd_run_refuses_an_unprotected_or_unusable_endpoint(tmp_path, identity):
+    import subprocess
+
+    from notify import DOCKD, write_config
+    from prom import web_config
+
+    web = web_config(tmp_path / "web", {"prometheus": "pw"})
+    (tmp_path / "web" / "server.key").write_text("not a key\n")
+    port = free_port()
+    for metrics, key in ((f'listen = "0.0.0.0:{port}"', "metrics.listen"),
+                         (f'listen = "127.0.0.1:{port}"\nweb_config = "{web}"', "metrics.web_config")):
+        cfg_path = write_config(tmp_path, str(identity.public()), f"[metrics]\n{metrics}\n")
+        out = subprocess.run(DOCKD + ["--config", str(cfg_path), "run"], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith(f"dockd: config error: {key}: ") and out.stderr.count("\n") == 1, out.stderr
+        assert "daemon.started" not in out.stdout
