@@ -117,3 +117,36 @@ def web_config(root: Path, users: dict[str, str], tls: bool = True, extra: str =
     path = root / "web.yml"
     path.write_text(text + extra)
     return path
+
+
+def exported(text: str) -> set[str]:
+    """The metric names a scrape declares (``# TYPE``), with a histogram's series names:
+    what a query may name, whether or not the metric has a sample right now."""
+    out: set[str] = set()
+    for ln in text.splitlines():
+        if ln.startswith("# TYPE "):
+            _, _, name, kind = ln.split()
+            out.add(name)
+            if kind == "histogram":
+                out |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    return out
+
+
+_PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression (or a Grafana query with $variables) selects."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)                       # strings
+    e = re.sub(r"\$\{?\w+\}?", "", e)                                  # Grafana variables
+    e = re.sub(r"\{[^}]*\}", "", e)                                    # label matchers
+    e = re.sub(r"\[[^\]]*\]", "", e)                                   # ranges
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", e)
+    e = re.sub(r"\blabel_values\(\s*([a-zA-Z_:][\w:]*)\s*,\s*\w+\s*\)", r"\1", e)
+    e = re.sub(r"\boffset\s+\w+", "", e)
+    names: set[str] = set()
+    for m in re.finditer(r"(?<![\w.])[a-zA-Z_:][a-zA-Z0-9_:]*", e):
+        if e[m.end():].lstrip().startswith("(") or m.group().lower() in _PROMQL_WORDS:
+            continue                                                   # a function, an operator
+        names.add(m.group())
+    return names
