@@ -328,3 +328,37 @@ def test_dockd_run_refuses_an_unprotected_or_unusable_endpoint(tmp_path, identit
         assert out.returncode == 2, out.stderr
         assert out.stderr.startswith(f"dockd: config error: {key}: ") and out.stderr.count("\n") == 1, out.stderr
         assert "daemon.started" not in out.stdout
+
+
+def test_oldest_unverified_is_timed_from_when_it_was_found_not_its_last_retry(make_cfg, camera, tmp_path):
+    import sqlite3
+    import time
+
+    st = _station_after_failures(make_cfg, camera, tmp_path)
+    try:
+        db = sqlite3.connect(st.cfg.ledger_path)
+        with db:        # found two days ago; every retry since moved updated_at, as a failing store does
+            db.execute("UPDATE recordings SET created_at = created_at - 172800, updated_at = ?", (time.time(),))
+        found = db.execute("SELECT MIN(created_at) FROM recordings").fetchone()[0]
+        db.close()
+        snap = status.build(st.cfg, st.ledger)
+        m = parse(MetricsExporter(st.cfg, lambda: snap, st.ledger.counts, lambda: 0.0).text())
+    finally:
+        st.close()
+    assert snap["queue"]["oldest_age_seconds"] < 60            # the queue's age restarts at each retry
+    assert m["dockd_oldest_unverified_recording_timestamp_seconds"] == pytest.approx(found)
+    assert time.time() - found > 86400                          # so the day-old alert can fire
+
+
+def test_a_clock_stepped_back_does_not_make_a_negative_duration():
+    t = Tally()
+    t.observe("done", -3600.0)
+    t.observe("done", 45.0)
+    from dockd.config import Config
+
+    text = render(status.build(Config(), None), {}, t)
+    m = parse(text)
+    assert m['dockd_session_duration_seconds_sum{outcome="done"}'] == 45.0
+    assert m['dockd_session_duration_seconds_bucket{outcome="done",le="30.0"}'] == 1
+    assert m['dockd_session_duration_seconds_bucket{outcome="done",le="60.0"}'] == 2
+    assert m['dockd_session_duration_seconds_count{outcome="done"}'] == 2
