@@ -240,10 +240,57 @@ class SpoolConfig(_Section):
     max_size: Size = 0                     # 0 = no cap beyond min_free
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``; an empty host is every interface) → (host, port)."""
+    m = re.match(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):(\d{1,5})$", listen)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9708, [::1]:9708 or 0.0.0.0:9708")
+    return m.group(1).strip("[]"), int(m.group(2))
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False            # a name, or every interface (""): reachable from elsewhere
+
+
 class MetricsConfig(_Section):
     textfile: Path | None = None
-    listen: str | None = Field(default=None, pattern=r"^(127\.0\.0\.1|localhost|\[::1\]):\d+$")
+    listen: str | None = None
+    # TLS and basic auth for ``listen``, in the Prometheus exporter-toolkit's web config
+    # format (see webconfig.py); required off loopback
+    web_config: Path | None = None
     interval: float = Field(default=15.0, gt=0)      # seconds between textfile rewrites
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        try:
+            if v is not None:
+                split_listen(v)
+        except ValueError as exc:
+            raise ConfigError("metrics.listen", str(exc)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _exposure(self) -> "MetricsConfig":
+        """Off loopback, anyone on the network could read (and flood) the endpoint:
+        refused at load without TLS and basic auth, before anything listens."""
+        from . import webconfig
+
+        if self.web_config is not None and self.listen is None:
+            raise ConfigError("metrics.web_config", "applies to metrics.listen only, which is not set")
+        web = webconfig.load(self.web_config) if self.web_config is not None else None
+        if self.listen is not None and not is_loopback(split_listen(self.listen)[0]):
+            if web is None or not (web.has_tls and web.has_auth):
+                raise ConfigError("metrics.listen", f"{self.listen} is off loopback: set metrics.web_config "
+                                  "to a file with tls_server_config and basic_auth_users")
+        return self
 
 
 class HooksConfig(_Section):

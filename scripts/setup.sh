@@ -2,7 +2,7 @@
 # Set up dockd on a fresh Debian machine (as root): system packages, a
 # virtualenv in .venv with dockd installed, and with --test everything the
 # test suite needs (udev, exFAT tools, age, rclone, OpenStack Swift, the tus
-# server from npm). Safe to run again.
+# server from npm, promtool). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +39,17 @@ PY=${PYTHON:-python3}
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
 if [ "$mode" = "--test" ]; then
   .venv/bin/pip install -q -e '.[test]' >.venv/pip.log 2>&1 || { cat .venv/pip.log >&2; exit 1; }
+  # promtool (checks of the shipped alert rules and of a real scrape) ships only in Debian's
+  # prometheus package, whose install also enables a Prometheus server at boot: take the one
+  # binary out of the package, into the virtualenv, instead of installing it
+  if ! [ -x .venv/bin/promtool ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && { apt-get download -qq prometheus 2>/dev/null \
+                    || { apt-get update -qq && apt-get download -qq prometheus 2>/dev/null; }; })
+    dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -xO ./usr/bin/promtool >.venv/bin/promtool.part
+    chmod 755 .venv/bin/promtool.part && mv .venv/bin/promtool.part .venv/bin/promtool
+    rm -rf "$tmp"
+  fi
   if [ -f tests/tus-server/package.json ]; then
     (cd tests/tus-server && npm ci --silent --no-audit --no-fund >/dev/null)
   fi
