@@ -588,9 +588,10 @@ class Session:
         self.live.phase = self.phase.value
         self.live.safe_to_undock = True
         self.ledger.set_phase(self.id, self.phase, error=error)
-        log.emit(self.lg, f"session.{self.phase.value}", recordings=len(final),
+        phase = self.phase
+        log.emit(self.lg, f"session.{phase.value}", recordings=len(final),
                  bytes=sum(r.size for r in final), error=error)
-        self.station.changed(self.live, self.phase.value)
+        self.station.changed(self.live, phase.value)
 
     def _not_done(self, final: list[Recording]) -> None:
         """Add to ``failed`` each recording not verified and wiped (with ``after = "spooled"``:
