@@ -27,12 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def registry() -> dict[str, Callable[..., Result]]:
-    from . import crash, fuzz, hostile, local_faults, noncamera, store_faults
+    from . import camera_faults, crash, fuzz, hostile, local_faults, noncamera, store_faults
 
     return {
         "crash": crash.campaign,
         "store-faults": store_faults.campaign,
         "local-faults": local_faults.campaign,
+        "camera-faults": camera_faults.campaign,
         "hostile": hostile.campaign,
         "non-camera": noncamera.campaign,
         "fuzz": fuzz.campaign,
@@ -45,6 +46,9 @@ FAULTS_DESCRIBED = {
                     "a lying store (keeps 1,000 bytes less of each single PUT, echoes the sent size, ETag and checksum), "
                     "then the honest store",
     "local-faults": "spool disk full (loop ext4), a flipped bit in a spool file, camera pulled mid-read, EIO (dm error target)",
+    "camera-faults": "a FUSE camera (campaigns/fs/camera.py) under `dockd ingest` and `dockd run`: EIO on a read "
+                     "(a bad sector, or once), EIO on a directory listing, reads that stall for seconds then "
+                     "answer or fail, short reads, USB 2.0 speed (40 MB/s) or a slower bus; then a healthy re-dock",
     "hostile": "symlinks, `..`, control chars, invalid UTF-8, 255-byte names, FIFOs, device nodes, many files, "
                "zero-byte, growing file, 1,000-deep tree, 1970/2100 mtimes, unreadable directory; redocks: "
                "a new clip under a wiped clip's identity, a clip replaced or rewritten in place (mtime "
