@@ -6,8 +6,11 @@ no longer match the sample taken when this session read it (``content.py``),
 it is refused (``wipe.refused``), never deleted on the strength of an old copy. After the
 deletions the directories are fsynced, the camera's filesystem is synced, and
 the files are listed again; only then is a deletion recorded (``wipe.done``).
-A camera that fails the flush (gone, or its media failing) confirms none of
-this pass's deletions: the wipe raises ``DeviceGoneError``, and the session is
+A file whose re-stat or re-read fails as a bad sector does (EIO) while the
+camera still answers is left, and the wipe goes on with the others; a camera
+that no longer answers, or fails several files in a row, is gone or failing
+(``DeviceGoneError``). A camera that fails the flush (gone, or its media failing)
+confirms none of this pass's deletions: the wipe raises ``DeviceGoneError``, and the session is
 interrupted (pulled out) or ends in attention (failed in its bay, see the engine).
 Before its first unlink the wipe notes, durably, what it is about to delete; cut
 short, it withdraws the notes of the files it never tried or could not delete.
@@ -32,6 +35,10 @@ from ..fsutil import close_quietly, syncfs
 from ..ledger import Ledger
 from ..model import RecState, Recording
 from .content import GONE_ERRNOS, Sample
+
+# files in a row that may fail to read before the wipe takes the camera for failed (the
+# session's copy pass counts the same way)
+MAX_UNREADABLE_IN_A_ROW = 3
 
 
 @dataclass
@@ -72,6 +79,7 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
     # first unlink: after a pull-out or a failed flush the next dock knows which of the
     # files it no longer finds were deleted here (engine), and only those
     doomed: list[tuple[Recording, bytes, Any]] = []
+    unreadable = 0                      # files in a row that failed as a dead card would
     for rec in recs:
         if rec.state != RecState.VERIFIED:
             continue
@@ -86,8 +94,7 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
             result.wiped.append(rec)
             continue
         except OSError as exc:
-            if exc.errno in GONE_ERRNOS:
-                raise DeviceGoneError(f"camera gone during wipe: {exc.strerror}") from exc
+            unreadable = _unreadable(exc, root_b, root_dev, unreadable)
             result.failed.append((rec, exc.strerror or str(exc)))
             log.emit(lg, "wipe.failed", error=exc.strerror)
             continue
@@ -101,11 +108,11 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
             try:
                 reason = _content_differs(path, st, samples.get(rec.id))
             except OSError as exc:
-                if exc.errno in GONE_ERRNOS:
-                    raise DeviceGoneError(f"camera gone during wipe: {exc.strerror}") from exc
+                unreadable = _unreadable(exc, root_b, root_dev, unreadable)
                 result.failed.append((rec, exc.strerror or str(exc)))
                 log.emit(lg, "wipe.failed", error=exc.strerror)
                 continue
+            unreadable = 0
         if reason:
             ledger.append_event("wipe.refused", serial=rec.serial, recording_id=rec.id,
                                 session_id=rec.session_id, path=rec.name, reason=reason)
@@ -113,6 +120,13 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
             result.refused.append((rec, reason))
             continue
         doomed.append((rec, path, lg))
+    # a sidecar that stays keeps its recording: never a sidecar on the camera without the
+    # recording that makes the next scan see it as ours
+    staying = [r for r, _why in result.failed + result.refused if r.role == "sidecar"]
+    for rec, path, lg in [d for d in doomed if _holds_back(staying, d[0])]:
+        doomed.remove((rec, path, lg))
+        result.failed.append((rec, "kept with its sidecar, which stays on the camera"))
+        log.emit(lg, "wipe.failed", error="kept with its sidecar, which stays on the camera")
     ledger.mark_wipe_started(rec.id for rec, _p, _l in doomed)
     dirs: set[bytes] = set()
     unlinked: list[tuple[Recording, bytes]] = []
@@ -163,6 +177,39 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
             result.wiped.append(rec)
         ledger.clear_wipe_started(kept)
     return result
+
+
+def _unreadable(exc: OSError, root_b: bytes, root_dev: int | None, in_a_row: int) -> int:
+    """A file failed to stat or read before any deletion. With an errno a dead card also
+    gives (EIO, ENOTCONN, ...), raise ``DeviceGoneError`` unless the camera still answers
+    (the filesystem scanned, its root listing) and fewer than ``MAX_UNREADABLE_IN_A_ROW``
+    files in a row failed so: then it is one bad sector, and that file alone stays (as
+    when it was copied), while the wipe of the others goes on. Returns the new count."""
+    if exc.errno not in GONE_ERRNOS:
+        return in_a_row
+    if in_a_row + 1 >= MAX_UNREADABLE_IN_A_ROW or not _camera_answers(root_b, root_dev):
+        raise DeviceGoneError(f"camera gone during wipe: {exc.strerror}") from exc
+    return in_a_row + 1
+
+
+def _holds_back(sidecars: list[Recording], rec: Recording) -> bool:
+    """True if one of ``sidecars`` may be ``rec``'s: in its directory, named ``<stem><ext>``
+    or ``<name><ext>`` (profiles.py), compared without case. Errs toward True."""
+    if rec.role == "sidecar":
+        return False
+    head, name = os.path.split(rec.rel_path)
+    stem = (name.rsplit(b".", 1)[0] if b"." in name[1:] else name).lower() + b"."
+    return any(os.path.dirname(s.rel_path) == head and os.path.basename(s.rel_path).lower().startswith(stem)
+               for s in sidecars)
+
+
+def _camera_answers(root_b: bytes, root_dev: int | None) -> bool:
+    try:
+        _same_camera(root_b, root_dev)
+        os.listdir(root_b)
+    except (OSError, DeviceGoneError):
+        return False
+    return True
 
 
 def _content_differs(path: bytes, st: os.stat_result, sample: Sample | None) -> str | None:
