@@ -45,7 +45,9 @@ FAULTS_DESCRIBED = {
     "crash": "kill -9 at a seeded log-event count or delay, 1–3 per schedule, during scan/spool/upload/wipe",
     "store-faults": "connection resets, 503/500 bursts, 429 bursts, stalls, an outage, credentials revoked (403); "
                     "a lying store (keeps 1,000 bytes less of each single PUT, echoes the sent size, ETag and checksum), "
-                    "then the honest store",
+                    "then the honest store; a half-working store: a PUT stored short with an honest HEAD, "
+                    "a PUT swallowed that listings claim, a 500 after a completed multipart upload, a "
+                    "connection dropped after the store did the request",
     "local-faults": "spool disk full (loop ext4), a flipped bit in a spool file, camera pulled mid-read, EIO (dm error target)",
     "camera-faults": "a FUSE camera (campaigns/fs/camera.py) under `dockd ingest` and `dockd run`: EIO on a read "
                      "(a bad sector, or once), EIO on a directory listing, reads that stall for seconds then "
