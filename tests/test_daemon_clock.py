@@ -82,3 +82,20 @@ def test_a_next_attempt_hours_ahead_does_not_strand_a_recording_at_the_next_star
         assert {st.ledger.get(r.id).state for r in failed} == {RecState.VERIFIED}
     finally:
         st.close()
+
+
+def test_uptime_is_on_the_monotonic_clock_when_the_wall_clock_steps_back(tmp_path, make_cfg):
+    """The wall clock steps back two hours after the daemon started: its uptime in
+    ``dockd status`` stays what it was, never negative."""
+    from types import SimpleNamespace
+
+    from dockd import control
+
+    server = control.ControlServer(make_cfg(), SimpleNamespace())
+    server.started_at = time.time() + 2 * 3600        # the start, as the wall clock said then
+    uptime = time.monotonic() - server._started_mono
+    from dockd.status import LiveView, build
+
+    live = LiveView(pid=1, started_at=server.started_at, uptime_seconds=uptime)
+    snap = build(make_cfg(), None, live)
+    assert 0 <= snap["daemon"]["uptime_seconds"] < 60
