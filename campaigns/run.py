@@ -27,12 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def registry() -> dict[str, Callable[..., Result]]:
-    from . import crash, fuzz, hostile, local_faults, noncamera, store_faults
+    from . import camera_faults, clock, crash, fuzz, hostile, local_faults, noncamera, store_faults
 
     return {
         "crash": crash.campaign,
         "store-faults": store_faults.campaign,
         "local-faults": local_faults.campaign,
+        "camera-faults": camera_faults.campaign,
+        "clock": clock.campaign,
         "hostile": hostile.campaign,
         "non-camera": noncamera.campaign,
         "fuzz": fuzz.campaign,
@@ -43,8 +45,15 @@ FAULTS_DESCRIBED = {
     "crash": "kill -9 at a seeded log-event count or delay, 1–3 per schedule, during scan/spool/upload/wipe",
     "store-faults": "connection resets, 503/500 bursts, 429 bursts, stalls, an outage, credentials revoked (403); "
                     "a lying store (keeps 1,000 bytes less of each single PUT, echoes the sent size, ETag and checksum), "
-                    "then the honest store",
+                    "then the honest store; a half-working store: a PUT stored short with an honest HEAD, "
+                    "a PUT swallowed that listings claim, a 500 after a completed multipart upload, a "
+                    "connection dropped after the store did the request",
     "local-faults": "spool disk full (loop ext4), a flipped bit in a spool file, camera pulled mid-read, EIO (dm error target)",
+    "camera-faults": "a FUSE camera (campaigns/fs/camera.py) under `dockd ingest` and `dockd run`: EIO on a read "
+                     "(a bad sector, or once), EIO on a directory listing, reads that stall for seconds then "
+                     "answer or fail, short reads, USB 2.0 speed (40 MB/s) or a slower bus; then a healthy re-dock",
+    "clock": "the wall clock (libfaketime) stepped by ±minutes to ±days, 1–3 times, mid-spool, mid-upload and "
+             "during a store outage, under `dockd run`; manifests' times and `dockd status` ETAs checked",
     "hostile": "symlinks, `..`, control chars, invalid UTF-8, 255-byte names, FIFOs, device nodes, many files, "
                "zero-byte, growing file, 1,000-deep tree, 1970/2100 mtimes, unreadable directory; redocks: "
                "a new clip under a wiped clip's identity, a clip replaced or rewritten in place (mtime "

@@ -14,6 +14,13 @@ of every object sent in one request and, asked with HEAD or a listing, echoes
 the size, ETag and checksum that were sent. Nothing may be wiped while it
 lies; dockd is then pointed at the honest store and restarted, and must
 finish.
+
+Half-working-store schedules (seeds from 2000) put the same proxy in another
+mode: a PUT stored short whose HEAD and listing tell the truth; a PUT answered
+200 and never stored, which listings then claim; a CompleteMultipartUpload that
+succeeded upstream answered 500; a PUT or POST done upstream whose connection is
+dropped before the answer. Nothing may be wiped on a lie; after a restart on the
+honest store the session must finish.
 """
 
 from __future__ import annotations
@@ -243,13 +250,80 @@ def run_lying(ctx: Context, seed: int) -> tuple[dict[str, int], list[str], str |
             shutil.rmtree(root, ignore_errors=True)
 
 
+HALF_FIRST = 2000         # seeds from here on are half-working-store schedules
+HALF_KINDS = ["honest", "phantom", "complete-500", "drop-after-response"]
+HALF_LABELS = {"honest": "PUT stored short, honest HEAD",
+               "phantom": "listing claims an object that is not there (PUT swallowed)",
+               "complete-500": "500 after a completed multipart upload",
+               "drop-after-response": "connection dropped after the store did the request"}
+
+
+def run_half(ctx: Context, seed: int) -> tuple[dict[str, int], list[str], str | None]:
+    """A store that lies or half-works (tests/faultproxy.py's TruncatingProxy modes), then the
+    honest store, restarted as an operator would. Nothing may be wiped on the word of the
+    first; the second must finish."""
+    from faultproxy import TruncatingProxy
+
+    kind = HALF_KINDS[seed % len(HALF_KINDS)]
+    rng = random.Random(seed)
+    root = ctx.scratch(f"half-{seed}")
+    ep = ctx.moto()
+    lying = kind in ("honest", "phantom")
+    proxy = TruncatingProxy(ep.port, mode=kind, times=10**9 if lying else rng.randint(1, 3))
+    violations: list[str] = []
+    try:
+        bucket = ep.new_bucket()
+        st = h.StationDirs(root, ctx.pub)
+        st.store_url, st.store_extra = ctx.s3_station_extra(ep, bucket, root, endpoint_url=proxy.url)
+        st.extra = "[spool]\nmin_free = 0\n"
+        st.write()
+        st.config.write_text(st.config.read_text().replace("attempts = 3", "attempts = 3\nmax_integrity_retries = 2"))
+        stage = root / "stage" / SERIAL
+        h.small_camera(stage, random.Random(rng.randrange(1 << 30)))
+        before = snapshot(stage)
+        cam = st.inbox / SERIAL
+        cam.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(stage), str(cam))
+        p, phase = h.run_daemon_until_final(st, SERIAL, root / "run1.log", timeout=90,
+                                            s3_min_part=h.TEST_MIN_PART)
+        if proxy.lies == 0:
+            violations.append(f"{kind}: the proxy never acted: the schedule proves nothing")
+        if lying:
+            small = [b for b in before if b.startswith(b"DCIM/") and 0 < len(before[b]) < h.TEST_MIN_PART]
+            gone = [b for b in small if b not in snapshot(cam)]
+            if gone:
+                violations.append(f"{kind}: wiped on the word of a lying store: {gone}")
+            if phase == "done" and small:
+                violations.append(f"{kind}: the session against a lying store ended done")
+        violations += [f"{kind}: {x}" for x in ctx.invariants.check(
+            before=before, camera_after=snapshot(cam), store=S3View(ep.client(), bucket, "site"), spool=st.spool,
+            ledger=st.ledger, serial=SERIAL, interim=True)]
+        unfinished = None
+        if phase != "done":
+            st.config.write_text(st.config.read_text().replace(proxy.url, ep.endpoint_url))
+            p, phase = h.run_daemon_until_final(st, SERIAL, root / "run2.log", timeout=90,
+                                                s3_min_part=h.TEST_MIN_PART)
+            if phase != "done":
+                unfinished = f"{kind}: phase {phase} on the honest store ({root})"
+        violations += [f"{kind}: {x}" for x in ctx.invariants.check(
+            before=before, camera_after=snapshot(cam), store=S3View(ep.client(), bucket, "site"), spool=st.spool,
+            ledger=st.ledger, serial=SERIAL)]
+        return {HALF_LABELS[kind]: 1}, violations, unfinished
+    finally:
+        proxy.close()
+        if not ctx.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 @timed
 def campaign(ctx: Context, seed: int | None = None) -> Result:
     res = Result("store-faults")
     seeds = [seed] if seed is not None else (list(range(140 if ctx.large else 14))
-                                             + list(range(LYING_FIRST, LYING_FIRST + (10 if ctx.large else 2))))
+                                             + list(range(LYING_FIRST, LYING_FIRST + (10 if ctx.large else 2)))
+                                             + list(range(HALF_FIRST, HALF_FIRST + (40 if ctx.large else 4))))
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        futs = {pool.submit(run_lying if s >= LYING_FIRST else run_one, ctx, s): s for s in seeds}
+        futs = {pool.submit(run_half if s >= HALF_FIRST else run_lying if s >= LYING_FIRST else run_one, ctx, s): s
+                for s in seeds}
         for f in concurrent.futures.as_completed(futs):
             s = futs[f]
             try:

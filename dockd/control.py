@@ -101,6 +101,7 @@ class ControlServer:
         self.daemon = daemon
         self.path = socket_path(cfg)
         self.started_at = time.time()
+        self._started_mono = time.monotonic()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._progress: dict[str, _Progress] = {}
@@ -177,7 +178,7 @@ class ControlServer:
         station = d.station
         q = station.uploader.snapshot()
         view = status_mod.LiveView(
-            pid=os.getpid(), started_at=self.started_at,
+            pid=os.getpid(), started_at=self.started_at, uptime_seconds=time.monotonic() - self._started_mono,
             queue_active=q["active"], queue_delayed=q["delayed"], queue_paused=q["paused"],
             store_reachable=q["store_reachable"], store_last_error=q["last_store_error"],
             last_success=q["last_success"])

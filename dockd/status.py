@@ -56,6 +56,13 @@ class LiveView:
     store_reachable: bool | None = None
     store_last_error: str | None = None
     last_success: float | None = None
+    uptime_seconds: float | None = None     # on the monotonic clock: a stepped wall clock moves it not
+
+
+def _uptime(live: LiveView | None, now: float) -> float | None:
+    if live is None:
+        return None
+    return round(live.uptime_seconds if live.uptime_seconds is not None else now - live.started_at, 1)
 
 
 def redact_url(url: str) -> str:
@@ -139,7 +146,7 @@ def build(cfg: Config, ledger: Ledger | None, live: LiveView | None = None,
         "station": cfg.station.id,
         "daemon": {"running": live is not None, "pid": live.pid if live else None,
                    "started_at": live.started_at if live else None,
-                   "uptime_seconds": round(now - live.started_at, 1) if live else None},
+                   "uptime_seconds": _uptime(live, now)},
         "bays": [],
         "sessions": [],
         "queue": {"count": 0, "bytes": 0, "oldest_age_seconds": None,

@@ -14,13 +14,17 @@ bytes actually went through). Faults, each armed by a method call:
 
 HTTP/1.1 without pipelining (what urllib3 speaks) is all it needs to parse.
 
-``TruncatingProxy(upstream_port, drop)`` is a lying store instead: it keeps
-``drop`` bytes less of each object and echoes on HEAD what the client sent.
+``TruncatingProxy(upstream_port, drop, mode)`` is a lying or half-working store
+instead: it keeps ``drop`` bytes less of each object and echoes on HEAD what the
+client sent (or tells the truth), swallows PUTs and lists them, answers 500 to a
+CompleteMultipartUpload that succeeded, or drops the connection after a PUT or
+POST was done.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import socket
 import struct
@@ -340,14 +344,36 @@ class TruncatingProxy:
                      "trailer", "upgrade", "expect", "host"})
     CHECKED = frozenset({"content-md5", "x-amz-checksum-sha256", "x-amz-sdk-checksum-algorithm"})
 
-    def __init__(self, upstream_port: int, drop: int = 1000) -> None:
+    MODES = ("echo", "honest", "phantom", "complete-500", "drop-after-response")
+
+    def __init__(self, upstream_port: int, drop: int = 1000, mode: str = "echo", times: int = 10**9) -> None:
+        """``mode``: ``echo`` (the default above); ``honest``: keeps ``drop`` bytes less
+        but HEAD and listings tell the truth; ``phantom``: a single PUT is answered 200
+        with its ETag and never stored, and listings claim it (HEAD tells the truth);
+        ``complete-500``: CompleteMultipartUpload succeeds upstream, the client is
+        answered 500 InternalError; ``drop-after-response``: a PUT or POST is done
+        upstream and the connection is closed before its answer. ``times``: how many
+        requests the last three modes touch. ``lies`` counts what was falsified."""
         import http.client
         import http.server
 
+        assert mode in self.MODES, mode
         proxy = self
         self.drop = drop
+        self.mode = mode
+        self.left = times
         self.sent: dict[str, dict[str, str]] = {}     # path -> what the client sent
+        self.phantoms: dict[str, dict[str, str]] = {}  # path -> what a swallowed PUT sent
         self.lies = 0
+        lock = threading.Lock()
+
+        def take() -> bool:
+            with lock:
+                if proxy.left <= 0:
+                    return False
+                proxy.left -= 1
+                proxy.lies += 1
+                return True
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"        # keep-alive, and 100-continue answered here
@@ -360,8 +386,18 @@ class TruncatingProxy:
                 body = self.rfile.read(length) if length else b""
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in proxy.HOP}
                 path = urlsplit(self.path).path
-                single_put = self.command == "PUT" and body and not urlsplit(self.path).query
-                if single_put:
+                query = urlsplit(self.path).query
+                single_put = self.command == "PUT" and body and not query
+                if single_put and proxy.mode == "phantom" and take():
+                    md5 = self.headers.get("Content-MD5")
+                    etag = f'"{base64.b64decode(md5).hex() if md5 else hashlib.md5(body).hexdigest()}"'
+                    proxy.phantoms[path] = {"Content-Length": str(len(body)), "ETag": etag}
+                    self.send_response_only(200, "OK")
+                    self.send_header("ETag", etag)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if single_put and proxy.mode in ("echo", "honest"):
                     md5 = self.headers.get("Content-MD5")
                     proxy.sent[path] = {
                         "Content-Length": str(len(body)),
@@ -370,6 +406,7 @@ class TruncatingProxy:
                     }
                     body = body[:max(0, len(body) - proxy.drop)]
                     headers = {k: v for k, v in headers.items() if k.lower() not in proxy.CHECKED}
+                    proxy.lies += proxy.mode == "honest"
                 headers["Content-Length"] = str(len(body))
                 conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
                 try:
@@ -378,8 +415,20 @@ class TruncatingProxy:
                     data = resp.read()
                     out = [(k, v) for k, v in resp.getheaders() if k.lower() not in proxy.HOP]
                     if self.command == "GET" and resp.status == 200 and "list-type=2" in self.path:
-                        data = proxy._lie_in_listing(path, data)
-                    if self.command == "HEAD" and resp.status == 200 and path in proxy.sent:
+                        data = (proxy._phantoms_in_listing(path, data) if proxy.mode == "phantom"
+                                else proxy._lie_in_listing(path, data) if proxy.mode == "echo" else data)
+                        out = [(k, v) for k, v in out if k.lower() != "content-length"]
+                    completed = (self.command == "POST" and "uploadId=" in query and resp.status == 200
+                                 and b"<Error>" not in data)
+                    if completed and proxy.mode == "complete-500" and take():
+                        resp.status, resp.reason, data = 500, "Internal Server Error", _canned(500).split(b"\r\n\r\n", 1)[1]
+                        out = [("Content-Type", "application/xml")]
+                    if (proxy.mode == "drop-after-response" and self.command in ("PUT", "POST")
+                            and resp.status < 300 and take()):
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)     # done upstream, never answered
+                        return
+                    if self.command == "HEAD" and resp.status == 200 and path in proxy.sent and proxy.mode == "echo":
                         lie = {k.lower(): v for k, v in proxy.sent[path].items() if v}
                         out = [(k, v) for k, v in out if k.lower() not in lie] + list(lie.items())
                         proxy.lies += 1
@@ -414,6 +463,25 @@ class TruncatingProxy:
             return re.sub(rb"<ETag>.*?</ETag>", f"<ETag>{sent['ETag']}</ETag>".encode(), block)
 
         return re.sub(rb"<Contents>.*?</Contents>", lie, xml, flags=re.S)
+
+    def _phantoms_in_listing(self, bucket_path: str, xml: bytes) -> bytes:
+        """A ListObjectsV2 answer that also names the swallowed PUTs under its prefix."""
+        m = re.search(rb"<Prefix>(.*?)</Prefix>", xml)
+        prefix = m.group(1).decode() if m else ""
+        extra = b""
+        for path, sent in sorted(self.phantoms.items()):
+            key = path[len(bucket_path.rstrip("/")) + 1:]
+            if not key.startswith(prefix) or f"<Key>{key}</Key>".encode() in xml:
+                continue
+            self.lies += 1
+            extra += (f"<Contents><Key>{key}</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified>"
+                      f"<ETag>{sent['ETag']}</ETag><Size>{sent['Content-Length']}</Size>"
+                      "<StorageClass>STANDARD</StorageClass></Contents>").encode()
+        if not extra:
+            return xml
+        xml = re.sub(rb"<KeyCount>(\d+)</KeyCount>",
+                     lambda k: b"<KeyCount>%d</KeyCount>" % (int(k.group(1)) + extra.count(b"<Contents>")), xml)
+        return xml.replace(b"</ListBucketResult>", extra + b"</ListBucketResult>")
 
     @property
     def url(self) -> str:

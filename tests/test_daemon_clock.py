@@ -30,7 +30,9 @@ def test_a_wall_clock_stepped_back_after_an_outage_does_not_delay_the_retry(tmp_
     cam.mkdir(parents=True)
     (cam / "V001.MP4").write_bytes(os.urandom(200_000))
     store = tmp_path / "store"
-    store.write_bytes(b"")                 # the store's mount point is no directory: an outage
+    store.mkdir()
+    blocked = store / "evidence"           # the prefix's directory is no directory: an outage (ENOTDIR)
+    blocked.write_bytes(b"")
     offset = tmp_path / "faketime"
     offset.write_text("+0\n")
     extra = "[upload]\nattempts = 1\nbackoff_initial = 2\nbackoff_max = 2\n"
@@ -43,8 +45,7 @@ def test_a_wall_clock_stepped_back_after_an_outage_does_not_delay_the_retry(tmp_
         d.wait_event("upload.failed", 30)
         offset.write_text("-2h\n")         # the wall clock steps back two hours
         d.wait_event("upload.failed", 30, count=2)   # retried after its backoff, clock stepped
-        store.unlink()
-        store.mkdir()                      # the store is back
+        blocked.unlink()                   # the store is back
         d.wait_event("session.done", 30, where=lambda e: e.get("camera") == "CAM1")
         rc, _ = d.terminate()
     finally:
@@ -82,3 +83,20 @@ def test_a_next_attempt_hours_ahead_does_not_strand_a_recording_at_the_next_star
         assert {st.ledger.get(r.id).state for r in failed} == {RecState.VERIFIED}
     finally:
         st.close()
+
+
+def test_uptime_is_on_the_monotonic_clock_when_the_wall_clock_steps_back(tmp_path, make_cfg):
+    """The wall clock steps back two hours after the daemon started: its uptime in
+    ``dockd status`` stays what it was, never negative."""
+    from types import SimpleNamespace
+
+    from dockd import control
+
+    server = control.ControlServer(make_cfg(), SimpleNamespace())
+    server.started_at = time.time() + 2 * 3600        # the start, as the wall clock said then
+    uptime = time.monotonic() - server._started_mono
+    from dockd.status import LiveView, build
+
+    live = LiveView(pid=1, started_at=server.started_at, uptime_seconds=uptime)
+    snap = build(make_cfg(), None, live)
+    assert 0 <= snap["daemon"]["uptime_seconds"] < 60

@@ -6,6 +6,10 @@ no longer match the sample taken when this session read it (``content.py``),
 it is refused (``wipe.refused``), never deleted on the strength of an old copy. After the
 deletions the directories are fsynced, the camera's filesystem is synced, and
 the files are listed again; only then is a deletion recorded (``wipe.done``).
+A file whose re-stat or re-read fails as a bad sector does (EIO) while the camera
+still answers is left, and the wipe goes on with the others (the session decides:
+``is_lost``); a camera that no longer answers is gone or failing
+(``DeviceGoneError``). A sidecar that stays keeps its recording on the camera too.
 A camera that fails the flush (gone, or its media failing) confirms none of
 this pass's deletions: the wipe raises ``DeviceGoneError``, and the session is
 interrupted (pulled out) or ends in attention (failed in its bay: session/camera.py).
@@ -24,14 +28,13 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .. import log
-from ..errors import DeviceGoneError
+from ..errors import GONE_ERRNOS, DeviceGoneError
 from ..fsutil import close_quietly, syncfs
 from ..ledger import Ledger
 from ..model import RecState, Recording
-from ..errors import GONE_ERRNOS
 from .content import Sample
 
 
@@ -57,11 +60,16 @@ def _same_camera(root_b: bytes, root_dev: int | None) -> None:
 
 
 def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
-         root_dev: int | None = None, samples: dict[int, Sample] | None = None) -> WipeResult:
+         root_dev: int | None = None, samples: dict[int, Sample] | None = None, *,
+         primary_of: dict[bytes, bytes] | None = None, is_lost: Callable[[], bool] | None = None) -> WipeResult:
     """``root_dev``: the camera root's st_dev when the session scanned it. ``samples``:
     each recording's content sample, taken in this session as its file was read
     (spooled, or re-hashed in full when its copy was made at an earlier dock); a file
-    is deleted only if its sample still matches (a file without one is refused)."""
+    is deleted only if its sample still matches (a file without one is refused).
+    ``primary_of``: each sidecar's recording (paths): a sidecar that stays keeps it.
+    ``is_lost``: asked when a file fails to stat or read as a dead card's would, before
+    any deletion: True stops the wipe (``DeviceGoneError``), False leaves that one file
+    (a bad sector). Without it, such a failure is the camera's."""
     samples = samples or {}
     result = WipeResult()
     root_b = os.fsencode(root)
@@ -87,7 +95,7 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
             result.wiped.append(rec)
             continue
         except OSError as exc:
-            if exc.errno in GONE_ERRNOS:
+            if exc.errno in GONE_ERRNOS and (is_lost is None or is_lost()):
                 raise DeviceGoneError(f"camera gone during wipe: {exc.strerror}") from exc
             result.failed.append((rec, exc.strerror or str(exc)))
             log.emit(lg, "wipe.failed", error=exc.strerror)
@@ -99,6 +107,13 @@ def wipe(root: Path, recs: list[Recording], ledger: Ledger, logger: Any,
             result.refused.append((rec, reason))
             continue
         doomed.append((rec, path, lg))
+    # a sidecar that stays keeps its recording: never a sidecar on the camera without the
+    # recording that makes the next scan see it as ours
+    held = {(primary_of or {}).get(r.rel_path) for r, _why in result.failed + result.refused}
+    for rec, path, lg in [d for d in doomed if d[0].rel_path in held]:
+        doomed.remove((rec, path, lg))
+        result.failed.append((rec, "kept with its sidecar, which stays on the camera"))
+        log.emit(lg, "wipe.failed", error="kept with its sidecar, which stays on the camera")
     ledger.mark_wipe_started(rec.id for rec, _p, _l in doomed)
     dirs: set[bytes] = set()
     unlinked: list[tuple[Recording, bytes]] = []

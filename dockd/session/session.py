@@ -561,8 +561,10 @@ class Session:
         self.recs.update({r.id: r for r in self.ledger.get_many(absent)})
         self.notes = {i: (f"not on the camera at this dock: the wipe of session {was} deleted it "
                           "and could not confirm the deletion") for i, was in absent.items()}
+        self.unreadable_in_a_row = 0
         result = wipe(self.ev.mount, _complete_groups(self.ledger.get_many(self.recs), self.primary_of),
-                      self.ledger, self.lg, self.root_dev, self.samples)
+                      self.ledger, self.lg, self.root_dev, self.samples, primary_of=self.primary_of,
+                      is_lost=self._is_camera_lost)
         # only now: a wipe that stopped before confirming them leaves them to the session whose
         # wipe deleted them, which the next dock's note must still name
         self.ledger.claim([r.id for r in result.wiped if r.id in absent], self.id)
