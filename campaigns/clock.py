@@ -177,9 +177,10 @@ def run_one(ctx: Context, seed: int) -> tuple[dict[str, int], list[str], str | N
         shutil.move(str(stage), str(st.inbox / SERIAL))
         cam = st.inbox / SERIAL
         clock = _Clock(root / "faketime")
-        store = st.store_dir
+        store = st.store_dir / "evidence"    # the prefix's directory: a file there is an outage (ENOTDIR)
         if sch["outage"]:
-            store.write_bytes(b"")           # the store's mount point holds no directory: an outage
+            store.parent.mkdir(parents=True, exist_ok=True)
+            store.write_bytes(b"")
             faults["store outage"] = 1
         log = root / "run.log"
         t0 = time.time()
@@ -204,7 +205,6 @@ def run_one(ctx: Context, seed: int) -> tuple[dict[str, int], list[str], str | N
                 outage_over = time.monotonic() + sch["outage"]
             if outage_over is not None and time.monotonic() >= outage_over and store.is_file():
                 store.unlink()
-                store.mkdir()
             if not mid_checked and "upload.started" in names and clock.offset:
                 mid_checked = True
                 status_n += 1
@@ -224,7 +224,6 @@ def run_one(ctx: Context, seed: int) -> tuple[dict[str, int], list[str], str | N
             faults["clock stepped at the end"] = faults.get("clock stepped at the end", 0) + 1
         if store.is_file():
             store.unlink()
-            store.mkdir()
         status_n += 1
         snap, text = _status(clock, st, root, status_n)
         if snap is None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import AuditChainError, LedgerDamagedError, LedgerError, LedgerFullError
+from .fsutil import fsync_dir
 from .model import TRANSITIONS, Phase, RecState, Recording, display_path
 
 GENESIS = "0" * 64
@@ -223,23 +224,27 @@ class Ledger:
         ``LedgerDamagedError`` and is left exactly as it was."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._late_durable = False
+        self._tx_durable = False            # the open outer transaction commits FULL
+        self._session_usb: dict[int, tuple[str, Any]] = {}
         wal = self.path.with_name(self.path.name + "-wal")
-        if self.path.exists() and self.path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size):
+        if not self.path.exists():
+            self._create()
+        elif self.path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size):
             # SQLite would take an empty file for a new database and write a fresh ledger
             # over it: a ledger truncated to nothing must be noticed, not replaced
             raise LedgerDamagedError(
                 f"ledger {self.path} is empty (truncated?); dockd will not replace it: restore the "
                 "state directory from a backup, or remove the empty file to start a new ledger")
+        self._open(self.path)
+
+    def _open(self, path: Path) -> None:
         try:
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False,
-                                       isolation_level=None, timeout=30)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         except sqlite3.Error as exc:
             raise ledger_error(self.path, exc) from None
         self._db.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
-        self._late_durable = False
-        self._tx_durable = False            # the open outer transaction commits FULL
-        self._session_usb: dict[int, tuple[str, Any]] = {}
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")   # FULL per durable commit, see above
@@ -247,6 +252,26 @@ class Ledger:
         except sqlite3.Error as exc:
             self._db.close()
             raise ledger_error(self.path, exc) from None
+
+    def _create(self) -> None:
+        """A new ledger is built under a temporary name and renamed into place, durably: a
+        crash or a power cut while it is made leaves no file at ``path``, never an empty
+        one (which the next start would refuse as a truncated ledger)."""
+        tmp = self.path.with_name(self.path.name + ".new")
+        for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            p.unlink(missing_ok=True)
+        self._open(tmp)
+        self._db.close()                    # the last connection: its WAL is folded in and removed
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise LedgerError(f"ledger {self.path}: cannot create it: {exc.strerror}") from None
 
     def check(self) -> None:
         """Read every page (``PRAGMA quick_check``): damage anywhere raises

@@ -130,3 +130,43 @@ def test_a_v2_ledger_migrates_and_a_wiped_identity_then_names_a_new_recording(tm
         assert led.integrity_check() == "ok"
     finally:
         led.close()
+
+
+def test_a_crash_while_a_new_ledger_is_made_leaves_none_not_an_empty_one(tmp_path, monkeypatch):
+    """A station's first start dies (power cut, kill -9) right after SQLite created the file:
+    an empty ledger at the real path would be refused at every later start as a truncated
+    one. The new ledger is made under another name and renamed into place."""
+    import sqlite3
+
+    from dockd import ledger as L
+
+    real = sqlite3.connect
+
+    class Crash(BaseException):
+        pass
+
+    def connect(*a, **k):
+        db = real(*a, **k)
+
+        class Dying:
+            def __getattr__(self, name):
+                if name == "execute":
+                    raise Crash("power cut")
+                return getattr(db, name)
+
+            def __setattr__(self, name, value):
+                setattr(db, name, value)
+        return Dying()
+
+    path = tmp_path / "state" / "ledger.sqlite3"
+    monkeypatch.setattr(L.sqlite3, "connect", connect)
+    with pytest.raises(Crash):
+        L.Ledger(path)
+    monkeypatch.undo()
+    assert not path.exists() or path.stat().st_size > 0
+    led = L.Ledger(path)                # the next start makes it, whatever was left
+    try:
+        assert led.schema_version == L.SCHEMA_VERSION and led.integrity_check() == "ok"
+    finally:
+        led.close()
+    assert not path.with_name(path.name + ".new").exists()

@@ -906,7 +906,7 @@ def test_plain_http_endpoint_off_loopback_is_refused_when_opened() -> None:
     from dockd.config import Config
 
     cfg = Config.model_construct(store=StoreConfig.model_construct(
-        **{**StoreConfig().model_dump(), "url": "s3://b", "endpoint_url": "http://192.0.2.10:9000"}))
+        **{**StoreConfig().model_dump(), "url": "s3://evidence-bucket", "endpoint_url": "http://192.0.2.10:9000"}))
     with pytest.raises(ConfigError):
         open_backend(cfg)
 
@@ -914,7 +914,7 @@ def test_plain_http_endpoint_off_loopback_is_refused_when_opened() -> None:
 def test_plain_http_on_loopback_is_accepted_and_logged_at_every_open(moto_server: S3Endpoint) -> None:
     from structlog.testing import capture_logs
 
-    cfg = StoreConfig(url="s3://b", endpoint_url=moto_server.endpoint_url, region="us-east-1")
+    cfg = StoreConfig(url="s3://evidence-bucket", endpoint_url=moto_server.endpoint_url, region="us-east-1")
     with capture_logs() as logs:
         S3Store.from_config(cfg)
         S3Store.from_config(cfg)          # a second start (or a reload) says it again
@@ -926,13 +926,13 @@ def test_plain_http_on_loopback_is_accepted_and_logged_at_every_open(moto_server
 def test_trust_plain_http_is_accepted_and_logged() -> None:
     from structlog.testing import capture_logs
 
-    cfg = StoreConfig(url="s3://b", endpoint_url="http://192.0.2.10:9000", region="us-east-1",
+    cfg = StoreConfig(url="s3://evidence-bucket", endpoint_url="http://192.0.2.10:9000", region="us-east-1",
                       trust_plain_http=True)
     with capture_logs() as logs:
         store = S3Store.from_config(cfg)      # construction sends nothing
     assert store.client.meta.endpoint_url == "http://192.0.2.10:9000"
     [(name, event)] = _store_events(logs)
-    assert name == "store.plain_http" and event["loopback"] is False and event["store"] == "s3://b"
+    assert name == "store.plain_http" and event["loopback"] is False and event["store"] == "s3://evidence-bucket"
 
 
 def test_https_logs_nothing_unless_tls_is_unverified() -> None:
