@@ -135,3 +135,26 @@ def test_unknown_store_reachability_is_absent_not_zero():
     assert "\ndockd_store_reachable " not in text
     snap["store"]["reachable"] = False
     assert parse(render(snap, {}, {}))["dockd_store_reachable"] == 0
+
+
+def test_textfile_that_cannot_be_written_is_logged_once(tmp_path, make_cfg):
+    """A path the sandbox hides (ProtectSystem=strict) fails every tick: the daemon
+    goes on, and says so once, naming the path."""
+    from structlog.testing import capture_logs
+
+    from dockd.config import MetricsConfig
+
+    (tmp_path / "not-a-dir").write_text("")
+    path = tmp_path / "not-a-dir" / "dockd.prom"
+    cfg = make_cfg(metrics=MetricsConfig(textfile=path, interval=15))
+    snap = status.build(cfg, None)
+    clock = [0.0]
+    ex = MetricsExporter(cfg, lambda: snap, lambda: {}, lambda: clock[0])
+    with capture_logs() as logs:
+        ex.start()
+        for _ in range(3):
+            clock[0] += 16
+            ex.tick()
+    failed = [e for e in logs if e["event"] == "metrics.write_failed"]
+    assert ex.write_errors == 4
+    assert len(failed) == 1 and failed[0]["path"] == str(path) and failed[0]["error"]
