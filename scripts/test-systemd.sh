@@ -34,13 +34,15 @@ update_docs=0
 CACHE=${DOCKD_SYSTEMD_CACHE:-/var/cache/dockd-systemd-test}
 MIRROR=${DOCKD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # the container: systemd, udevd, python3 for dockd's venv, exFAT for the camera
-INCLUDE=systemd,systemd-sysv,udev,dbus,python3
+INCLUDE=systemd,systemd-sysv,udev,dbus,python3,procps
 EXTRA="fuse3 exfat-fuse exfatprogs"
 LABEL=DOCKDNSPAWN
 
+passed=0
 say() { echo "test-systemd: $*" >&2; }
-fail() { say "FAIL: $*"; exit 1; }
-ok() { say "ok: $*"; }
+# the last line is CI's count: "test-systemd: N passed, N failed"
+fail() { say "FAIL: $*"; say "$passed passed, 1 failed"; exit 1; }
+ok() { passed=$((passed + 1)); say "ok: $*"; }
 
 [ "$(id -u)" = 0 ] || fail "needs root"
 for tool in systemd-nspawn debootstrap losetup mkfs.exfat mount.exfat-fuse; do
@@ -233,7 +235,7 @@ losetup -d "$loopdev"; loopdev=""
 left=$(python3 -c 'import sys; sys.path.insert(0, "tests"); import loopcam, pathlib
 print(len([p for p in loopcam.read_image(pathlib.Path(sys.argv[1])) if p.upper().endswith(".MP4")]))' "$work/cam.img")
 [ "$left" = 0 ] || fail "$left recordings left on the camera"
-ok "camera $loopdev: docked, 2 spooled, verified, wiped, released; store holds 2 objects, camera none"
+ok "camera $name: docked, 2 spooled, verified, wiped, released; store holds 2 objects, camera none"
 
 # -- up past twice WatchdogSec, same process ------------------------------------------
 wd=$(show WatchdogUSec)                        # a timespan: "30s"
@@ -298,4 +300,5 @@ echo "$purge" | grep -q "rm -rf /var/lib/dockd" || fail "purge did not say what 
 [ ! -e "$root/etc/dockd/dockd.toml" ] || fail "purge kept the conffile"
 ok "dpkg -r keeps /var/lib/dockd; dpkg -P keeps it and says: $(echo "$purge" | grep 'rm -rf')"
 
-say "passed in $(( $(date +%s) - t_start ))s"
+say "took $(( $(date +%s) - t_start ))s"
+say "$passed passed, 0 failed"
