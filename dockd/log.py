@@ -98,6 +98,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "store.tls_unverified": ("warning", "TLS verification is disabled by configuration", "store"),
     "store.plain_http": ("warning", "the store is reached over plain http (loopback, or store.trust_plain_http); its proof is only as good as the path", "store, endpoint, loopback"),
     "hook.failed": ("warning", "the configured hook command failed", "camera, phase, error"),
+    "metrics.write_failed": ("error", "the metrics textfile could not be written (logged once; the daemon goes on)", "path, error"),
 }
 
 _SECRET_WORDS = ("secret", "password", "token", "credential", "identity", "private", "access_key")

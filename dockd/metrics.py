@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.request import pathname2url
 
+from . import log
 from .errors import ConfigError
 from .model import Phase, RecState
 
@@ -401,8 +402,10 @@ class MetricsExporter:
         self._next = self.clock() + self.cfg.metrics.interval
         try:
             write_atomic(Path(path), self.text())
-        except OSError:
+        except OSError as exc:
             self.write_errors += 1      # a full or read-only disk must not stop the daemon
+            if self.write_errors == 1:  # once: a sandbox that hides the path fails every tick
+                log.emit(log.get(), "metrics.write_failed", path=str(path), error=str(exc))
 
     def stop(self) -> None:
         if self._http is not None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
+from .errors import UsageError
 from .ledger import Ledger, ledger_error
 from .model import Phase, RecState, escape_controls
 
@@ -208,7 +209,13 @@ def snapshot(cfg: Config) -> dict[str, Any]:
     from .control import query
 
     live = query(cfg)
-    return live if live is not None else from_ledger(cfg)
+    if live is not None:
+        return live
+    try:
+        return from_ledger(cfg)
+    except PermissionError as exc:      # an operator in group dockd, the daemon stopped
+        raise UsageError(f"the daemon is not running and {exc.filename or cfg.paths.state_dir} is root's "
+                         "alone: start it (systemctl start dockd) or run dockd status as root") from None
 
 
 # -- rendering -------------------------------------------------------------------

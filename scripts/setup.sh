@@ -2,7 +2,8 @@
 # Set up dockd on a fresh Debian machine (as root): system packages, a
 # virtualenv in .venv with dockd installed, and with --test everything the
 # test suite needs (udev, exFAT tools, age, rclone, OpenStack Swift, the tus
-# server from npm, promtool). Safe to run again.
+# server from npm, promtool); with --deb, what building and booting the Debian
+# package needs. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +17,16 @@ test_pkgs=(
   swift swift-proxy swift-object swift-container swift-account memcached  # S3 via Swift s3api
   nodejs npm                                                 # the official tus server
 )
+# --deb: build the Debian package (scripts/build-deb.sh) and boot it under systemd in a
+# container (scripts/test-systemd.sh)
+deb_pkgs=(
+  debhelper dpkg-dev fakeroot lintian python3-venv python3-pip   # build-deb.sh
+  systemd-container debootstrap                                  # test-systemd.sh
+  exfatprogs exfat-fuse fuse3 util-linux                         # its loop-device camera
+)
 pkgs=("${run_pkgs[@]}")
 [ "$mode" = "--test" ] && pkgs+=("${test_pkgs[@]}")
+[ "$mode" = "--deb" ] && pkgs+=("${deb_pkgs[@]}")
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -37,6 +46,10 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+if [ "$mode" = "--deb" ]; then
+  echo "setup: ok ($mode)" >&2           # the package brings its own venv; .venv is not needed
+  exit 0
+fi
 if [ "$mode" = "--test" ]; then
   .venv/bin/pip install -q -e '.[test]' >.venv/pip.log 2>&1 || { cat .venv/pip.log >&2; exit 1; }
   # promtool (checks of the shipped alert rules and of a real scrape) ships only in Debian's

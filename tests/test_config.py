@@ -274,3 +274,19 @@ def test_cli_plain_http_store_is_one_line_exit_2(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "config error: store.endpoint_url: plain http" in lines[0]
+
+
+def test_shipped_config_refuses_to_run_in_one_line_until_recipients_are_set():
+    """The package's /etc/dockd/dockd.toml (systemd/dockd.toml): `dockd run` with it
+    says what is missing in one line naming encryption.recipients, exit 2, and
+    touches nothing (the check comes before any state directory is made)."""
+    repo = Path(__file__).resolve().parents[1]
+    shipped = repo / "systemd" / "dockd.toml"
+    cfg = config.load(shipped)
+    assert cfg.encryption.recipients == [] and cfg.devices.source == "udev"
+    out = subprocess.run([sys.executable, "-m", "dockd", "--config", str(shipped), "run"],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo)})
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "encryption.recipients" in out.stderr, out.stderr

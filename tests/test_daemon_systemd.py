@@ -47,8 +47,11 @@ def test_exposure_is_at_most_4_5(tmp_path):
 def test_unit_has_the_service_contract():
     text = UNIT.read_text()
     for line in ("Type=notify", "WatchdogSec=", "ExecReload=/bin/kill -HUP $MAINPID", "TimeoutStopSec=",
-                 "StateDirectory=dockd", "RuntimeDirectory=dockd", "ConfigurationDirectory=dockd",
+                 "StateDirectory=dockd", "RuntimeDirectory=dockd",
+                 "ReadWritePaths=-/var/lib/prometheus/node-exporter",
                  "LoadCredential=store:/etc/dockd/credentials"):
         assert line in text, line
+    # dockd only reads /etc/dockd: ConfigurationDirectory= would make it writable in the sandbox
+    assert "\nConfigurationDirectory=" not in text
     assert "g dockd" in (REPO / "systemd" / "dockd.sysusers").read_text()
     assert "/etc/dockd/credentials 0700" in (REPO / "systemd" / "dockd.tmpfiles").read_text()

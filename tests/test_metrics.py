@@ -362,3 +362,26 @@ def test_a_clock_stepped_back_does_not_make_a_negative_duration():
     assert m['dockd_session_duration_seconds_bucket{outcome="done",le="30.0"}'] == 1
     assert m['dockd_session_duration_seconds_bucket{outcome="done",le="60.0"}'] == 2
     assert m['dockd_session_duration_seconds_count{outcome="done"}'] == 2
+
+
+def test_textfile_that_cannot_be_written_is_logged_once(tmp_path, make_cfg):
+    """A path the sandbox hides (ProtectSystem=strict) fails every tick: the daemon
+    goes on, and says so once, naming the path."""
+    from structlog.testing import capture_logs
+
+    from dockd.config import MetricsConfig
+
+    (tmp_path / "not-a-dir").write_text("")
+    path = tmp_path / "not-a-dir" / "dockd.prom"
+    cfg = make_cfg(metrics=MetricsConfig(textfile=path, interval=15))
+    snap = status.build(cfg, None)
+    clock = [0.0]
+    ex = MetricsExporter(cfg, lambda: snap, lambda: {}, lambda: clock[0])
+    with capture_logs() as logs:
+        ex.start()
+        for _ in range(3):
+            clock[0] += 16
+            ex.tick()
+    failed = [e for e in logs if e["event"] == "metrics.write_failed"]
+    assert ex.write_errors == 4
+    assert len(failed) == 1 and failed[0]["path"] == str(path) and failed[0]["error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -353,3 +354,33 @@ def test_the_table_escapes_every_camera_supplied_field():
     out = _text(snap, width=400)
     _assert_no_control(out.encode(), "table")
     assert "[bold green]SAFE TO UNDOCK[/]" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a root-only state directory")
+def test_operator_status_with_daemon_stopped_and_root_only_state_is_one_line(identity):
+    """The package's state directory is 0700 root: an operator (not root) asking
+    while the daemon is down gets one line saying what to do, not a traceback."""
+    import shutil
+    import tempfile
+
+    from dockd.ledger import Ledger
+
+    root = Path(tempfile.mkdtemp(prefix="dockd-operator-"))
+    try:
+        root.chmod(0o755)                          # the operator may read the config, as in /etc/dockd
+        cfg_path = write_config(root, str(identity.public()))
+        cfg_path.chmod(0o644)
+        (root / "state").mkdir(mode=0o700)
+        Ledger(root / "state" / "ledger.sqlite3").close()
+        out = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+             *DOCKD, "--config", str(cfg_path), "status"],
+            capture_output=True, text=True, timeout=30,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "COLUMNS": "200"})
+    finally:
+        shutil.rmtree(root)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "systemctl start dockd" in lines[0] and "as root" in lines[0]
