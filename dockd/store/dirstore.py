@@ -46,6 +46,7 @@ from ..errors import (
 )
 from ..fsutil import close_quietly, fsync_dir, make_durable
 from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, ObjectInfo, Store, sha256_stream
+from .keys import validate_key
 
 BLOCK = 1 << 20
 TMP_PREFIX = ".tmp-"
@@ -125,8 +126,8 @@ class DirStore(Store):
         return cls(Path(unquote(u.path)), url)
 
     def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") or p.startswith(TMP_PREFIX) for p in parts):
+        parts = validate_key(key).split("/")
+        if any(p.startswith(TMP_PREFIX) for p in parts):     # the names of puts under way
             raise PermanentStoreError(f"invalid object key {key!r}")
         return self.root.joinpath(*parts)
 

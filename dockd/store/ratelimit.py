@@ -241,8 +241,9 @@ class ThrottledStore(Store):
     def close(self) -> None:
         self.inner.close()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    def unwrap(self) -> Store:
+        """The store this one wraps (which may be a wrapper too)."""
+        return self.inner
 
 
 def wrap_for_config(inner: Store, upload: Any) -> Store:

@@ -78,6 +78,7 @@ from ..errors import (
 from ..manifest import EVIDENTIAL, retention_class_of
 from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, MemoryCheckpoint, ObjectInfo, Store
 from .channel import open_channel
+from .keys import validate_key
 
 import structlog
 
@@ -88,7 +89,6 @@ MiB = 1024 * 1024
 S3_MIN_PART_SIZE = 5 * MiB
 S3_MAX_PART_SIZE = 5 * 1024 * MiB
 S3_MAX_PARTS = 10_000
-MAX_KEY_BYTES = 1024
 READ_BLOCK = 1 * MiB
 # verify reads back this many bytes at the object's end: a store that kept less (or
 # other bytes) than it says cannot give them, whatever its HEAD echoes. Kept with each
@@ -598,15 +598,7 @@ class S3Store(Store):
     # -- keys ---------------------------------------------------------------------
 
     def _key(self, key: str) -> str:
-        parts = key.split("/")
-        if (
-            not key
-            or any(p in ("", ".", "..") for p in parts)
-            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key)
-            or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES - len(self.prefix) - 1
-        ):
-            raise PermanentStoreError(f"invalid object key {key!r}")
-        return f"{self.prefix}/{key}" if self.prefix else key
+        return validate_key(key, self.prefix)
 
     def _rel(self, full: str) -> str:
         return full[len(self.prefix) + 1:] if self.prefix else full

@@ -81,6 +81,7 @@ from ..errors import (
 )
 from .base import Blob, Capabilities, Checkpoint, ObjectInfo, Store
 from .channel import is_loopback, is_plain_http, open_channel
+from .keys import validate_key
 
 import structlog
 
@@ -89,7 +90,6 @@ log = structlog.get_logger("dockd.store.tus")
 TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 READ_BLOCK = 1 << 20
-MAX_KEY_BYTES = 1024
 # Upload-Metadata entries this client adds; the blob's own metadata goes beside them.
 META_KEY = "dockd-key"
 META_SHA256 = "dockd-sha256"
@@ -378,14 +378,7 @@ class TusStore(Store):
         raise classify_status(resp.status_code, what)
 
     def _full(self, key: str) -> str:
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") for p in parts) or \
-                any(ord(c) < 0x20 or c == "\x7f" for c in key):
-            raise PermanentStoreError(f"invalid object key {key!r}")
-        full = f"{self.prefix}/{key}" if self.prefix else key
-        if len(full.encode("utf-8")) > MAX_KEY_BYTES:
-            raise PermanentStoreError(f"object key too long ({len(full.encode())} bytes)")
-        return full
+        return validate_key(key, self.prefix)
 
     def _rel(self, full: str) -> str:
         return full[len(self.prefix) + 1:] if self.prefix else full
