@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import base64
 import configparser
-import dataclasses
 import hashlib
 import math
 import os
@@ -56,7 +55,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import quote, urlencode, urlparse
 
 import boto3
@@ -76,7 +75,9 @@ from ..errors import (
     UsageError,
 )
 from ..manifest import EVIDENTIAL, retention_class_of
-from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, MemoryCheckpoint, ObjectInfo, Store
+from .base import (
+    MAX_PROOFS_KEPT, Blob, Checkpoint, Item, MemoryCheckpoint, ObjectInfo, Result, Results, Store, each,
+)
 from .channel import open_channel
 from .keys import validate_key
 
@@ -94,7 +95,7 @@ READ_BLOCK = 1 * MiB
 # other bytes) than it says cannot give them, whatever its HEAD echoes. Kept with each
 # digest from put to verify (MAX_PROOFS_KEPT of them: 1 MiB).
 TAIL_PROOF = 4096
-LIST_PROOF_PAGES = 4     # prove_listed reads at most this many pages of 1,000 keys
+LIST_PROOF_PAGES = 4     # _prove_listed reads at most this many pages of 1,000 keys
 
 # Metadata we add next to the caller's (x-amz-meta-dockd-*).
 META_PART_SIZE = "dockd-part-size"     # how the ETag was formed; verify recomputes it
@@ -455,6 +456,21 @@ class _BufferBody:
         return len(self._view)
 
 
+# -- what the server does ------------------------------------------------------------
+
+@dataclass
+class ServerFeatures:
+    """What this S3 server does, as far as its store has learnt: from the
+    configuration at first, then from the server's answers (``S3Store.probe`` and
+    the first uploads). Changed only under the store's lock."""
+
+    checksum: bool | None = None     # keeps x-amz-checksum-sha256; None: not yet known
+    tagging: bool = True             # keeps object tags, until it refuses them
+    object_lock: bool = False        # the bucket has Object Lock (learnt by probe)
+    list_proof: bool = True          # may list the bucket, until a listing is refused
+    probed: bool = False             # probe() has run
+
+
 # -- the store --------------------------------------------------------------------
 
 class S3Store(Store):
@@ -515,7 +531,6 @@ class S3Store(Store):
         self.max_parts = max_parts
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()    # one probe at a time: the first put of each worker waits
-        self._probed = False
         # Digests ``put`` just computed, by the (SHA-256, size) the spooled file was checked
         # against: ``verify`` reuses them rather than reading and hashing the file once more.
         # Content-addressed, so always true of those bytes; dropped once verified, and bounded.
@@ -523,10 +538,7 @@ class S3Store(Store):
         # Each upload thread's part buffer, reused part after part (see _buffer).
         self._buffers = threading.local()
         # None: not yet known (auto); True/False once decided
-        self._checksum_ok: bool | None = {"auto": None, "sha256": True, "off": False}[checksum]
-        self._tagging_ok = True          # until the server says it has no tagging
-        self._list_proof_ok = True       # until a listing is refused (no s3:ListBucket)
-        self.capabilities = Capabilities(resumable=True, server_checksum=checksum == "sha256")
+        self.features = ServerFeatures(checksum={"auto": None, "sha256": True, "off": False}[checksum])
 
         # refuses plain http off loopback (unless trusted); logs what weakens the channel
         verify = open_channel(endpoint_url, store=url, key="store.endpoint_url",
@@ -603,22 +615,22 @@ class S3Store(Store):
     def _rel(self, full: str) -> str:
         return full[len(self.prefix) + 1:] if self.prefix else full
 
-    # -- capabilities ------------------------------------------------------------
+    # -- server features ------------------------------------------------------------
 
-    def probe(self) -> Capabilities:
+    def probe(self) -> ServerFeatures:
         """Check the bucket is reachable and learn whether it has Object Lock.
 
         Raises ``StoreAuthError`` / ``PermanentStoreError`` (no such bucket) /
         ``TransientStoreError``. Idempotent and cheap after the first call.
         """
-        if self._probed:
-            return self.capabilities
+        if self.features.probed:
+            return self.features
         with self._probe_lock:
-            if self._probed:
-                return self.capabilities
+            if self.features.probed:
+                return self.features
             return self._probe()
 
-    def _probe(self) -> Capabilities:
+    def _probe(self) -> ServerFeatures:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except Exception as exc:  # noqa: BLE001 - classified
@@ -643,10 +655,10 @@ class S3Store(Store):
         if self.tag_retention:
             self._probe_tagging()
         with self._lock:
-            self.capabilities = dataclasses.replace(self.capabilities, object_lock=lock)
-            self._probed = True
-        log.info("store.probed", url=self.url, object_lock=lock, tagging=self._tagging_ok)
-        return self.capabilities
+            self.features.object_lock = lock
+            self.features.probed = True
+        log.info("store.probed", url=self.url, object_lock=lock, tagging=self.features.tagging)
+        return self.features
 
     def _probe_tagging(self) -> None:
         """Learn whether the server keeps object tags, writing nothing.
@@ -668,27 +680,25 @@ class S3Store(Store):
             message = str((exc.response.get("Error") or {}).get("Message", "")).lower()
             if code == "NotImplemented" and "checksum" not in message:
                 with self._lock:
-                    self._tagging_ok = False
+                    self.features.tagging = False
                     self.client = self._new_client()   # the refusal may close the connection
                 log.warning("store.tagging_unsupported", url=self.url, code=code)
         except Exception:  # noqa: BLE001 - unanswered: the first upload learns it instead
             pass
 
     def _use_checksum(self) -> bool:
-        return self._checksum_ok is not False
+        return self.features.checksum is not False
 
     def _checksum_unsupported(self, why: str) -> None:
         with self._lock:
-            if self._checksum_ok is not False:
+            if self.features.checksum is not False:
                 log.warning("store.checksum_unsupported", url=self.url, why=why)
-            self._checksum_ok = False
-            self.capabilities = dataclasses.replace(self.capabilities, server_checksum=False)
+            self.features.checksum = False
 
     def _checksum_supported(self) -> None:
         with self._lock:
-            if self._checksum_ok is None:
-                self._checksum_ok = True
-                self.capabilities = dataclasses.replace(self.capabilities, server_checksum=True)
+            if self.features.checksum is None:
+                self.features.checksum = True
 
     def _may_retry_without(self, exc: BaseException, used_checksum: bool, used_tagging: bool) -> bool:
         """Drop an optional feature the server just refused; True if worth trying again.
@@ -705,10 +715,10 @@ class S3Store(Store):
         message = str((exc.response.get("Error") or {}).get("Message", "")).lower()
         if used_tagging and code in CHECKSUM_REJECTED_CODES and "tagging" in message:
             with self._lock:
-                first, self._tagging_ok = self._tagging_ok, False
+                first, self.features.tagging = self.features.tagging, False
             if first:
                 log.warning("store.tagging_unsupported", url=self.url, code=code)
-        elif (used_checksum and self.checksum == "auto" and self._checksum_ok is not True
+        elif (used_checksum and self.checksum == "auto" and self.features.checksum is not True
               and code in CHECKSUM_REJECTED_CODES):
             self._checksum_unsupported(f"server rejected it ({code})")
         else:
@@ -732,7 +742,7 @@ class S3Store(Store):
             meta[META_PART_SIZE] = str(part_size)
         args: dict[str, Any] = {"Metadata": meta, "ContentType": "application/octet-stream"}
         retention_class = retention_class_of(blob.flagged, self.retention_class)
-        if self.tag_retention and retention_class and self._tagging_ok:
+        if self.tag_retention and retention_class and self.features.tagging:
             # the recording's own class: a lifecycle rule on the configured one (31d)
             # must never reach a flagged recording
             args["Tagging"] = urlencode({TAG_RETENTION: retention_class})
@@ -741,7 +751,7 @@ class S3Store(Store):
 
     def _lock_args(self, blob: Blob) -> dict[str, Any]:
         args: dict[str, Any] = {}
-        if self.capabilities.object_lock:
+        if self.features.object_lock:
             if self.object_lock_mode and self.object_lock_days:
                 until = datetime.now(timezone.utc) + timedelta(days=self.object_lock_days)
                 args["ObjectLockMode"] = self.object_lock_mode
@@ -752,7 +762,11 @@ class S3Store(Store):
 
     # -- put -------------------------------------------------------------------------
 
-    def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
+    def put(self, items: Iterable[Item]) -> Results:
+        """Each item in turn: S3 has no batch upload."""
+        return each(items, lambda item: self._put(item.key, item.blob, item.checkpoint))
+
+    def _put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
         full = self._key(key)
         self.probe()
         multipart = blob.size > self.multipart_threshold
@@ -800,7 +814,7 @@ class S3Store(Store):
         else:
             self._put_single(full, blob, digest)
         checkpoint.clear()
-        if self.capabilities.object_lock:
+        if self.features.object_lock:
             self._ensure_lock(full, blob)
 
     def _ensure_lock(self, full: str, blob: Blob) -> None:
@@ -889,7 +903,7 @@ class S3Store(Store):
                     continue
                 raise classify(exc, what) from exc
             break
-        if use_sum and self._checksum_ok is None:
+        if use_sum and self.features.checksum is None:
             self._learn_checksum(full)
 
     def _learn_checksum(self, full: str) -> None:
@@ -1058,7 +1072,7 @@ class S3Store(Store):
                 if self._may_retry_without(exc, use_sum, "Tagging" in args):
                     continue
                 raise classify(exc, f"create upload {full}") from exc
-            if use_sum and self._checksum_ok is not True and r.get("ChecksumAlgorithm") is None:
+            if use_sum and self.features.checksum is not True and r.get("ChecksumAlgorithm") is None:
                 # a server that understands checksums echoes the algorithm (in auto mode,
                 # another upload may have learnt meanwhile that this one does not)
                 self._abort(full, r["UploadId"], MemoryCheckpoint())
@@ -1115,10 +1129,10 @@ class S3Store(Store):
                 if head is not None:
                     return
             raise
-        if use_sum and self._checksum_ok is None:
+        if use_sum and self.features.checksum is None:
             self._learn_checksum(full)
 
-    # -- verify / stat ------------------------------------------------------------------
+    # -- verify ------------------------------------------------------------------
 
     def _head(self, full: str, what: str) -> dict[str, Any] | None:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": full}
@@ -1235,7 +1249,26 @@ class S3Store(Store):
             return f"tail read-back: the last {len(want)} bytes differ from those sent"
         return True
 
-    def verify(self, key: str, blob: Blob) -> ObjectInfo:
+    def verify(self, items: Iterable[Item]) -> Results:
+        """One listing proves what it can of the batch (``_prove_listed``); each other
+        item is proven alone (``_verify``: HEAD, then the tail read back). A listing
+        that fails is the batch's ``batch_error`` and proves nothing."""
+        items = list(items)
+        listed: dict[str, ObjectInfo] = {}
+        batch_error = None
+        try:
+            listed = self._prove_listed(items)
+        except StoreError as exc:
+            batch_error = exc
+        results = Results(batch_error=batch_error)
+        for item in items:
+            if item.key in listed:
+                results.append(Result(item, info=listed[item.key]))
+            else:
+                results.extend(each([item], lambda i: self._verify(i.key, i.blob), until_refused=False))
+        return results
+
+    def _verify(self, key: str, blob: Blob) -> ObjectInfo:
         full = self._key(key)
         head = self._head(full, "verify")
         if head is None:
@@ -1246,10 +1279,11 @@ class S3Store(Store):
         self._digests.pop((blob.sha256, blob.size), None)
         return self._info(key, head, sha256=blob.sha256)
 
-    def prove_listed(self, items: Sequence[tuple[str, Blob]]) -> set[str]:
-        """One listing proves many objects this store has just sent in one PUT each.
+    def _prove_listed(self, items: Sequence[Item]) -> dict[str, ObjectInfo]:
+        """One listing proves many objects this store has just sent in one PUT each:
+        what it proves, by key.
 
-        ``verify`` HEADs one object to read back its size and ETag; a listing
+        ``_verify`` HEADs one object to read back its size and ETag; a listing
         reads back the same two facts for up to a thousand. Only objects whose
         digest ``put`` computed as it sent them qualify: for a single PUT the
         ETag is the MD5 of the bytes, checked against that digest as ``verify``
@@ -1262,15 +1296,15 @@ class S3Store(Store):
         first key, stops after the last, and reads at most ``LIST_PROOF_PAGES``
         pages.
         """
-        if self._checksum_ok or not self._list_proof_ok:
-            return set()
+        if self.features.checksum or not self.features.list_proof:
+            return {}
         want: dict[str, tuple[str, Blob, Digest]] = {}
-        for key, blob in items:
+        for key, blob in ((i.key, i.blob) for i in items):
             digest = self._digests.get((blob.sha256, blob.size))
             if digest is not None and not digest.is_multipart:
                 want[self._key(key)] = (key, blob, digest)
         if len(want) < 2:
-            return set()           # one object: its HEAD costs no more than a listing
+            return {}              # one object: its HEAD costs no more than a listing
         keys = sorted(want)
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": os.path.commonprefix(keys),
                                 "StartAfter": keys[0][:-1], "MaxKeys": 1000}
@@ -1292,13 +1326,15 @@ class S3Store(Store):
         except Exception as exc:  # noqa: BLE001 - classified
             err = classify(exc, f"list {args['Prefix']}")
             if isinstance(err, StoreAuthError):
-                self._list_proof_ok = False     # not allowed to list: said once, then HEADs only
+                self.features.list_proof = False     # not allowed to list: said once, then HEADs only
             raise err from exc
+        out: dict[str, ObjectInfo] = {}
         with self._lock:
             for key in proven:
-                _, blob, _ = want[self._key(key)]
+                _, blob, digest = want[self._key(key)]
                 self._digests.pop((blob.sha256, blob.size), None)
-        return proven
+                out[key] = ObjectInfo(key=key, size=blob.size, sha256=blob.sha256, etag=digest.etag)
+        return out
 
     def _info(self, key: str, head: Mapping[str, Any], sha256: str | None = None) -> ObjectInfo:
         server_sum = head.get("ChecksumSHA256")
@@ -1311,10 +1347,6 @@ class S3Store(Store):
             etag=str(head.get("ETag", "")).strip('"') or None,
             metadata=dict(head.get("Metadata") or {}),
         )
-
-    def stat(self, key: str) -> ObjectInfo | None:
-        head = self._head(self._key(key), "stat")
-        return None if head is None else self._info(key, head)
 
     def open(self, key: str) -> BinaryIO:
         full = self._key(key)
