@@ -433,7 +433,7 @@ class CountingBlob(Blob):
 def test_a_fresh_put_reads_the_spool_once_and_verify_reads_it_not_at_all(
     server: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dockd.store.s3 as s3mod
+    import dockd.store.s3.store as s3mod
 
     def no_pass_of_its_own(*a: Any, **kw: Any) -> None:
         raise AssertionError("the spooled file was hashed in a pass of its own")

@@ -46,13 +46,9 @@ Credentials, first found wins:
 from __future__ import annotations
 
 import base64
-import configparser
 import hashlib
-import math
 import os
-import stat as stat_mod
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
@@ -62,7 +58,7 @@ import boto3
 import botocore.exceptions as bce
 from botocore.config import Config as BotoConfig
 
-from ..errors import (
+from ...errors import (
     ConfigError,
     IntegrityError,
     ObjectMissingError,
@@ -74,33 +70,28 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
-from ..manifest import EVIDENTIAL, retention_class_of
-from .base import (
+from ...manifest import EVIDENTIAL, retention_class_of
+from ..base import (
     MAX_PROOFS_KEPT, Blob, Checkpoint, Item, MemoryCheckpoint, ObjectInfo, Result, Results, Store, each,
 )
-from .channel import open_channel
-from .keys import validate_key
+from ..channel import open_channel
+from ..keys import validate_key
+from .credentials import Credentials, resolve_credentials
+from .digests import (
+    MiB, READ_BLOCK, S3_MAX_PARTS, S3_MIN_PART_SIZE, TAIL_PROOF, Digest, _b64, _keep_tail, choose_part_size,
+    digest_file, part_ranges, read_hashing,
+)
+from .features import ServerFeatures
 
 import structlog
 
 log = structlog.get_logger("dockd.store.s3")
 
-MiB = 1024 * 1024
-# S3 limits: parts are 5 MiB..5 GiB except the last, at most 10,000 of them.
-S3_MIN_PART_SIZE = 5 * MiB
-S3_MAX_PART_SIZE = 5 * 1024 * MiB
-S3_MAX_PARTS = 10_000
-READ_BLOCK = 1 * MiB
-# verify reads back this many bytes at the object's end: a store that kept less (or
-# other bytes) than it says cannot give them, whatever its HEAD echoes. Kept with each
-# digest from put to verify (MAX_PROOFS_KEPT of them: 1 MiB).
-TAIL_PROOF = 4096
 LIST_PROOF_PAGES = 4     # _prove_listed reads at most this many pages of 1,000 keys
 
 # Metadata we add next to the caller's (x-amz-meta-dockd-*).
 META_PART_SIZE = "dockd-part-size"     # how the ETag was formed; verify recomputes it
 META_SHA256 = "dockd-sha256"           # ciphertext SHA-256: a claim, for audit tools
-CREDENTIALS_FILE_NAME = "s3-credentials"
 TAG_RETENTION = "retention-class"      # object tag: the recording's retention class, for lifecycle rules
 
 AUTH_CODES = frozenset({
@@ -120,225 +111,6 @@ CHECKSUM_REJECTED_CODES = frozenset({
     "InvalidArgument", "InvalidRequest", "NotImplemented", "MalformedXML",
     "InvalidChecksum", "BadRequest",
 })
-
-
-# -- credentials --------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Credentials:
-    access_key_id: str
-    secret_access_key: str
-    session_token: str | None = None
-
-    def __repr__(self) -> str:  # never print a secret
-        return f"Credentials(access_key_id={self.access_key_id[:4]}…)"
-
-
-def _parse_credentials_text(text: str, where: str) -> Credentials:
-    values: dict[str, str] = {}
-    if any(line.strip().startswith("[") for line in text.splitlines()):
-        cp = configparser.ConfigParser(interpolation=None)
-        try:
-            cp.read_string(text)
-        except configparser.Error as exc:
-            raise ConfigError("store.credentials_file", f"{where}: not an ini file ({exc.__class__.__name__})") from None
-        sections = cp.sections()
-        name = "default" if "default" in sections else (sections[0] if len(sections) == 1 else None)
-        if name is None:
-            raise ConfigError("store.credentials_file", f"{where}: no [default] section")
-        values = dict(cp[name])
-    else:
-        for line in text.splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            k, sep, v = line.partition("=")
-            if not sep:
-                raise ConfigError("store.credentials_file", f"{where}: expected key = value lines")
-            values[k.strip().lower()] = v.strip().strip('"')
-    key, secret = values.get("aws_access_key_id"), values.get("aws_secret_access_key")
-    if not key or not secret:
-        raise ConfigError(
-            "store.credentials_file", f"{where}: needs aws_access_key_id and aws_secret_access_key"
-        )
-    return Credentials(key, secret, values.get("aws_session_token") or None)
-
-
-def load_credentials_file(path: Path) -> Credentials:
-    """Read a credentials file; refuse one readable by group or others."""
-    try:
-        st = path.stat()
-        if st.st_mode & 0o077:
-            raise ConfigError(
-                "store.credentials_file",
-                f"{path} has mode {stat_mod.S_IMODE(st.st_mode):04o}; it holds secrets, "
-                "make it 0600 (or 0400)",
-            )
-        text = path.read_text("utf-8")
-    except OSError as exc:
-        raise ConfigError("store.credentials_file", f"cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError("store.credentials_file", f"{path}: not UTF-8") from None
-    return _parse_credentials_text(text, str(path))
-
-
-def resolve_credentials(
-    credentials_file: Path | None, environ: Mapping[str, str] | None = None
-) -> Credentials | None:
-    """The credentials to use, or None for boto3's own chain. See the module doc."""
-    env = os.environ if environ is None else environ
-    if credentials_file is not None:
-        return load_credentials_file(Path(credentials_file))
-    cred_dir = env.get("CREDENTIALS_DIRECTORY")
-    if cred_dir:
-        d = Path(cred_dir)
-        key_f, secret_f = d / "aws_access_key_id", d / "aws_secret_access_key"
-        if key_f.is_file() and secret_f.is_file():
-            token_f = d / "aws_session_token"
-            token = token_f.read_text().strip() if token_f.is_file() else None
-            return Credentials(key_f.read_text().strip(), secret_f.read_text().strip(), token or None)
-        if (d / CREDENTIALS_FILE_NAME).is_file():
-            # systemd makes the directory private to the service; no mode check
-            f = d / CREDENTIALS_FILE_NAME
-            return _parse_credentials_text(f.read_text("utf-8"), str(f))
-    return None
-
-
-# -- local digests -------------------------------------------------------------
-
-def choose_part_size(
-    size: int, part_size: int, min_part_size: int = S3_MIN_PART_SIZE, max_parts: int = S3_MAX_PARTS
-) -> int:
-    """The configured part size, raised so ``size`` needs at most ``max_parts`` parts.
-
-    Deterministic: the same size and settings always give the same part size,
-    so the multipart ETag can be recomputed later.
-    """
-    ps = max(part_size, min_part_size, 1)
-    if math.ceil(size / ps) > max_parts:
-        ps = math.ceil(size / max_parts)
-        if ps > MiB:
-            ps = math.ceil(ps / MiB) * MiB
-    if ps > S3_MAX_PART_SIZE:
-        raise PermanentStoreError(f"object of {size} bytes is too large for S3 multipart")
-    return ps
-
-
-def part_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
-    """(offset, length) of each part; one empty part for an empty object."""
-    if size == 0:
-        return [(0, 0)]
-    return [(off, min(part_size, size - off)) for off in range(0, size, part_size)]
-
-
-@dataclass(frozen=True)
-class Digest:
-    """What the spooled file hashes to, part by part (one part for a single PUT)."""
-
-    size: int
-    sha256: str                      # hex, whole file
-    part_size: int                   # 0 for a single PUT
-    md5s: tuple[bytes, ...]          # raw MD5 of each part
-    sha256s: tuple[bytes, ...]       # raw SHA-256 of each part; () when not computed
-    tail: bytes = b""                # the last min(TAIL_PROOF, size) bytes
-
-    @property
-    def is_multipart(self) -> bool:
-        return self.part_size > 0
-
-    @property
-    def has_part_sums(self) -> bool:
-        """Whether ``sha256s`` were computed (an upload without checksums skips them)."""
-        return len(self.sha256s) == len(self.md5s)
-
-    @property
-    def etag(self) -> str:
-        if not self.is_multipart:
-            return self.md5s[0].hex()
-        return f"{hashlib.md5(b''.join(self.md5s)).hexdigest()}-{len(self.md5s)}"
-
-    @property
-    def checksum_sha256(self) -> str:
-        """The base64 x-amz-checksum-sha256 S3 reports for this object."""
-        if not self.has_part_sums:
-            raise ValueError("per-part SHA-256s were not computed")
-        if not self.is_multipart:
-            return base64.b64encode(bytes.fromhex(self.sha256)).decode()
-        whole = hashlib.sha256(b"".join(self.sha256s)).digest()
-        return f"{base64.b64encode(whole).decode()}-{len(self.sha256s)}"
-
-    @property
-    def checksum_full(self) -> str:
-        return base64.b64encode(bytes.fromhex(self.sha256)).decode()
-
-
-def digest_file(path: Path, part_size: int = 0) -> Digest:
-    """Hash ``path`` whole and per part. ``part_size`` 0 means one part."""
-    whole = hashlib.sha256()
-    md5s: list[bytes] = []
-    sha256s: list[bytes] = []
-    n = 0
-    tail = b""
-    block = memoryview(bytearray(READ_BLOCK))
-    try:
-        with open(path, "rb") as f:
-            while True:
-                want = part_size or (1 << 62)
-                pm = hashlib.md5()
-                # one part: its SHA-256 is the whole file's, so do not compute it twice
-                hashers = (pm, whole, hashlib.sha256()) if part_size else (pm, whole)
-                got = 0
-                while got < want:
-                    k = f.readinto(block[:min(READ_BLOCK, want - got)])
-                    if not k:
-                        break
-                    for h in hashers:
-                        h.update(block[:k])
-                    tail = _keep_tail(tail, block[:k])
-                    got += k
-                if got or not md5s:
-                    md5s.append(pm.digest())
-                    if part_size:
-                        sha256s.append(hashers[2].digest())
-                n += got
-                if got < want:
-                    break
-    except OSError as exc:
-        raise SpoolError(f"cannot read spooled file {path}: {exc.strerror}") from exc
-    if not part_size:
-        sha256s = [whole.digest()]
-    return Digest(n, whole.hexdigest(), part_size, tuple(md5s), tuple(sha256s), tail)
-
-
-def _keep_tail(tail: bytes, data: memoryview) -> bytes:
-    """The last ``TAIL_PROOF`` bytes of ``tail`` followed by ``data``."""
-    if len(data) >= TAIL_PROOF:
-        return bytes(data[-TAIL_PROOF:])
-    return (tail + bytes(data))[-TAIL_PROOF:]
-
-
-def read_hashing(f: BinaryIO, into: memoryview, hashers: tuple[Any, ...], what: str) -> int:
-    """Fill ``into`` from ``f``; returns the bytes read, fewer only at end of file.
-
-    Each block is hashed right after it is read, while it is still in the CPU
-    cache, by every one of ``hashers``.
-    """
-    got = 0
-    try:
-        while got < len(into):
-            k = f.readinto(into[got:got + READ_BLOCK])
-            if not k:
-                break
-            for h in hashers:
-                h.update(into[got:got + k])
-            got += k
-    except OSError as exc:
-        raise SpoolError(f"{what}: cannot read the spooled file: {exc.strerror}") from exc
-    return got
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
 
 # -- error classification -------------------------------------------------------
@@ -454,21 +226,6 @@ class _BufferBody:
 
     def __len__(self) -> int:
         return len(self._view)
-
-
-# -- what the server does ------------------------------------------------------------
-
-@dataclass
-class ServerFeatures:
-    """What this S3 server does, as far as its store has learnt: from the
-    configuration at first, then from the server's answers (``S3Store.probe`` and
-    the first uploads). Changed only under the store's lock."""
-
-    checksum: bool | None = None     # keeps x-amz-checksum-sha256; None: not yet known
-    tagging: bool = True             # keeps object tags, until it refuses them
-    object_lock: bool = False        # the bucket has Object Lock (learnt by probe)
-    list_proof: bool = True          # may list the bucket, until a listing is refused
-    probed: bool = False             # probe() has run
 
 
 # -- the store --------------------------------------------------------------------
