@@ -103,7 +103,11 @@ def bitflip_docked(ctx: Context, i: int) -> tuple[dict[str, int], list[str]]:
     class FlippingStore(DirStore):
         """Flips one bit of each spooled file before its first upload: spool rot."""
 
-        def put(self, key, blob, checkpoint):  # noqa: ANN001, ANN201
+        def put(self, items):  # noqa: ANN001, ANN201
+            return super().put(self._flipped(item) for item in items)
+
+        def _flipped(self, item):  # noqa: ANN001, ANN201
+            key, blob = item.key, item.blob
             if key not in flipped and blob.size:
                 flipped.add(key)
                 with open(blob.path, "r+b") as f:
@@ -112,7 +116,7 @@ def bitflip_docked(ctx: Context, i: int) -> tuple[dict[str, int], list[str]]:
                     b = f.read(1)
                     f.seek(off)
                     f.write(bytes([b[0] ^ (1 << rng.randrange(8))]))
-            return super().put(key, blob, checkpoint)
+            return item
 
     cfg = config_mod.load(st.config)
     station = Station(cfg, policy=RetryPolicy.immediate(2), backend=FlippingStore(st.store_dir), patient=False)

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator
 
-from dockd.errors import DockdError, TransientStoreError
-from dockd.store.base import Blob, Checkpoint, ObjectInfo, Store
+from dockd.errors import DockdError, StoreAuthError, TransientStoreError
+from dockd.store.base import Blob, Item, ObjectInfo, Result, Results, Store
 from dockd.store.dirstore import DirStore
 
 
 class ScriptedStore(Store):
     """A real DirStore with a script of failures in front of it.
 
-    ``put_errors`` are raised by successive put() calls before the real put
-    runs; ``after_put`` runs after each successful put (to touch the camera,
-    change the ledger...), ``after_stored`` once the object has its name,
-    which inside ``batch()`` is at the end of the block (to corrupt it).
+    ``put_errors`` are the results of successive items put, before the real put
+    runs; ``after_put`` runs after each item is written (to touch the camera,
+    change the ledger...), ``after_stored`` once the object has its name, which
+    is when its batch has been flushed (to corrupt it). ``list_proof`` stands for
+    a store's listing proof: given a batch's ``(key, blob)`` pairs, the keys it
+    proves (or it raises); the rest are verified one by one.
     """
 
     def __init__(self, root: Path, put_errors: list[DockdError] | None = None,
@@ -32,67 +33,75 @@ class ScriptedStore(Store):
         self.always = always
         self.after_put = after_put
         self.after_stored = after_stored    # once the object has its name (after its batch)
-        self.list_proof = list_proof        # prove_listed: the keys it proves (or it raises)
-        self.listed: list[list[str]] = []   # keys of every prove_listed call
+        self.list_proof = list_proof
+        self.listed: list[list[str]] = []   # keys of every batch offered to a listing proof
         self.puts = 0
         self.attempts = 0
         self.attempted: list[str] = []      # keys of every put, refused or not
         self.blobs: dict[str, Blob] = {}    # key -> the Blob of its last put
-        self.verified: list[str] = []       # keys of every verify
-        self._batch = threading.local()     # .later: keys put in this thread's batch
+        self.verified: list[str] = []       # keys of every verify one by one
 
-    def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
-        self.attempts += 1
-        self.attempted.append(key)
-        self.blobs[key] = blob
-        if self.always:
-            raise self.always()
-        if self.put_errors:
-            raise self.put_errors.pop(0)
-        self.inner.put(key, blob, checkpoint)
-        self.puts += 1
-        if self.after_put:
-            self.after_put(key)
-        if self.after_stored:
-            later = getattr(self._batch, "later", None)
-            if later is not None:
-                later.append(key)           # in a batch the object has its name at the end
-            else:
-                self.after_stored(key)
+    def put(self, items: Iterable[Item]) -> Results:
+        scripted = Results()
+
+        def passing() -> Iterator[Item]:
+            for item in items:
+                self.attempts += 1
+                self.attempted.append(item.key)
+                self.blobs[item.key] = item.blob
+                if self.always:
+                    err = self.always()
+                    scripted.append(Result(item, error=err))
+                    if isinstance(err, StoreAuthError):
+                        return
+                    continue
+                err = self.scripted_error(item)
+                if err is not None:
+                    scripted.append(Result(item, error=err))
+                    continue
+                yield item
+                if self.after_put:          # written: the store takes the next item only now
+                    self.after_put(item.key)
+
+        real = self.inner.put(passing())
+        self.puts += sum(1 for r in real if r.ok or r.error is real.batch_error)
+        for r in real:
+            if r.ok and self.after_stored:
+                self.after_stored(r.item.key)   # each object now in the store, by its name
+        order = {k: i for i, k in enumerate(self.attempted)}
+        return Results(sorted([*scripted, *real], key=lambda r: order[r.item.key]), real.batch_error)
+
+    def scripted_error(self, item: Item) -> DockdError | None:
+        """The error ``item``'s put is to fail with, or None to put it: the next of ``put_errors``."""
+        return self.put_errors.pop(0) if self.put_errors else None
 
     def _gate(self) -> None:
         if self.always:
             raise self.always()   # refused credentials refuse every call, not only put
 
-    def verify(self, key: str, blob: Blob) -> ObjectInfo:
-        self.verified.append(key)
-        self._gate()
-        return self.inner.verify(key, blob)
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        if getattr(self._batch, "later", None) is not None:
-            yield
-            return
-        self._batch.later = []
-        try:
-            with self.inner.batch():
-                yield
-            later = self._batch.later
-        finally:
-            self._batch.later = None
-        for key in later:                   # each object now in the store, by its name
-            if self.after_stored:
-                self.after_stored(key)
-
-    def prove_listed(self, items: Sequence[tuple[str, Blob]]) -> set[str]:
-        self.listed.append([k for k, _ in items])
-        self._gate()
-        return self.list_proof(list(items)) if self.list_proof else self.inner.prove_listed(items)
-
-    def stat(self, key: str) -> ObjectInfo | None:
-        self._gate()
-        return self.inner.stat(key)
+    def verify(self, items: Iterable[Item]) -> Results:
+        items = list(items)
+        proven: set[str] = set()
+        results = Results()
+        if len(items) >= 2 and self.list_proof:
+            self.listed.append([i.key for i in items])
+            try:
+                self._gate()
+                proven = self.list_proof([(i.key, i.blob) for i in items])
+            except DockdError as exc:
+                results.batch_error = exc
+        for item in items:
+            if item.key in proven:
+                results.append(Result(item, info=ObjectInfo(item.key, item.blob.size, item.blob.sha256)))
+                continue
+            self.verified.append(item.key)
+            try:
+                self._gate()
+            except DockdError as exc:
+                results.append(Result(item, error=exc))
+                continue
+            results.extend(self.inner.verify([item]))
+        return results
 
     def open(self, key: str) -> BinaryIO:
         return self.inner.open(key)

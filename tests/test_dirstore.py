@@ -12,8 +12,9 @@ from dockd import fsutil
 
 import dockd.store.dirstore as ds
 from dockd.errors import ObjectMissingError, StoreError
-from dockd.store.base import Blob, MemoryCheckpoint
+from dockd.store.base import Blob, Item, MemoryCheckpoint, put_one, verify_one
 from dockd.store.dirstore import TMP_PREFIX, DirStore
+from store_conformance import stat_of
 
 
 def blob(tmp_path, data: bytes) -> Blob:
@@ -31,8 +32,8 @@ def test_first_put_in_a_directory_removes_temp_files_a_crash_left(tmp_path):
     other = leftover.with_name(f"{TMP_PREFIX}session-1.manifest.json.sig.deadbeef0000")
     other.write_bytes(b"a killed put of a key that is never put again")
     b = blob(tmp_path, os.urandom(70_000))
-    store.put(key, b, MemoryCheckpoint())
-    store.verify(key, b)
+    put_one(store, key, b, MemoryCheckpoint())
+    verify_one(store, key, b)
     assert not leftover.exists()
     assert not other.exists()
     assert [o.key for o in store.list()] == [key]
@@ -42,7 +43,7 @@ def test_verify_rehashes_an_object_changed_after_put(tmp_path):
     store = DirStore(tmp_path / "store")
     key = "k/A.age"
     b = blob(tmp_path, b"x" * 100_000)
-    store.put(key, b, MemoryCheckpoint())
+    put_one(store, key, b, MemoryCheckpoint())
     obj = tmp_path / "store" / key
     data = bytearray(obj.read_bytes())
     data[10] ^= 1
@@ -52,7 +53,7 @@ def test_verify_rehashes_an_object_changed_after_put(tmp_path):
     from dockd.errors import IntegrityError
 
     with pytest.raises(IntegrityError):
-        store.verify(key, b)
+        verify_one(store, key, b)
 
 
 def test_proofs_kept_from_put_to_verify_stay_bounded(tmp_path):
@@ -67,14 +68,14 @@ def test_proofs_kept_from_put_to_verify_stay_bounded(tmp_path):
         p.write_bytes(os.urandom(100))
         blobs.append((f"k/{i}.age", Blob(p, 100, hashlib.sha256(p.read_bytes()).hexdigest())))
     for key, b in blobs[:10]:
-        store.put(key, b, MemoryCheckpoint())
-        store.verify(key, b)
+        put_one(store, key, b, MemoryCheckpoint())
+        verify_one(store, key, b)
     assert len(store._proven) == 0
     for key, b in blobs[10:]:
-        store.put(key, b, MemoryCheckpoint())
+        put_one(store, key, b, MemoryCheckpoint())
     assert len(store._proven) == MAX_PROOFS_KEPT
     for key, b in blobs:
-        assert store.verify(key, b).sha256 == b.sha256      # proven or hashed again, all the same
+        assert verify_one(store, key, b).sha256 == b.sha256      # proven or hashed again, all the same
 
 
 def _blobs(tmp_path, n: int) -> dict[str, Blob]:
@@ -120,20 +121,22 @@ def test_a_batch_is_named_only_once_it_is_durable_and_shares_one_flush(tmp_path,
     monkeypatch.setattr(ds.os, "replace", lambda a, b: steps.append("rename") or real_replace(a, b))
     real_syncfs = fsutil.syncfs
     monkeypatch.setattr(fsutil, "syncfs", lambda path: steps.append("syncfs") or real_syncfs(path))
-    with store.batch():
+    def items():  # noqa: ANN202
         for k, b in blobs.items():
-            store.put(k, b, MemoryCheckpoint())
+            yield Item(k, b)
         assert list(store.list()) == []                     # nothing has its name before the flush
+
+    assert all(r.ok for r in store.put(items()))
     assert seen == {"fsync": 1, "syncfs": 1}                 # one syncfs, one directory fsync
     assert steps == ["syncfs"] + ["written"] * 5 + ["rename"] * 5      # durable, checked, then named
     assert sorted(o.key for o in store.list()) == sorted(blobs)
     for k, b in blobs.items():
-        store.verify(k, b)
+        verify_one(store, k, b)
     seen.update(fsync=0, syncfs=0)
     (tmp_path / "more").mkdir()
     for k, b in _blobs(tmp_path / "more", 2).items():
-        store.put(k.replace("IMG", "ONE"), b, MemoryCheckpoint())
-    assert seen == {"fsync": 4, "syncfs": 0}                 # outside a batch: file and directory, each
+        put_one(store, k.replace("IMG", "ONE"), b, MemoryCheckpoint())
+    assert seen == {"fsync": 4, "syncfs": 0}                 # a batch of one: file and directory, each
 
 
 def _eio(*_args: object) -> None:
@@ -141,16 +144,16 @@ def _eio(*_args: object) -> None:
 
 
 def _failed_batch(store: DirStore, blobs: dict[str, Blob]) -> None:
-    with pytest.raises(StoreError, match="Input/output error"):
-        with store.batch():
-            for k, b in blobs.items():
-                store.put(k, b, MemoryCheckpoint())
+    """The batch's flush failed: that is the batch's error, and each item's."""
+    results = store.put([Item(k, b) for k, b in blobs.items()])
+    assert isinstance(results.batch_error, StoreError) and "Input/output error" in str(results.batch_error)
+    assert [r.error for r in results] == [results.batch_error] * len(blobs)
 
 
 def _none_named(store: DirStore, blobs: dict[str, Blob]) -> None:
     for k, b in blobs.items():
         with pytest.raises(ObjectMissingError):
-            store.verify(k, b)
+            verify_one(store, k, b)
     assert [p for p in store.root.rglob("*") if p.is_file()] == []    # and no temp file left
 
 
@@ -189,9 +192,9 @@ def test_names_whose_directory_fsync_failed_are_refused_until_put_again(tmp_path
     k, b = next(iter(blobs.items()))
     assert (tmp_path / "store" / k).exists()                 # renamed, but the name may not last
     with pytest.raises(ObjectMissingError, match="not made durable"):
-        store.verify(k, b)
-    store.put(k, b, MemoryCheckpoint())                      # put again, alone: fsynced
-    store.verify(k, b)
+        verify_one(store, k, b)
+    put_one(store, k, b, MemoryCheckpoint())                      # put again, alone: fsynced
+    verify_one(store, k, b)
 
 
 def test_a_single_put_whose_directory_fsync_failed_is_refused_until_put_again(tmp_path, monkeypatch):
@@ -202,13 +205,13 @@ def test_a_single_put_whose_directory_fsync_failed_is_refused_until_put_again(tm
     real = ds.fsync_dir
     monkeypatch.setattr(ds, "fsync_dir", _eio)
     with pytest.raises(StoreError):
-        store.put(k, b, MemoryCheckpoint())
+        put_one(store, k, b, MemoryCheckpoint())
     monkeypatch.setattr(ds, "fsync_dir", real)
     assert (tmp_path / "store" / k).exists()
     with pytest.raises(ObjectMissingError, match="not made durable"):
-        store.verify(k, b)
-    store.put(k, b, MemoryCheckpoint())
-    store.verify(k, b)
+        verify_one(store, k, b)
+    put_one(store, k, b, MemoryCheckpoint())
+    verify_one(store, k, b)
 
 
 def test_an_object_found_after_a_restart_is_made_durable_before_it_is_proven(tmp_path, monkeypatch):
@@ -217,17 +220,17 @@ def test_an_object_found_after_a_restart_is_made_durable_before_it_is_proven(tmp
     directory; one whose name cannot be made durable is not proven."""
     blobs = _blobs(tmp_path, 1)
     k, b = next(iter(blobs.items()))
-    DirStore(tmp_path / "store").put(k, b, MemoryCheckpoint())
+    put_one(DirStore(tmp_path / "store"), k, b, MemoryCheckpoint())
     store = DirStore(tmp_path / "store")                    # a new process: nothing proven in memory
     path = tmp_path / "store" / k
     fsynced: list[str] = []
     real_fsync_dir = ds.fsync_dir
     monkeypatch.setattr(ds, "fsync_dir", lambda q: (fsynced.append(str(q)), real_fsync_dir(q)))
-    assert store.verify(k, b).size == b.size
+    assert verify_one(store, k, b).size == b.size
     assert fsynced == [str(path.parent)]
     monkeypatch.setattr(ds, "fsync_dir", _eio)
     with pytest.raises(StoreError, match="making it durable"):
-        store.verify(k, b)
+        verify_one(store, k, b)
 
 
 def test_a_store_root_that_is_no_directory_is_unreachable_at_every_verb(tmp_path):
@@ -238,12 +241,12 @@ def test_a_store_root_that_is_no_directory_is_unreachable_at_every_verb(tmp_path
     root = tmp_path / "store"
     key = "ev/dock/CAM/2026-11-21/A.MP4.0123456789abcdef.age"
     b = blob(tmp_path, os.urandom(10_000))
-    DirStore(root).put(key, b, MemoryCheckpoint())
+    put_one(DirStore(root), key, b, MemoryCheckpoint())
     root.rename(tmp_path / "away")
     root.write_bytes(b"")                     # the mount point is a file now
     store = DirStore(root)                    # a fresh process: its first look sweeps temp files
-    calls = {"verify": lambda: store.verify(key, b), "put": lambda: store.put(key, b, MemoryCheckpoint()),
-             "stat": lambda: store.stat(key), "delete": lambda: store.delete(key),
+    calls = {"verify": lambda: verify_one(store, key, b), "put": lambda: put_one(store, key, b, MemoryCheckpoint()),
+             "stat": lambda: stat_of(store, key), "delete": lambda: store.delete(key),
              "list": lambda: list(store.list()), "list prefix": lambda: list(store.list("ev/dock")),
              "open": lambda: store.open(key)}
     for name, call in calls.items():

@@ -111,9 +111,9 @@ class MetadataStore(ScriptedStore):
         super().__init__(root)
         self.seen: dict[str, tuple[dict[str, str], bool]] = {}
 
-    def put(self, key, blob, checkpoint):
-        self.seen[key] = (dict(blob.metadata), blob.flagged)
-        super().put(key, blob, checkpoint)
+    def scripted_error(self, item):
+        self.seen[item.key] = (dict(item.blob.metadata), item.blob.flagged)
+        return super().scripted_error(item)
 
 
 def run(cfg, camera, backend=None):

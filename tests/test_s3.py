@@ -26,7 +26,7 @@ from dockd.errors import (
     StoreAuthError,
     TransientStoreError,
 )
-from dockd.store.base import Blob, Checkpoint, MemoryCheckpoint, ObjectInfo, Store
+from dockd.store.base import Blob, Item, MemoryCheckpoint, ObjectInfo, Results, Store, put_one, verify_one
 from dockd.store.retry import RetryingStore, RetryPolicy
 from dockd.store.s3 import (
     S3Store,
@@ -36,7 +36,7 @@ from dockd.store.s3 import (
     resolve_credentials,
 )
 from faultproxy import FaultProxy
-from store_conformance import KEY, CrashingCheckpoint, SimulatedCrash, make_blob
+from store_conformance import KEY, CrashingCheckpoint, SimulatedCrash, make_blob, stat_of
 
 if TYPE_CHECKING:
     from servers import S3Endpoint
@@ -58,19 +58,16 @@ class CountingStore(Store):
     """Counts how often each call reaches the backend (to assert retry counts)."""
 
     def __init__(self, inner: Store) -> None:
-        self.inner, self.calls = inner, {"put": 0, "stat": 0}
-        self.capabilities, self.url = inner.capabilities, inner.url
+        self.inner, self.calls = inner, {"put": 0, "list": 0}
+        self.url = inner.url
 
-    def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
-        self.calls["put"] += 1
-        self.inner.put(key, blob, checkpoint)
+    def put(self, items) -> Results:  # noqa: ANN001
+        items = list(items)
+        self.calls["put"] += len(items)
+        return self.inner.put(items)
 
-    def stat(self, key: str) -> ObjectInfo | None:
-        self.calls["stat"] += 1
-        return self.inner.stat(key)
-
-    def verify(self, key: str, blob: Blob) -> ObjectInfo:
-        return self.inner.verify(key, blob)
+    def verify(self, items) -> Results:  # noqa: ANN001
+        return self.inner.verify(items)
 
     def open(self, key: str):  # noqa: ANN201
         return self.inner.open(key)
@@ -79,6 +76,7 @@ class CountingStore(Store):
         self.inner.delete(key)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self.calls["list"] += 1
         return self.inner.list(prefix)
 
 
@@ -136,10 +134,10 @@ def test_reset_mid_part_is_retried_and_resumes(moto_proxied: Proxied, tmp_path: 
     p.store.probe()
     p.proxy.reset_after(int(2.5 * p.part))          # in the middle of part 3
     store, rec = retrying(p.store)
-    store.put(KEY, blob, MemoryCheckpoint())
+    put_one(store, KEY, blob, MemoryCheckpoint())
     assert p.proxy.resets == 1
     assert len(rec.calls) == 1 and isinstance(rec.calls[0][2], TransientStoreError)
-    store.verify(KEY, blob)
+    verify_one(store, KEY, blob)
     puts = p.part_puts()
     assert puts.count(1) == 1 and puts.count(2) == 1, f"finished parts were sent again: {puts}"
     assert puts.count(3) == 2                        # the reset part, then its retry
@@ -152,9 +150,9 @@ def test_reset_during_single_put_is_retried(moto_proxied: Proxied, tmp_path: Pat
     p.store.probe()
     p.proxy.reset_after(p.part)
     store, rec = retrying(p.store)
-    store.put(KEY, blob, MemoryCheckpoint())
+    put_one(store, KEY, blob, MemoryCheckpoint())
     assert p.proxy.resets == 1 and len(rec.calls) == 1
-    store.verify(KEY, blob)
+    verify_one(store, KEY, blob)
 
 
 @pytest.mark.parametrize("status", [503, 429, 500])
@@ -163,11 +161,11 @@ def test_slowdown_burst_is_retried(moto_proxied: Proxied, tmp_path: Path, status
     blob = make_blob(tmp_path, 5 * p.part)          # multipart: bursts hit parts too
     p.proxy.slowdown(3, status)
     store, rec = retrying(p.store)
-    store.put(KEY, blob, MemoryCheckpoint())
+    put_one(store, KEY, blob, MemoryCheckpoint())
     assert [r.answered_by_proxy for r in p.proxy.requests].count(status) == 3
     assert len(rec.calls) == 3
     assert all(isinstance(c[2], TransientStoreError) for c in rec.calls)
-    store.verify(KEY, blob)
+    verify_one(store, KEY, blob)
     assert p.uploads() == []
 
 
@@ -176,7 +174,7 @@ def test_slowdown_longer_than_the_policy_gives_up_transient(moto_proxied: Proxie
     p.proxy.slowdown(100)
     store, rec = retrying(p.store, attempts=3)
     with pytest.raises(TransientStoreError):
-        store.put(KEY, make_blob(tmp_path, 100), MemoryCheckpoint())
+        put_one(store, KEY, make_blob(tmp_path, 100), MemoryCheckpoint())
     assert len(rec.calls) == 2
 
 
@@ -187,11 +185,11 @@ def test_stalled_socket_times_out_as_transient(moto_proxied: Proxied, tmp_path: 
     store, rec = retrying(inner, attempts=2)
     t0 = time.monotonic()
     with pytest.raises(TransientStoreError, match="(?i)timeout|timed out"):
-        store.stat(KEY)
+        stat_of(store, KEY)
     assert time.monotonic() - t0 < 10
-    assert inner.calls["stat"] == 2 and len(rec.calls) == 1
+    assert inner.calls["list"] == 2 and len(rec.calls) == 1
     p.proxy.clear()
-    assert store.stat(KEY) is None                  # and it works once the network is back
+    assert stat_of(store, KEY) is None                  # and it works once the network is back
 
 
 def test_outage_is_transient_and_recovers(moto_proxied: Proxied, tmp_path: Path) -> None:
@@ -199,10 +197,10 @@ def test_outage_is_transient_and_recovers(moto_proxied: Proxied, tmp_path: Path)
     blob = make_blob(tmp_path, 1000)
     p.proxy.outage()
     with pytest.raises(TransientStoreError):
-        p.store.put(KEY, blob, MemoryCheckpoint())
+        put_one(p.store, KEY, blob, MemoryCheckpoint())
     p.proxy.clear()
-    p.store.put(KEY, blob, MemoryCheckpoint())
-    p.store.verify(KEY, blob)
+    put_one(p.store, KEY, blob, MemoryCheckpoint())
+    verify_one(p.store, KEY, blob)
 
 
 def test_auth_error_from_proxy_is_not_retried(moto_proxied: Proxied, tmp_path: Path) -> None:
@@ -211,7 +209,7 @@ def test_auth_error_from_proxy_is_not_retried(moto_proxied: Proxied, tmp_path: P
     p.proxy.slowdown(10, status=403)
     store, rec = retrying(inner)
     with pytest.raises(StoreAuthError):
-        store.put(KEY, make_blob(tmp_path, 100), MemoryCheckpoint())
+        put_one(store, KEY, make_blob(tmp_path, 100), MemoryCheckpoint())
     assert inner.calls["put"] == 1 and rec.calls == []
     assert len(p.proxy.requests) == 1
 
@@ -223,17 +221,17 @@ def test_bad_credentials_on_swift_fail_once_as_auth(swift_proxied: Proxied, tmp_
     inner = CountingStore(p.make_store(credentials=Credentials("test:tester", "not-the-secret")))
     store, rec = retrying(inner)
     with pytest.raises(StoreAuthError):
-        store.put(KEY, make_blob(tmp_path, 100), MemoryCheckpoint())
+        put_one(store, KEY, make_blob(tmp_path, 100), MemoryCheckpoint())
     assert inner.calls["put"] == 1 and rec.calls == []
     assert len(p.proxy.requests) == 1
     with pytest.raises(StoreAuthError):              # read paths classify the same
-        p.make_store(credentials=Credentials("nobody:none", "x")).stat(KEY)
+        stat_of(p.make_store(credentials=Credentials("nobody:none", "x")), KEY)
 
 
 def test_missing_bucket_is_permanent(moto_server: S3Endpoint, tmp_path: Path) -> None:
     store = S3Store("s3://no-such-bucket-here/evidence", **moto_server.store_kwargs())
     with pytest.raises(PermanentStoreError, match="no such bucket") as ei:
-        store.put(KEY, make_blob(tmp_path, 10), MemoryCheckpoint())
+        put_one(store, KEY, make_blob(tmp_path, 10), MemoryCheckpoint())
     assert not ei.value.retryable
 
 
@@ -242,7 +240,7 @@ def test_missing_bucket_is_permanent(moto_server: S3Endpoint, tmp_path: Path) ->
 CHILD = textwrap.dedent("""\
     import json, os, sys, time
     from pathlib import Path
-    from dockd.store.base import Blob
+    from dockd.store.base import Blob, put_one
     from dockd.store.s3 import S3Store, Credentials
 
     args = json.loads(sys.argv[1])
@@ -266,7 +264,7 @@ CHILD = textwrap.dedent("""\
     kw["credentials"] = Credentials(*kw["credentials"])
     store = S3Store(args["url"], **kw)
     b = args["blob"]
-    store.put(args["key"], Blob(Path(b["path"]), b["size"], b["sha256"]), FileCheckpoint())
+    put_one(store, args["key"], Blob(Path(b["path"]), b["size"], b["sha256"]), FileCheckpoint())
     print("finished", flush=True)
 """)
 
@@ -301,7 +299,7 @@ def test_kill_9_mid_upload_then_resume_sends_only_missing_parts(moto_proxied: Pr
     # restart: a fresh store with the checkpoint the "ledger" kept
     p.proxy.clear_log()
     cp = MemoryCheckpoint(state)
-    p.make_store().put(KEY, blob, cp)
+    put_one(p.make_store(), KEY, blob, cp)
     reqs = p.proxy.requests
     assert any(r.method == "GET" and "uploadId" in r.query for r in reqs), "ListParts was not used"
     assert not any(r.method == "POST" and "uploads" in r.query for r in reqs), "a new upload was started"
@@ -309,7 +307,7 @@ def test_kill_9_mid_upload_then_resume_sends_only_missing_parts(moto_proxied: Pr
     sent = sum(r.body_sent for r in reqs if r.part_number is not None)
     assert sent == blob.size - 3 * p.part             # not restarted from byte zero
     assert cp.load() is None
-    p.store.verify(KEY, blob)
+    verify_one(p.store, KEY, blob)
     assert p.uploads() == [] and p.objects() == [f"evidence/{KEY}"]
 
 
@@ -319,14 +317,14 @@ def test_resume_reconciles_parts_the_checkpoint_missed(moto_proxied: Proxied, tm
     blob = make_blob(tmp_path, 6 * p.part + 1234)
     cp = CrashingCheckpoint(parts=3)
     with pytest.raises(SimulatedCrash):
-        p.store.put(KEY, blob, cp)
+        put_one(p.store, KEY, blob, cp)
     state = cp.load()
     assert state is not None
     state["parts"] = state["parts"][:1]               # the ledger lags: it knows of part 1 only
     p.proxy.clear_log()
-    p.make_store().put(KEY, blob, MemoryCheckpoint(state))
+    put_one(p.make_store(), KEY, blob, MemoryCheckpoint(state))
     assert sorted(p.part_puts()) == [4, 5, 6, 7]      # ListParts said 2 and 3 were there
-    p.store.verify(KEY, blob)
+    verify_one(p.store, KEY, blob)
     assert p.uploads() == []
 
 
@@ -335,14 +333,14 @@ def test_permanent_failure_aborts_the_upload(moto_proxied: Proxied, tmp_path: Pa
     blob = make_blob(tmp_path, 6 * p.part + 1234)
     cp = CrashingCheckpoint(parts=2)
     with pytest.raises(SimulatedCrash):
-        p.store.put(KEY, blob, cp)
+        put_one(p.store, KEY, blob, cp)
     assert len(p.uploads()) == 1
     # the spooled file is damaged before the restart: resuming must not complete
     data = bytearray(blob.path.read_bytes())
     data[-1] ^= 0xFF
     blob.path.write_bytes(bytes(data))
     with pytest.raises(PermanentStoreError):
-        p.make_store().put(KEY, blob, cp)
+        put_one(p.make_store(), KEY, blob, cp)
     assert cp.load() is None and p.uploads() == [] and p.objects() == []
 
 
@@ -383,7 +381,7 @@ def test_spool_file_changed_mid_upload_is_aborted_not_completed(
     blob = make_blob(tmp_path, 6 * part + 1234)
     cp = MutatingCheckpoint(blob.path, change)
     with pytest.raises(IntegrityError, match="upload aborted|early") as ei:
-        store.put(KEY, blob, cp)
+        put_one(store, KEY, blob, cp)
     assert cp.changed and not ei.value.retryable and rec.calls == []
     c = ep.client()
     assert not c.list_objects_v2(Bucket=bucket).get("Contents")          # never completed
@@ -435,7 +433,7 @@ class CountingBlob(Blob):
 def test_a_fresh_put_reads_the_spool_once_and_verify_reads_it_not_at_all(
     server: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dockd.store.s3 as s3mod
+    import dockd.store.s3.store as s3mod
 
     def no_pass_of_its_own(*a: Any, **kw: Any) -> None:
         raise AssertionError("the spooled file was hashed in a pass of its own")
@@ -447,20 +445,20 @@ def test_a_fresh_put_reads_the_spool_once_and_verify_reads_it_not_at_all(
     for name, size in (("small", part - 10), ("big", 6 * part + 1234)):
         b = make_blob(tmp_path, size, name)
         blob = CountingBlob(b.path, b.size, b.sha256, b.metadata)
-        store.put(f"a/{name}.age", blob, MemoryCheckpoint())
+        put_one(store, f"a/{name}.age", blob, MemoryCheckpoint())
         assert sum(blob.counts) == size, f"{name}: read {sum(blob.counts)} bytes of {size}"
         # verify proves it from the digest built while sending (with the per-part
         # SHA-256s where the server keeps checksums), not from the file
         blob.path.unlink()
-        store.verify(f"a/{name}.age", blob)
+        verify_one(store, f"a/{name}.age", blob)
 
 
 def test_existing_object_is_not_uploaded_again(moto_proxied: Proxied, tmp_path: Path) -> None:
     p = moto_proxied
     blob = make_blob(tmp_path, 6 * p.part + 1234)
-    p.store.put(KEY, blob, MemoryCheckpoint())
+    put_one(p.store, KEY, blob, MemoryCheckpoint())
     p.proxy.clear_log()
-    p.make_store().put(KEY, blob, MemoryCheckpoint())
+    put_one(p.make_store(), KEY, blob, MemoryCheckpoint())
     # nothing sent but the new store's probe (tagging a key that holds no object)
     assert [r.method for r in p.proxy.requests if r.method in ("PUT", "POST") and "tagging" not in r.query] == []
 
@@ -473,20 +471,20 @@ def test_new_bytes_go_straight_to_put_and_replace_what_is_under_the_key(
     the key (another spool's ciphertext of the same file) is replaced and proven."""
     ep = request.getfixturevalue(server)
     store = S3Store(f"s3://{ep.new_bucket()}/e", **ep.store_kwargs())
-    store.put("warm.age", make_blob(tmp_path, 10, "warm"), MemoryCheckpoint())   # probes done
+    put_one(store, "warm.age", make_blob(tmp_path, 10, "warm"), MemoryCheckpoint())   # probes done
     sent: list[str] = []
     store.client.meta.events.register("before-send.s3", lambda request, event_name, **kw: sent.append(
         event_name.rsplit(".", 1)[-1]))
     old = make_blob(tmp_path, 1000, "old")
-    store.put("a/photo.age", old, MemoryCheckpoint())
+    put_one(store, "a/photo.age", old, MemoryCheckpoint())
     assert sent == ["HeadObject", "PutObject"]            # not new: looked for first
     sent.clear()
     fresh = make_blob(tmp_path, 1000, "fresh", new=True)
-    store.put("a/photo.age", fresh, MemoryCheckpoint())
+    put_one(store, "a/photo.age", fresh, MemoryCheckpoint())
     assert sent == ["PutObject"]
-    store.verify("a/photo.age", fresh)
+    verify_one(store, "a/photo.age", fresh)
     with pytest.raises(IntegrityError):
-        store.verify("a/photo.age", old)
+        verify_one(store, "a/photo.age", old)
 
 
 # -- integrity details ------------------------------------------------------------------
@@ -504,7 +502,7 @@ def test_bytes_are_bound_by_signed_content_md5_not_a_payload_hash(
     ep = request.getfixturevalue(server)
     part = ep.min_part_size
     store = S3Store(f"s3://{ep.new_bucket()}/e", **ep.store_kwargs(multipart_threshold=4 * part, part_size=part))
-    store.put("warm.age", make_blob(tmp_path, 10, "warm"), MemoryCheckpoint())   # learns checksum support
+    put_one(store, "warm.age", make_blob(tmp_path, 10, "warm"), MemoryCheckpoint())   # learns checksum support
     seen: list[tuple[str, str, str, str]] = []
 
     def record(request: Any, event_name: str, **kw: Any) -> None:
@@ -514,10 +512,10 @@ def test_bytes_are_bound_by_signed_content_md5_not_a_payload_hash(
 
     store.client.meta.events.register("before-send.s3", record)
     small, big = make_blob(tmp_path, 1000, "small"), make_blob(tmp_path, 6 * part + 1234, "big")
-    store.put("a/small.age", small, MemoryCheckpoint())
-    store.put("a/big.age", big, MemoryCheckpoint())
-    store.verify("a/small.age", small)
-    store.verify("a/big.age", big)
+    put_one(store, "a/small.age", small, MemoryCheckpoint())
+    put_one(store, "a/big.age", big, MemoryCheckpoint())
+    verify_one(store, "a/small.age", small)
+    verify_one(store, "a/big.age", big)
     sent = [s for s in seen if s[0] in ("PutObject", "UploadPart")]
     assert [s[0] for s in sent] == ["PutObject"] + ["UploadPart"] * 7
     for _, payload, md5, auth in sent:
@@ -528,8 +526,8 @@ def test_bytes_are_bound_by_signed_content_md5_not_a_payload_hash(
 def test_etag_and_checksum_proofs_on_moto(moto_proxied: Proxied, tmp_path: Path) -> None:
     p = moto_proxied
     blob = make_blob(tmp_path, 6 * p.part + 1234)
-    p.store.put(KEY, blob, MemoryCheckpoint())
-    assert p.store.capabilities.server_checksum is True
+    put_one(p.store, KEY, blob, MemoryCheckpoint())
+    assert p.store.features.checksum is True
     head = p.ep.client().head_object(Bucket=p.bucket, Key=f"evidence/{KEY}", ChecksumMode="ENABLED")
     assert head["ETag"].strip('"') == digest_file(blob.path, p.part).etag
     assert head.get("ChecksumSHA256")
@@ -543,11 +541,11 @@ def test_checksum_off_sends_none(moto_proxied: Proxied, tmp_path: Path) -> None:
     p = moto_proxied
     store = p.make_store(checksum="off")
     blob = make_blob(tmp_path, 1000)
-    store.put(KEY, blob, MemoryCheckpoint())
+    put_one(store, KEY, blob, MemoryCheckpoint())
     head = p.ep.client().head_object(Bucket=p.bucket, Key=f"evidence/{KEY}", ChecksumMode="ENABLED")
     assert not head.get("ChecksumSHA256")
-    assert store.capabilities.server_checksum is False
-    store.verify(KEY, blob)
+    assert store.features.checksum is False
+    verify_one(store, KEY, blob)
 
 
 def test_part_size_never_exceeds_part_count_limit() -> None:
@@ -564,9 +562,9 @@ def test_many_small_parts_respect_server_part_limit(moto_proxied: Proxied, tmp_p
     p = moto_proxied
     store = p.make_store(max_parts=3)
     blob = make_blob(tmp_path, 6 * p.part + 1234)
-    store.put(KEY, blob, MemoryCheckpoint())
+    put_one(store, KEY, blob, MemoryCheckpoint())
     assert len(set(p.part_puts())) == 3
-    store.verify(KEY, blob)
+    verify_one(store, KEY, blob)
 
 
 # -- object lock, legal hold, tags -----------------------------------------------------
@@ -581,9 +579,9 @@ def test_object_lock_legal_hold_and_tags_on_moto(moto_server: S3Endpoint, tmp_pa
     flagged = make_blob(tmp_path, size_parts * part + 10, "flagged", flagged=True)
     plain = make_blob(tmp_path, size_parts * part + 10, "plain")
     kf, kp = "dock-01/CAM-1/2024-05-01/flagged.age", "dock-01/CAM-1/2024-05-01/plain.age"
-    store.put(kf, flagged, MemoryCheckpoint())
-    store.put(kp, plain, MemoryCheckpoint())
-    assert store.capabilities.object_lock is True
+    put_one(store, kf, flagged, MemoryCheckpoint())
+    put_one(store, kp, plain, MemoryCheckpoint())
+    assert store.features.object_lock is True
     c = moto_server.client()
     # (HEAD, not GetObjectRetention: moto's server answers that one with a 500)
     heads = {k: c.head_object(Bucket=bucket, Key=f"evidence/{k}") for k in (kf, kp)}
@@ -598,7 +596,7 @@ def test_object_lock_legal_hold_and_tags_on_moto(moto_server: S3Endpoint, tmp_pa
     assert tags[kp] == [{"Key": "retention-class", "Value": "7y"}]
     assert heads[kf].get("ObjectLockLegalHoldStatus") == "ON"
     assert heads[kp].get("ObjectLockLegalHoldStatus") in (None, "OFF")
-    store.verify(kf, flagged)
+    verify_one(store, kf, flagged)
 
 
 def test_lock_configured_but_bucket_unlocked_is_refused(moto_server: S3Endpoint, tmp_path: Path) -> None:
@@ -606,16 +604,16 @@ def test_lock_configured_but_bucket_unlocked_is_refused(moto_server: S3Endpoint,
     store = S3Store(f"s3://{bucket}/e", **moto_server.store_kwargs(object_lock_mode="COMPLIANCE",
                                                                    object_lock_days=1))
     with pytest.raises(PermanentStoreError, match="Object Lock disabled"):
-        store.put(KEY, make_blob(tmp_path, 10), MemoryCheckpoint())
+        put_one(store, KEY, make_blob(tmp_path, 10), MemoryCheckpoint())
 
 
 def test_unlocked_bucket_gets_no_legal_hold(moto_server: S3Endpoint, tmp_path: Path) -> None:
     bucket = moto_server.new_bucket(lock=False)
     store = S3Store(f"s3://{bucket}/e", **moto_server.store_kwargs())
     blob = make_blob(tmp_path, 100, flagged=True)
-    store.put(KEY, blob, MemoryCheckpoint())
-    assert store.capabilities.object_lock is False
-    store.verify(KEY, blob)
+    put_one(store, KEY, blob, MemoryCheckpoint())
+    assert store.features.object_lock is False
+    verify_one(store, KEY, blob)
 
 
 # -- Swift ----------------------------------------------------------------------------------
@@ -624,18 +622,18 @@ def test_swift_capabilities_detected_absent_and_paths_adapt(swift_proxied: Proxi
     p = swift_proxied
     blob = make_blob(tmp_path, 6 * p.part + 1234, flagged=True)
     small = make_blob(tmp_path, 500, "small", flagged=True)
-    p.store.put("a/small.age", small, MemoryCheckpoint())
-    p.store.put(KEY, blob, MemoryCheckpoint())
-    caps = p.store.capabilities
-    assert caps.resumable is True and caps.server_checksum is False and caps.object_lock is False
+    put_one(p.store, "a/small.age", small, MemoryCheckpoint())
+    put_one(p.store, KEY, blob, MemoryCheckpoint())
+    features = p.store.features
+    assert features.checksum is False and features.object_lock is False
     head = p.ep.client().head_object(Bucket=p.bucket, Key=f"evidence/{KEY}")
     assert head["ETag"].strip('"') == digest_file(blob.path, p.part).etag   # the ETag proof applies
     assert head["Metadata"]["camera"] == "CAM-0001"
-    p.store.verify(KEY, blob)
-    p.store.verify("a/small.age", small)
+    verify_one(p.store, KEY, blob)
+    verify_one(p.store, "a/small.age", small)
     # once learnt, the unsupported features are not offered again
     p.proxy.clear_log()
-    p.store.put("a/other.age", make_blob(tmp_path, 700, "other"), MemoryCheckpoint())
+    put_one(p.store, "a/other.age", make_blob(tmp_path, 700, "other"), MemoryCheckpoint())
     assert all(r.answered_by_proxy is None for r in p.proxy.requests)
     assert [r.method for r in p.proxy.requests].count("PUT") == 1
 
@@ -647,10 +645,10 @@ def test_the_probe_learns_tagging_without_writing_or_refused_uploads(server: str
     without (NotImplemented): no object is written, and the first upload is sent once,
     with tags only where they are kept."""
     p: Proxied = request.getfixturevalue(f"{server}_proxied")
-    p.store.put("a/first.age", make_blob(tmp_path, 500, "first"), MemoryCheckpoint())
+    put_one(p.store, "a/first.age", make_blob(tmp_path, 500, "first"), MemoryCheckpoint())
     puts = [r for r in p.proxy.requests if r.method == "PUT"]
     assert [("tagging" in r.query) for r in puts] == [True, False]     # the probe, then one upload
-    assert p.store._tagging_ok is (server == "moto")
+    assert p.store.features.tagging is (server == "moto")
     assert p.objects() == ["evidence/a/first.age"]                      # the probe wrote nothing
     tags = p.ep.client().get_object_tagging(Bucket=p.bucket, Key="evidence/a/first.age")["TagSet"]
     assert tags == ([{"Key": "retention-class", "Value": "31d"}] if server == "moto" else [])
@@ -673,7 +671,7 @@ def test_the_tagging_probe_gives_up_tags_only_when_tagging_is_refused(code: str,
 
     store.client.put_object_tagging = refuse
     store._probe_tagging()
-    assert store._tagging_ok is kept
+    assert store.features.tagging is kept
 
 
 def test_a_refused_listing_is_asked_once(tmp_path: Path) -> None:
@@ -692,17 +690,16 @@ def test_a_refused_listing_is_asked_once(tmp_path: Path) -> None:
     blobs = [make_blob(tmp_path, 100 + i, f"b{i}") for i in range(2)]
     for b in blobs:
         store._remember(digest_file(b.path, 0))
-    items = [(f"a/{i}.age", b) for i, b in enumerate(blobs)]
-    with pytest.raises(StoreAuthError):
-        store.prove_listed(items)
-    assert store.prove_listed(items) == set()
+    items = [Item(f"a/{i}.age", b) for i, b in enumerate(blobs)]
+    assert isinstance(store.verify(items).batch_error, StoreAuthError)
+    assert store.verify(items).batch_error is None       # not listed again: a HEAD each
     assert calls == [1]
 
 
 @pytest.mark.parametrize("server", ["moto", "swift"])
 def test_one_listing_proves_a_batch_of_single_puts(server: str, request: pytest.FixtureRequest,
                                                    tmp_path: Path) -> None:
-    """prove_listed reads size and ETag back for many objects with one request. It
+    """verify reads size and ETag back for a batch of objects with one listing. It
     proves only what it can check as verify would: not a multipart object, not one
     replaced behind the store's back, not one gone; verify then says why."""
     p: Proxied = request.getfixturevalue(f"{server}_proxied")
@@ -715,25 +712,28 @@ def test_one_listing_proves_a_batch_of_single_puts(server: str, request: pytest.
         summed = p.make_store(checksum="sha256")
         two = list(blobs.items())[:2]
         for k, b in two:
-            summed.put(k, b, MemoryCheckpoint())
-        assert summed.prove_listed(two) == set()
+            put_one(summed, k, b, MemoryCheckpoint())
+        p.proxy.clear_log()
+        assert all(r.ok for r in summed.verify([Item(k, b) for k, b in two]))
+        assert not [r for r in p.proxy.requests if "list-type" in r.query]
     for k, b in [*blobs.items(), (big_key, big)]:
-        p.store.put(k, b, MemoryCheckpoint())
+        put_one(p.store, k, b, MemoryCheckpoint())
     raw = p.ep.client()
     raw.put_object(Bucket=p.bucket, Key=f"evidence/{day}/IMG003.age", Body=b"x" * 703)   # same size
     raw.delete_object(Bucket=p.bucket, Key=f"evidence/{day}/IMG004.age")
     raw.put_object(Bucket=p.bucket, Key=f"evidence/{day}/IMG001.zzz", Body=b"not ours")  # listed between
     p.proxy.clear_log()
-    proven = p.store.prove_listed([*blobs.items(), (big_key, big)])
-    assert proven == {f"{day}/IMG000.age", f"{day}/IMG001.age", f"{day}/IMG002.age"}
-    # one listing, then the tail of each object it proves read back; no HEAD
-    assert [(r.method, "list-type" in r.query) for r in p.proxy.requests] == [("GET", True)] + [("GET", False)] * 3
-    with pytest.raises(IntegrityError):
-        p.store.verify(f"{day}/IMG003.age", blobs[f"{day}/IMG003.age"])
-    with pytest.raises(ObjectMissingError):
-        p.store.verify(f"{day}/IMG004.age", blobs[f"{day}/IMG004.age"])
-    p.store.verify(big_key, big)
-    assert p.store.prove_listed([(f"{day}/IMG000.age", blobs[f"{day}/IMG000.age"])]) == set()   # one: HEAD it
+    results = p.store.verify([Item(k, b) for k, b in [*blobs.items(), (big_key, big)]])
+    # one listing, then the tail of each object it proves read back; no HEAD for those
+    sent = [(r.method, "list-type" in r.query) for r in p.proxy.requests]
+    assert sent[:4] == [("GET", True)] + [("GET", False)] * 3 and sent.count(("GET", True)) == 1
+    errors = {r.item.key: type(r.error) for r in results}
+    assert errors == {f"{day}/IMG000.age": type(None), f"{day}/IMG001.age": type(None),
+                      f"{day}/IMG002.age": type(None), f"{day}/IMG003.age": IntegrityError,
+                      f"{day}/IMG004.age": ObjectMissingError, big_key: type(None)}
+    p.proxy.clear_log()
+    verify_one(p.store, f"{day}/IMG000.age", blobs[f"{day}/IMG000.age"])       # one: HEAD it
+    assert not [r for r in p.proxy.requests if "list-type" in r.query]
 
 
 @pytest.mark.parametrize("checksum", ["auto", "off"])
@@ -746,7 +746,7 @@ def test_concurrent_first_uploads_to_swift_all_learn_what_it_lacks(swift_server:
     store = S3Store(f"s3://{ep.new_bucket()}/e", **ep.store_kwargs(multipart_threshold=part, part_size=part,
                                                                    checksum=checksum))
     store.probe()
-    store._tagging_ok = True          # as if the probe had no answer: the uploads learn it
+    store.features.tagging = True          # as if the probe had no answer: the uploads learn it
     together = threading.Barrier(4, timeout=10)
     held = []
 
@@ -766,10 +766,10 @@ def test_concurrent_first_uploads_to_swift_all_learn_what_it_lacks(swift_server:
     store.client = hooked()
     blobs = [make_blob(tmp_path, 3 * part + 5, f"b{i}") for i in range(4)]
     with ThreadPoolExecutor(4) as ex:
-        list(ex.map(lambda ib: store.put(f"a/{ib[0]}.age", ib[1], MemoryCheckpoint()), enumerate(blobs)))
+        list(ex.map(lambda ib: put_one(store, f"a/{ib[0]}.age", ib[1], MemoryCheckpoint()), enumerate(blobs)))
     for i, b in enumerate(blobs):
-        store.verify(f"a/{i}.age", b)
-    assert store.capabilities.server_checksum is False
+        verify_one(store, f"a/{i}.age", b)
+    assert store.features.checksum is False
     assert not ep.client().list_multipart_uploads(Bucket=store.bucket).get("Uploads")
 
 
@@ -793,12 +793,12 @@ def test_a_refusal_after_another_upload_learnt_is_still_retried() -> None:
 def test_swift_reset_mid_part_is_retried(swift_proxied: Proxied, tmp_path: Path) -> None:
     p = swift_proxied
     blob = make_blob(tmp_path, 6 * p.part + 1234)
-    p.store.put("warmup.age", make_blob(tmp_path, 10, "w"), MemoryCheckpoint())
+    put_one(p.store, "warmup.age", make_blob(tmp_path, 10, "w"), MemoryCheckpoint())
     p.proxy.reset_after(int(2.5 * p.part))
     store, rec = retrying(p.store)
-    store.put(KEY, blob, MemoryCheckpoint())
+    put_one(store, KEY, blob, MemoryCheckpoint())
     assert p.proxy.resets == 1 and len(rec.calls) == 1
-    store.verify(KEY, blob)
+    verify_one(store, KEY, blob)
     assert p.uploads() == []
 
 
@@ -856,8 +856,8 @@ def test_from_config_end_to_end(moto_server: S3Endpoint, tmp_path: Path) -> None
     store = S3Store.from_config(cfg, min_part_size=moto_server.min_part_size)
     assert store.prefix == "site"   # store.prefix heads the object keys themselves (naming.py)
     blob = make_blob(tmp_path, 1000)
-    store.put(KEY, blob, MemoryCheckpoint())
-    store.verify(KEY, blob)
+    put_one(store, KEY, blob, MemoryCheckpoint())
+    verify_one(store, KEY, blob)
     keys = [o["Key"] for o in moto_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys == [f"site/{KEY}"]
     assert [o.key for o in store.list()] == [KEY]
@@ -867,7 +867,7 @@ def test_invalid_keys_are_refused(moto_server: S3Endpoint, tmp_path: Path) -> No
     store = S3Store("s3://b/p", **moto_server.store_kwargs())
     for bad in ("", "../x", "a//b", "a/./b", "a\nb", "x" * 2000):
         with pytest.raises(PermanentStoreError):
-            store.stat(bad)
+            stat_of(store, bad)
 
 
 def test_bad_url_and_lock_settings() -> None:
@@ -961,14 +961,14 @@ def test_a_store_that_keeps_less_and_echoes_what_was_sent_is_caught(
         store = S3Store(f"s3://{bucket}/e", **moto_server.store_kwargs(endpoint_url=liar.url,
                                                                         checksum=checksum))
         blob = make_blob(tmp_path, 50_000)
-        store.put(KEY, blob, MemoryCheckpoint())
+        put_one(store, KEY, blob, MemoryCheckpoint())
         held = moto_server.client().head_object(Bucket=bucket, Key=f"e/{KEY}")["ContentLength"]
         assert held == blob.size - 1000                  # the store really kept less
         with pytest.raises(IntegrityError, match="tail"):
-            store.verify(KEY, blob)
+            verify_one(store, KEY, blob)
         assert liar.lies >= 1                            # and HEAD said it held it all
         with pytest.raises(IntegrityError):
-            RetryingStore(store, RetryPolicy.immediate(3)).verify(KEY, blob)   # never retried into a pass
+            verify_one(RetryingStore(store, RetryPolicy.immediate(3)), KEY, blob)   # never retried into a pass
 
 
 def test_a_listing_that_echoes_what_was_sent_proves_nothing(moto_server: S3Endpoint, tmp_path: Path) -> None:
@@ -980,10 +980,9 @@ def test_a_listing_that_echoes_what_was_sent_proves_nothing(moto_server: S3Endpo
         store = S3Store(f"s3://{bucket}/e", **moto_server.store_kwargs(endpoint_url=liar.url, checksum="off"))
         items = [(f"a/IMG{i}.age", make_blob(tmp_path, 3000 + i, f"b{i}")) for i in range(3)]
         for key, blob in items:
-            store.put(key, blob, MemoryCheckpoint())
+            put_one(store, key, blob, MemoryCheckpoint())
         liar.lies = 0
-        assert store.prove_listed(items) == set()
-        assert liar.lies == 3                         # the listing did lie, for each of them
-        for key, blob in items:
-            with pytest.raises(IntegrityError, match="tail"):
-                store.verify(key, blob)
+        results = store.verify([Item(k, b) for k, b in items])
+        assert liar.lies >= 3                         # the listing did lie, for each of them
+        for r in results:                             # and proved none: each verify caught it
+            assert isinstance(r.error, IntegrityError) and "tail" in str(r.error)

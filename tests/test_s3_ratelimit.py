@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from dockd.config import TimetableEntry, UploadConfig
-from dockd.store.base import MemoryCheckpoint
+from dockd.store.base import MemoryCheckpoint, put_one, verify_one
 from dockd.store.dirstore import DirStore
 from dockd.store.ratelimit import Period, RateLimiter, ThrottledStore
 from dockd.store.s3 import S3Store
@@ -114,9 +114,9 @@ def test_throttled_dirstore(tmp_path: Path) -> None:
     store = ThrottledStore(DirStore(root), RateLimiter(500_000))
     blob = make_blob(tmp_path, 400_000)
     t0 = time.monotonic()
-    store.put(KEY, blob, MemoryCheckpoint())
+    put_one(store, KEY, blob, MemoryCheckpoint())
     assert 0.7 <= time.monotonic() - t0 <= 2.0
-    store.verify(KEY, blob)
+    verify_one(store, KEY, blob)
 
 
 def test_throttled_s3_multipart_counts_each_byte_once(moto_server: S3Endpoint, tmp_path: Path) -> None:
@@ -128,11 +128,10 @@ def test_throttled_s3_multipart_counts_each_byte_once(moto_server: S3Endpoint, t
     store = ThrottledStore(inner, RateLimiter(400_000))
     blob = make_blob(tmp_path, 6 * part)             # 393,216 bytes, ~1 s at this rate
     t0 = time.monotonic()
-    store.put(KEY, blob, MemoryCheckpoint())
+    put_one(store, KEY, blob, MemoryCheckpoint())
     elapsed = time.monotonic() - t0
     assert 0.8 <= elapsed <= 1.8, elapsed
-    store.verify(KEY, blob)
-    assert store.capabilities.resumable
+    verify_one(store, KEY, blob)
 
 
 def test_wrap_for_config(tmp_path: Path) -> None:
@@ -142,4 +141,4 @@ def test_wrap_for_config(tmp_path: Path) -> None:
     assert wrap_for_config(inner, UploadConfig()) is inner
     wrapped = wrap_for_config(inner, UploadConfig(timetable=[
         TimetableEntry(start="08:00", end="18:00", rate_limit="1MiB")]))
-    assert isinstance(wrapped, ThrottledStore) and wrapped.inner is inner
+    assert isinstance(wrapped, ThrottledStore) and wrapped.unwrap() is inner

@@ -367,10 +367,10 @@ def test_a_recording_stays_until_all_its_sidecars_are_verified(make_cfg, camera,
     """Never leave a sidecar orphaned: the next scan would not see it as ours."""
 
     class FailXml(ScriptedStore):
-        def put(self, key, blob, checkpoint):
-            if "VID_20261120_0701.XML" in key:
-                raise PermanentStoreError("refused")
-            super().put(key, blob, checkpoint)
+        def scripted_error(self, item):
+            if "VID_20261120_0701.XML" in item.key:
+                return PermanentStoreError("refused")
+            return super().scripted_error(item)
 
     out, recs, _e, _c = ingest(make_cfg(), camera, backend=FailXml(tmp_path / "store"))
     assert not out.ok

@@ -32,11 +32,11 @@ from dockd.errors import (
     StoreFullError,
     TransientStoreError,
 )
-from dockd.store.base import MemoryCheckpoint
+from dockd.store.base import MemoryCheckpoint, put_one, verify_one
 from dockd.store.retry import RetryingStore, RetryPolicy
 from dockd.store.tus import TusStore, classify_status, upload_id
 from faultproxy import FaultProxy
-from store_conformance import CrashingCheckpoint, SimulatedCrash, make_blob
+from store_conformance import CrashingCheckpoint, SimulatedCrash, make_blob, stat_of
 from tus_server import TusServer, node_missing, start_tus_server
 
 pytest_plugins = ["tus_server"]
@@ -95,7 +95,7 @@ def test_upload_reset_at_half_resumes_from_half(server: TusServer, tmp_path: Pat
         # the connection is reset once half the object (plus a little) has gone up
         proxy.reset_after(RESUME_SIZE // 2 + 40_000)
         with pytest.raises(TransientStoreError):
-            store_for(server, prefix, url, chunk_size=RESUME_CHUNK).put(KEY, blob, cp)
+            put_one(store_for(server, prefix, url, chunk_size=RESUME_CHUNK), KEY, blob, cp)
         assert proxy.resets == 1
         first_body = sum(r.body_sent for r in proxy.requests if r.method == "PATCH")
         state = cp.load()
@@ -107,12 +107,13 @@ def test_upload_reset_at_half_resumes_from_half(server: TusServer, tmp_path: Pat
         if server.checksum:
             # an unverifiable partial chunk is discarded: whole chunks only
             assert at_cut % RESUME_CHUNK == 0
-        assert store_for(server, prefix).stat(KEY) is None   # not an object yet
+        with pytest.raises(ObjectMissingError):                  # not an object yet (a HEAD says)
+            verify_one(store_for(server, prefix), KEY, blob)
 
         # restart: a new store instance, the checkpoint as the ledger kept it
         proxy.clear_log()
         log_mark = len(server.requests())
-        store_for(server, prefix, url, chunk_size=RESUME_CHUNK).put(KEY, blob, cp)
+        put_one(store_for(server, prefix, url, chunk_size=RESUME_CHUNK), KEY, blob, cp)
         methods = [r.method for r in proxy.requests]
         resumed_body = sum(r.body_sent for r in proxy.requests if r.method == "PATCH")
 
@@ -125,7 +126,7 @@ def test_upload_reset_at_half_resumes_from_half(server: TusServer, tmp_path: Pat
     if server.checksum:
         assert all(e.get("checksum") == "sha1" for e in server_side)
     assert cp.load() is None
-    store_for(server, prefix).verify(KEY, blob)
+    verify_one(store_for(server, prefix), KEY, blob)
     print(f"\ntus resume ({'checksum' if server.checksum else 'plain'}): size {RESUME_SIZE}, "
           f"first attempt sent {first_body} body bytes, server held {at_cut} "
           f"({at_cut / RESUME_SIZE:.1%}) at the reset, checkpoint said {state['offset']}; "
@@ -136,7 +137,7 @@ CHILD = textwrap.dedent("""\
     import sys
     from pathlib import Path
     from dockd.ledger import Ledger, LedgerCheckpoint
-    from dockd.store.base import Blob
+    from dockd.store.base import Blob, put_one
     from dockd.store.ratelimit import RateLimiter, ThrottledStore
     from dockd.store.tus import TusStore
 
@@ -144,7 +145,7 @@ CHILD = textwrap.dedent("""\
     store = ThrottledStore(TusStore(url, prefix=prefix, token=token, chunk_size=64 * 1024),
                            RateLimiter(4 * 1024 * 1024))
     cp = LedgerCheckpoint(Ledger(Path(ledger_path)), int(rec_id))
-    store.put(sys.argv[9], Blob(Path(path), int(size), sha), cp)
+    put_one(store, sys.argv[9], Blob(Path(path), int(size), sha), cp)
     print("finished")
 """)
 
@@ -191,14 +192,14 @@ def test_kill9_mid_upload_resumes_from_the_ledger(tus_server: TusServer, tmp_pat
     store = TusStore(tus_server.url, prefix=prefix, **tus_server.store_kwargs())
     cp = LedgerCheckpoint(ledger, rec.id)
     assert cp.load()["offset"] == offset
-    store.put(KEY, blob, cp)
+    put_one(store, KEY, blob, cp)
     after = tus_server.requests(log_mark, settle=0.2)
     assert "POST" not in [e["method"] for e in after]
     sent = patches(after, full)
     assert int(sent[0]["offset"]) == held
     assert sum(e["received"] for e in sent) == size - held
     assert cp.load() is None
-    store.verify(KEY, blob)
+    verify_one(store, KEY, blob)
     print(f"\ntus kill -9: size {size}, ledger offset {offset} ({offset / size:.1%}), server held {held}; "
           f"resume sent {size - held} bytes ({(size - held) / size:.1%})")
 
@@ -210,15 +211,15 @@ def test_lost_checkpoint_still_finds_the_upload(tus_server: TusServer, tmp_path:
     full = f"{prefix}/{KEY}"
     blob = make_blob(tmp_path, 8 * 64 * 1024)
     with pytest.raises(SimulatedCrash):
-        store_for(tus_server, prefix).put(KEY, blob, CrashingCheckpoint(parts=3))
+        put_one(store_for(tus_server, prefix), KEY, blob, CrashingCheckpoint(parts=3))
     held = tus_server.info(full)["offset"]
     assert held == 3 * 64 * 1024
     mark = len(tus_server.requests())
-    store_for(tus_server, prefix).put(KEY, blob, MemoryCheckpoint())
+    put_one(store_for(tus_server, prefix), KEY, blob, MemoryCheckpoint())
     after = tus_server.requests(mark, settle=0.2)
     assert "POST" not in [e["method"] for e in after]
     assert sum(e["received"] for e in patches(after, full)) == blob.size - held
-    store_for(tus_server, prefix).verify(KEY, blob)
+    verify_one(store_for(tus_server, prefix), KEY, blob)
 
 
 def test_checkpointed_upload_gone_starts_a_new_one(tus_server: TusServer, tmp_path: Path) -> None:
@@ -227,26 +228,26 @@ def test_checkpointed_upload_gone_starts_a_new_one(tus_server: TusServer, tmp_pa
     blob = make_blob(tmp_path, 6 * 64 * 1024)
     cp = CrashingCheckpoint(parts=2)
     with pytest.raises(SimulatedCrash):
-        store_for(tus_server, prefix).put(KEY, blob, cp)
+        put_one(store_for(tus_server, prefix), KEY, blob, cp)
     # the server expired the upload meanwhile
     uid = upload_id(full)
     (tus_server.data_dir / uid).unlink()
     (tus_server.data_dir / f"{uid}.json").unlink()
     mark = len(tus_server.requests())
-    store_for(tus_server, prefix).put(KEY, blob, cp)
+    put_one(store_for(tus_server, prefix), KEY, blob, cp)
     after = tus_server.requests(mark, settle=0.2)
     assert [e["method"] for e in after if e["method"] in ("HEAD", "POST")] == ["HEAD", "POST"]
     assert sum(e["received"] for e in patches(after, full)) == blob.size
     assert cp.load() is None
-    store_for(tus_server, prefix).verify(KEY, blob)
+    verify_one(store_for(tus_server, prefix), KEY, blob)
 
 
 def test_reput_of_a_finished_object_sends_nothing(tus_server: TusServer, tmp_path: Path) -> None:
     prefix = tus_server.new_prefix()
     blob = make_blob(tmp_path, 100_000)
-    store_for(tus_server, prefix).put(KEY, blob, MemoryCheckpoint())
+    put_one(store_for(tus_server, prefix), KEY, blob, MemoryCheckpoint())
     mark = len(tus_server.requests())
-    store_for(tus_server, prefix).put(KEY, blob, MemoryCheckpoint())
+    put_one(store_for(tus_server, prefix), KEY, blob, MemoryCheckpoint())
     assert [e["method"] for e in tus_server.requests(mark, settle=0.2)] == ["OPTIONS", "HEAD"]
 
 
@@ -255,9 +256,9 @@ def test_other_object_under_the_key_is_replaced(tus_server: TusServer, tmp_path:
     old = make_blob(tmp_path, 3_000, "old")
     new = make_blob(tmp_path, 5_000, "new")
     store = store_for(tus_server, prefix)
-    store.put(KEY, old, MemoryCheckpoint())
-    store.put(KEY, new, MemoryCheckpoint())
-    assert store.verify(KEY, new).size == 5_000
+    put_one(store, KEY, old, MemoryCheckpoint())
+    put_one(store, KEY, new, MemoryCheckpoint())
+    assert verify_one(store, KEY, new).size == 5_000
     assert [(o.key, o.size) for o in store.list()] == [(KEY, 5_000)]
 
 
@@ -265,8 +266,8 @@ def test_metadata_travels_with_the_object(tus_server: TusServer, tmp_path: Path)
     prefix = tus_server.new_prefix()
     blob = make_blob(tmp_path, 1_000)
     store = store_for(tus_server, prefix)
-    store.put(KEY, blob, MemoryCheckpoint())
-    info = store.stat(KEY)
+    put_one(store, KEY, blob, MemoryCheckpoint())
+    info = stat_of(store, KEY)
     assert info is not None and dict(info.metadata) == dict(blob.metadata)
     rec = tus_server.info(f"{prefix}/{KEY}")
     assert rec["metadata"]["dockd-sha256"] == blob.sha256
@@ -281,14 +282,14 @@ def test_throttled_requests_are_retried_by_the_policy(tus_server: TusServer, tmp
         url = f"{proxy.url}/files/"
         proxy.slowdown(1, status=503)
         with pytest.raises(TransientStoreError):
-            store_for(tus_server, prefix, url).put(KEY, blob, MemoryCheckpoint())
+            put_one(store_for(tus_server, prefix, url), KEY, blob, MemoryCheckpoint())
         proxy.slowdown(2, status=429)
         retries: list[int] = []
         store = RetryingStore(store_for(tus_server, prefix, url), RetryPolicy.immediate(5),
                               on_retry=lambda op, n, exc, wait: retries.append(n))
-        store.put(KEY, blob, MemoryCheckpoint())
+        put_one(store, KEY, blob, MemoryCheckpoint())
         assert retries == [1, 2]
-    store_for(tus_server, prefix).verify(KEY, blob)
+    verify_one(store_for(tus_server, prefix), KEY, blob)
 
 
 def test_server_down_is_transient(tus_server: TusServer) -> None:
@@ -297,7 +298,7 @@ def test_server_down_is_transient(tus_server: TusServer) -> None:
         port = s.getsockname()[1]
     store = TusStore(f"http://127.0.0.1:{port}/files/", prefix="x", token=tus_server.token, timeout=2.0)
     with pytest.raises(TransientStoreError):
-        store.stat(KEY)
+        stat_of(store, KEY)
 
 
 def test_corrupted_chunk_is_refused_and_retryable(tus_server: TusServer, tmp_path: Path) -> None:
@@ -307,7 +308,7 @@ def test_corrupted_chunk_is_refused_and_retryable(tus_server: TusServer, tmp_pat
     full = f"{prefix}/{KEY}"
     blob = make_blob(tmp_path, 6 * 64 * 1024)
     with pytest.raises(SimulatedCrash):
-        store_for(tus_server, prefix).put(KEY, blob, CrashingCheckpoint(parts=1))
+        put_one(store_for(tus_server, prefix), KEY, blob, CrashingCheckpoint(parts=1))
     store = store_for(tus_server, prefix)
     store._learn()
     assert store._checksum_algo == "sha1"
@@ -318,8 +319,8 @@ def test_corrupted_chunk_is_refused_and_retryable(tus_server: TusServer, tmp_pat
             "Upload-Checksum": "sha1 " + "A" * 27 + "=",
         })
     assert tus_server.info(full)["offset"] == 64 * 1024   # nothing was written
-    store.put(KEY, blob, MemoryCheckpoint())
-    store.verify(KEY, blob)
+    put_one(store, KEY, blob, MemoryCheckpoint())
+    verify_one(store, KEY, blob)
 
 
 def test_no_checksum_header_when_the_server_does_not_offer_it(plain_server: TusServer, tmp_path: Path) -> None:
@@ -327,7 +328,7 @@ def test_no_checksum_header_when_the_server_does_not_offer_it(plain_server: TusS
     store = store_for(plain_server, prefix)
     store._learn()
     assert store._checksum_algo is None
-    store.put(KEY, make_blob(tmp_path, 70_000), MemoryCheckpoint())
+    put_one(store, KEY, make_blob(tmp_path, 70_000), MemoryCheckpoint())
 
 
 # -- permanent errors -----------------------------------------------------------------------
@@ -336,10 +337,10 @@ def test_too_large_is_permanent_and_leaves_nothing(small_server: TusServer, tmp_
     prefix = small_server.new_prefix()
     store = store_for(small_server, prefix)
     with pytest.raises(PermanentStoreError, match="413") as ei:
-        store.put(KEY, make_blob(tmp_path, 2_000), MemoryCheckpoint())
+        put_one(store, KEY, make_blob(tmp_path, 2_000), MemoryCheckpoint())
     assert not ei.value.retryable
     assert small_server.uploads(prefix) == []
-    store.put(KEY, make_blob(tmp_path, 900, "small"), MemoryCheckpoint())
+    put_one(store, KEY, make_blob(tmp_path, 900, "small"), MemoryCheckpoint())
 
 
 @pytest.mark.parametrize("status,kind", [
@@ -365,12 +366,12 @@ def test_refused_token_is_an_auth_error_and_not_retried(tus_server: TusServer, t
     store = RetryingStore(TusStore(tus_server.url, prefix=prefix, token=token),
                           RetryPolicy.immediate(5))
     with pytest.raises(StoreAuthError) as ei:
-        store.put(KEY, make_blob(tmp_path, 1_000), MemoryCheckpoint())
+        put_one(store, KEY, make_blob(tmp_path, 1_000), MemoryCheckpoint())
     assert not ei.value.retryable
     assert tus_server.token not in str(ei.value)
     assert [e["status"] for e in tus_server.requests(mark, settle=0.2)] == [401]   # one try, no retries
     with pytest.raises(StoreAuthError):
-        store.stat(KEY)
+        stat_of(store, KEY)
 
 
 def test_token_file_must_be_private(tus_server: TusServer, tmp_path: Path) -> None:
@@ -385,8 +386,8 @@ def test_token_file_must_be_private(tus_server: TusServer, tmp_path: Path) -> No
     store = TusStore.from_config(cfg)
     assert tus_server.token not in repr(store)
     key = f"{tus_server.new_prefix()}/{KEY}"
-    store.put(key, make_blob(tmp_path, 500), MemoryCheckpoint())
-    assert store.stat(key) is not None
+    put_one(store, key, make_blob(tmp_path, 500), MemoryCheckpoint())
+    assert stat_of(store, key) is not None
 
 
 def test_plain_http_only_on_loopback() -> None:
@@ -443,8 +444,8 @@ def test_factory_routes_http_urls_to_tus(tus_server: TusServer, make_cfg: Any, t
     # store.prefix already heads the keys the pipeline makes (pipeline/naming.py)
     key = f"{prefix}/{KEY}"
     blob = make_blob(tmp_path, 200_000)
-    store.put(key, blob, MemoryCheckpoint())
-    assert store.verify(key, blob).sha256 == hashlib.sha256(blob.path.read_bytes()).hexdigest()
+    put_one(store, key, blob, MemoryCheckpoint())
+    assert verify_one(store, key, blob).sha256 == hashlib.sha256(blob.path.read_bytes()).hexdigest()
     assert [o.key for o in store.list(f"{prefix}/")] == [key]
     assert tus_server.info(key) is not None        # not prefixed a second time
     with store.open(key) as f:
@@ -455,5 +456,5 @@ def test_blob_metadata_may_not_impersonate_dockd_keys(tus_server: TusServer, tmp
     prefix = tus_server.new_prefix()
     blob = make_blob(tmp_path, 100, metadata={"dockd-key": "other/key"})
     with pytest.raises(PermanentStoreError, match="may not use"):
-        store_for(tus_server, prefix).put(KEY, blob, MemoryCheckpoint())
+        put_one(store_for(tus_server, prefix), KEY, blob, MemoryCheckpoint())
     assert tus_server.uploads(prefix) == []

@@ -20,6 +20,7 @@ from dockd.model import RecState, Recording
 from dockd.pipeline.spool import GroupCommit, Spool
 from dockd.pipeline.upload import Uploader
 from dockd.store.retry import RetryingStore, RetryPolicy
+from dockd.store.base import Result, Results
 from fakes import ScriptedStore, transient
 
 
@@ -192,11 +193,16 @@ def test_a_retried_put_is_no_longer_new(tmp_path):
     seen: list[bool] = []
 
     class LostAnswer(ScriptedStore):
-        def put(self, key: str, blob, checkpoint) -> None:  # noqa: ANN001
-            seen.append(blob.new)
-            super().put(key, blob, checkpoint)
-            if len(seen) == 1:
-                raise TransientStoreError("connection reset after the body was sent")
+        def scripted_error(self, item):  # noqa: ANN001, ANN201
+            seen.append(item.blob.new)
+            return super().scripted_error(item)
+
+        def put(self, items):  # noqa: ANN001, ANN201
+            results = super().put(items)
+            if len(seen) == 1:     # it landed; the answer did not
+                lost = TransientStoreError("connection reset after the body was sent")
+                return Results([Result(r.item, error=lost) for r in results])
+            return results
 
     rig = Rig(tmp_path, 1, LostAnswer(tmp_path / "store"))
     rig.run()

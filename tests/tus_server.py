@@ -215,4 +215,5 @@ def tus_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         "tus", make, 6 * TEST_CHUNK + 1234,
         lambda key, data: server.raw_put(f"{prefix}/{key}", data),
         lambda: server.leftovers(prefix + "/"),
+        resumable=True,
     )

@@ -6,7 +6,8 @@ puts the spooled ciphertext through the retrying store, proves it with
 ``verify``, commits ``verified`` and only then drops the spool copy.
 
 Small recordings travel in batches: a worker takes up to ``BATCH_FILES`` of
-them from the front of one queue, puts and proves each, and commits the
+them from the front of one queue, puts them as one batch and proves them as
+one (the store shares what it can: one flush, one listing), and commits the
 proven ones' ``verified`` together, in one durable commit instead of one
 fsync each. A large recording is a batch of its own.
 
@@ -28,7 +29,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from .. import log
 from ..errors import (
@@ -40,7 +41,7 @@ from ..errors import (
 )
 from ..ledger import Ledger, LedgerCheckpoint
 from ..model import RecState, Recording
-from ..store.base import Blob, Store, sha256_file
+from ..store.base import Blob, Item, Store, sha256_file, verify_one
 from ..store.retry import RetryPolicy
 from .spool import GROUP_BYTES, GROUP_FILE_MAX, Spool
 
@@ -300,59 +301,64 @@ class Uploader:
 
     def upload_batch(self, rec_ids: list[int]) -> None:
         """Upload and prove each recording, then commit the proven ones together.
-        Idempotent: may be called again after a crash."""
+        Idempotent: may be called again after a crash.
+
+        The store is given the batch's puts as one lazy batch: each recording is read
+        from the ledger just before its put (a re-dock may have flagged it since the
+        batch began), and one it holds already is not given it. Then one ``verify``
+        proves what was put or found there."""
         proven: list[_Proven] = []
-        sent: list[_Proven] = []           # put (or found there), to be proven
-        try:
-            with self.store.batch():       # a store may make the batch's puts durable together
-                for rec_id in rec_ids:
-                    if self._stopping:
-                        break              # the rest stay spooled in the ledger for the next start
-                    if self._auth_paused:
-                        self.submit_later(rec_id, 0.0)   # back in line once resumed
-                        continue
-                    try:
-                        # read now, not at the batch's start: a re-dock may have flagged it since
-                        got = self._attempt(self.ledger.get(rec_id), prove=False)
-                    except Exception as exc:
-                        self._bug(rec_id, exc)
-                        continue
-                    if isinstance(got, _Proven):
-                        (proven if got.proven else sent).append(got)
-        except DockdError as exc:          # what this batch put did not land: tried again
-            unflushed = [p for p in sent if p.put]
-            if unflushed:
-                log.emit(self.log, "upload.batch_flush_failed", camera=unflushed[0].rec.serial,
-                         recordings=[p.rec.name for p in unflushed], error=str(exc))
-            for p in unflushed:
-                self._store_failed(p.rec, p.lg, p.blob, exc)
-            sent = [p for p in sent if not p.put]
-        listed = self._prove_listed(sent)
-        for p in sent:
-            try:
-                got = replace(p, proven=True) if p.rec.object_key in listed else self._prove(p)
-            except Exception as exc:
-                self._bug(p.rec.id, exc)
-                continue
-            if isinstance(got, _Proven):
-                proven.append(got)
+        seen: list[_Proven] = []           # put, or found at the store: to be proven, in order
+        given: dict[str, _Proven] = {}     # key -> a recording whose put the store was given
+        left = collections.deque(rec_ids)
+        self._local.lgs = {}
+
+        def items() -> Iterator[Item]:
+            while left:
+                rec_id = left.popleft()
+                if self._stopping:
+                    left.clear()           # the rest stay spooled in the ledger for the next start
+                    return
+                if self._auth_paused:
+                    self.submit_later(rec_id, 0.0)   # back in line once resumed
+                    continue
+                try:
+                    got = self._attempt(self.ledger.get(rec_id))
+                except Exception as exc:
+                    self._bug(rec_id, exc)
+                    continue
+                if not isinstance(got, _Proven):
+                    continue
+                if got.proven:
+                    proven.append(got)
+                    continue
+                seen.append(got)
+                if got.put:
+                    key = got.rec.object_key or ""
+                    given[key] = got
+                    self._local.lg = self._local.lgs[key] = got.lg
+                    yield Item(key, got.blob, LedgerCheckpoint(self.ledger, got.rec.id))
+
+        results = self.store.put(items())
+        refused = {r.item.key for r in results if not r.ok}
+        unflushed = [given[r.item.key] for r in results if r.error is not None and r.error is results.batch_error]
+        if unflushed:                      # what this batch put did not land: tried again
+            log.emit(self.log, "upload.batch_flush_failed", camera=unflushed[0].rec.serial,
+                     recordings=[p.rec.name for p in unflushed], error=str(results.batch_error))
+        for r in results:
+            if r.error is not None:
+                p = given[r.item.key]
+                self._store_failed(p.rec, p.lg, p.blob, r.error)
+        for rec_id in left:                # not taken: the store refused our credentials
+            self.submit_later(rec_id, 0.0)
+        sent = [p for p in seen if not (p.put and p.rec.object_key in refused)]
+        proven.extend(self._prove(sent))
         self._settle(proven)
 
-    def _prove_listed(self, sent: list[_Proven]) -> set[str]:
-        """Keys of ``sent`` the store proves with one listing; the rest are proven one by one."""
-        if len(sent) < 2:
-            return set()
-        try:
-            return self.store.prove_listed([(p.rec.object_key, p.blob) for p in sent])
-        except DockdError as exc:      # each is proven alone instead, with retries
-            log.emit(self.log, "upload.list_proof_failed", camera=sent[0].rec.serial,
-                     recordings=[p.rec.name for p in sent], error=str(exc))
-            return set()
-
-    def _attempt(self, rec: Recording, prove: bool = True) -> RecState | _Proven:
-        """One recording: put unless the store holds it, and prove it (``prove=False``:
-        leave the proof to the batch, see ``_prove_listed``). Failures are handled
-        here; a recording put or proven is returned for its batch."""
+    def _attempt(self, rec: Recording) -> RecState | _Proven:
+        """One recording, up to its put: a ``_Proven`` to put (``put``), one the
+        store holds already (not ``proven`` yet: the batch proves it), or one proven
+        already (its spool copy is gone, the store had it). Failures are handled here."""
         lg = self.log.bind(camera=rec.serial, recording=rec.name, sha256=rec.plain_sha256)
         with self._cv:
             fresh = rec.id in self._fresh
@@ -369,35 +375,49 @@ class Uploader:
         if not path.exists():
             # Crash after the store had it? Then it may already be verifiable there.
             try:
-                self.store.verify(key, blob)
+                verify_one(self.store, key, blob)
             except DockdError:
                 return self._back_to_found(rec, lg, "spool copy missing")
             return _Proven(rec, lg, blob, put=False)
 
-        self._local.lg = lg
+        self._local.lg = self._local.lgs[key] = lg
         try:
             log.emit(lg, "upload.started", key=key, size=blob.size)
-            put = False
-            if fresh or not self._already_there(key, blob):
-                self.store.put(key, blob, LedgerCheckpoint(self.ledger, rec.id))
-                put = True
+            put = fresh or not self._already_there(key, blob)
         except DockdError as exc:
             return self._store_failed(rec, lg, blob, exc)
-        sent = _Proven(rec, lg, blob, put, proven=False)
-        return self._prove(sent) if prove else sent
+        return _Proven(rec, lg, blob, put, proven=False)
 
-    def _prove(self, sent: _Proven) -> RecState | _Proven:
-        """``verify`` one recording put (or found at the store) by ``_attempt``."""
-        rec, lg = sent.rec, sent.lg
-        self._local.lg = lg
+    def _prove(self, sent: list[_Proven]) -> list[_Proven]:
+        """``verify`` the recordings put (or found at the store) by this batch, in one
+        batch: those proven. A recording the store took but could not prove is on
+        record as ``uploaded`` before its failure is handled."""
+        if not sent:
+            return []
         try:
-            self.store.verify(rec.object_key, sent.blob)
-        except DockdError as exc:
-            if sent.put:        # the store took it, unproven: on record before what follows
-                rec = self.ledger.transition(rec.id, RecState.UPLOADED, event="upload.uploaded")
-                log.emit(lg, "upload.uploaded", key=rec.object_key)
-            return self._store_failed(rec, lg, sent.blob, exc)
-        return replace(sent, proven=True)
+            results = self.store.verify([Item(p.rec.object_key or "", p.blob) for p in sent])
+        except Exception as exc:
+            for p in sent:
+                self._bug(p.rec.id, exc)
+            return []
+        if results.batch_error is not None:     # each was proven alone instead, with retries
+            log.emit(self.log, "upload.list_proof_failed", camera=sent[0].rec.serial,
+                     recordings=[p.rec.name for p in sent], error=str(results.batch_error))
+        proven = []
+        for p, r in zip(sent, results):
+            if r.ok:
+                proven.append(replace(p, proven=True))
+                continue
+            rec, lg = p.rec, p.lg
+            assert r.error is not None
+            try:
+                if p.put:       # the store took it, unproven: on record before what follows
+                    rec = self.ledger.transition(rec.id, RecState.UPLOADED, event="upload.uploaded")
+                    log.emit(lg, "upload.uploaded", key=rec.object_key)
+                self._store_failed(rec, lg, p.blob, r.error)
+            except Exception as exc:
+                self._bug(rec.id, exc)
+        return proven
 
     def _store_failed(self, rec: Recording, lg: Any, blob: Blob, exc: DockdError) -> RecState:
         """What a store error in a put or a proof means for the recording."""
@@ -432,13 +452,15 @@ class Uploader:
             log.emit(self.log, kind, store=self.store.url, error=str(exc))
 
     def on_store_retry(self, op: str, attempt: int, exc: BaseException, wait: float) -> None:
-        """Hook for ``RetryingStore``: runs in the worker's thread, so it knows the recording."""
-        lg = getattr(self._local, "lg", None) or self.log
+        """Hook for ``RetryingStore``: runs in the worker's thread, so it knows the
+        recording (by the key in ``op``, "put KEY")."""
+        lgs = getattr(self._local, "lgs", None) or {}
+        lg = lgs.get(op.partition(" ")[2]) or getattr(self._local, "lg", None) or self.log
         log.emit(lg, "upload.retry", attempt=attempt, wait=round(wait, 2), error=str(exc), op=op)
 
     def _already_there(self, key: str, blob: Blob) -> bool:
         try:
-            self.store.verify(key, blob)
+            verify_one(self.store, key, blob)
             return True
         except (ObjectMissingError, IntegrityError):
             return False

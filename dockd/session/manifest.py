@@ -15,7 +15,7 @@ from ..errors import DockdError
 from ..ledger import Ledger
 from ..model import Recording
 from ..pipeline import naming
-from ..store.base import Blob, MemoryCheckpoint, Store
+from ..store.base import Blob, Store, put_one, verify_one
 from .markers import Markers
 
 
@@ -57,8 +57,8 @@ class ManifestPublisher:
                 # manifest is the custody record a lifecycle rule on the default class must not reach
                 blob = Blob(p, len(body), hashlib.sha256(body).hexdigest(), meta | {"kind": kind},
                             flagged=any(r.flagged for r in recs))
-                self.store.put(k, blob, MemoryCheckpoint())
-                self.store.verify(k, blob)
+                put_one(self.store, k, blob)
+                verify_one(self.store, k, blob)
             self.ledger.set_manifest(sid, key)
             self.ledger.append_event("manifest.uploaded", serial=session["serial"], session_id=sid, key=key,
                                      sha256=hashlib.sha256(data).hexdigest(),

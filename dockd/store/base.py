@@ -1,32 +1,40 @@
-"""The Store seam.
+"""The Store seam: five verbs.
 
-A backend is small: put a rewindable ciphertext blob under a key, prove what it
-holds, stat, open for reading, delete, list. Backends classify their own errors
-into ``TransientStoreError`` (retry) or ``PermanentStoreError`` (stop), and the
-one retry wrapper in ``retry.py`` alone decides what to do about them.
+``put`` a batch of items, ``verify`` a batch (the proof that the store holds
+exactly those bytes), ``open`` a key, ``delete`` one, ``list`` a prefix. An item
+is a key, a rewindable ciphertext ``Blob`` and the ``Checkpoint`` its upload
+resumes from. Batches let a backend share what it can: one ``syncfs`` for many
+small files on file://, one listing to prove many objects on S3. Backends
+classify their own errors into ``TransientStoreError`` (retry) or
+``PermanentStoreError`` (stop), and the one retry wrapper in ``retry.py``
+alone decides what to do about them.
+
+Batches report per item. A batch's ``Results`` hold one ``Result`` per item the
+backend took, in the order it took them: ok, or that item's own error, so one bad
+item fails alone. A step the whole batch shares (file://'s one flush, S3's one
+listing) that fails is the batch's ``batch_error``:
+* in ``put``, every item that step took down carries that same error as its own
+  (its result's ``error is results.batch_error``), so callers handle each item
+  alike and may say once that the batch failed; the retry wrapper does not try
+  such a batch again within the call (a flush that failed is not retried on the
+  spot: see dirstore.py) and leaves its items to be rescheduled;
+* in ``verify``, a failed listing takes nothing down: each item is then proven on
+  its own, and ``batch_error`` only says that the shared proof was not to be had.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, ContextManager, Iterator, Mapping, Protocol, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Protocol
+
+from ..errors import DockdError, StoreAuthError
 
 # Proofs a store keeps from put to verify (a few hundred bytes each): one is dropped
 # once verified, and the oldest go first, so a daemon that runs for months stays small.
 MAX_PROOFS_KEPT = 256
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a backend can do, in one record (not flags scattered in the code)."""
-
-    resumable: bool = False          # put() continues from a Checkpoint after a crash
-    server_checksum: bool = False    # the server verifies a SHA-256 we send
-    object_lock: bool = False        # retention / legal hold can be applied
 
 
 @dataclass(frozen=True)
@@ -88,54 +96,76 @@ class MemoryCheckpoint:
         self.state = None
 
 
-class Store(abc.ABC):
-    """A place that holds ciphertext objects under deterministic keys."""
+@dataclass(frozen=True)
+class Item:
+    """One object of a batch: ``blob`` under ``key``, resuming from ``checkpoint``
+    (``verify`` does not use it)."""
 
-    capabilities: Capabilities = Capabilities()
+    key: str
+    blob: Blob
+    checkpoint: Checkpoint = field(default_factory=MemoryCheckpoint)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What became of one item: ``error`` None is success. ``info`` is what ``verify``
+    found (size, and the hashes the store gave); ``put`` leaves it None."""
+
+    item: Item
+    error: DockdError | None = None
+    info: ObjectInfo | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def check(self) -> ObjectInfo | None:
+        """``info``, or raise the item's error."""
+        if self.error is not None:
+            raise self.error
+        return self.info
+
+
+class Results(list[Result]):
+    """The results of a batch, in the order its items were taken, and the error of
+    a step the whole batch shared (None if it had none or it worked; see the module doc)."""
+
+    def __init__(self, results: Iterable[Result] = (), batch_error: DockdError | None = None) -> None:
+        super().__init__(results)
+        self.batch_error = batch_error
+
+
+class Store(abc.ABC):
+    """A place that holds ciphertext objects under deterministic keys.
+
+    ``put`` takes ``items`` as any iterable, and may be given a lazy one: a backend
+    takes each item just before it puts it (so a caller can build the next item
+    after the last was put), and stops taking items at a refusal of its
+    credentials (``StoreAuthError``: every request after it would be refused too).
+    What it did not take was not tried and has no result. ``verify`` gives every
+    item it is given a result.
+    """
+
     url: str = ""
 
     @abc.abstractmethod
-    def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
-        """Upload ``blob`` under ``key``.
+    def put(self, items: Iterable[Item]) -> Results:
+        """Upload each item's blob under its key.
 
-        May be called again after any failure or crash with the same key and
-        blob; must be idempotent. A failed or short upload must leave no object
-        visible under ``key``.
+        May be called again after any failure or crash with the same items; must be
+        idempotent. A failed or short upload must leave no object visible under its
+        key. When ``put`` returns, each object put is whole and durable, and can be
+        proven with ``verify``.
         """
 
     @abc.abstractmethod
-    def verify(self, key: str, blob: Blob) -> ObjectInfo:
-        """Prove the store holds exactly ``blob``'s bytes under ``key``.
+    def verify(self, items: Iterable[Item]) -> Results:
+        """Prove the store holds exactly each item's blob under its key.
 
-        Raises ``ObjectMissingError`` when absent and ``IntegrityError`` when the
-        object differs. Only after this returns is a recording ``verified``.
+        An item's error is ``ObjectMissingError`` when it is absent and
+        ``IntegrityError`` when the object differs. Only an item verified here is
+        a recording ``verified``.
         """
-
-    def batch(self) -> ContextManager[None]:
-        """Group the puts this thread makes inside the block.
-
-        A backend may make them durable together when the block ends (one
-        flush for many small objects instead of one each); an object put in
-        the block may then be visible, and provable, only after it. Raises a
-        ``StoreError`` at the end of the block if that fails. The default
-        groups nothing: each put is whole when it returns.
-        """
-        return contextlib.nullcontext()
-
-    def prove_listed(self, items: Sequence[tuple[str, Blob]]) -> set[str]:
-        """Prove many objects just put with one listing: the keys of ``items`` proven.
-
-        A backend whose listing shows what ``verify`` would check (size and a
-        digest computed locally) may prove several objects with one request
-        instead of one each. What it does not return, for any reason, the
-        caller proves with ``verify``. Raises a ``StoreError`` if the listing
-        fails. The default proves none.
-        """
-        return set()
-
-    @abc.abstractmethod
-    def stat(self, key: str) -> ObjectInfo | None:
-        """The object's size (and hashes where known), or None when absent."""
 
     @abc.abstractmethod
     def open(self, key: str) -> BinaryIO:
@@ -150,7 +180,44 @@ class Store(abc.ABC):
         """Objects under ``prefix`` (relative to the store's own prefix)."""
 
     def close(self) -> None:
-        """Release connections. Optional."""
+        """Release connections. Optional; not a verb, the end of the store's life."""
+
+
+def each(items: Iterable[Item], handle: Callable[[Item], ObjectInfo | None], *,
+         until_refused: bool = True) -> Results:
+    """``handle`` each item in turn, as a backend that shares nothing across a batch does.
+
+    An item's ``DockdError`` is its result; with ``until_refused`` (``put``), a
+    ``StoreAuthError`` ends the batch (see ``Store``).
+    """
+    results = Results()
+    for item in items:
+        try:
+            results.append(Result(item, info=handle(item)))
+        except DockdError as exc:
+            results.append(Result(item, error=exc))
+            if until_refused and isinstance(exc, StoreAuthError):
+                break
+    return results
+
+
+def put_one(store: Store, key: str, blob: Blob, checkpoint: Checkpoint | None = None) -> None:
+    """Put one object; raise its error."""
+    item = Item(key, blob, checkpoint if checkpoint is not None else MemoryCheckpoint())
+    _only(store.put([item])).check()
+
+
+def verify_one(store: Store, key: str, blob: Blob) -> ObjectInfo:
+    """Verify one object; raise its error."""
+    info = _only(store.verify([Item(key, blob)])).check()
+    assert info is not None
+    return info
+
+
+def _only(results: Results) -> Result:
+    if len(results) != 1:
+        raise AssertionError(f"one item, {len(results)} results")
+    return results[0]
 
 
 def sha256_file(path: Path, block: int = 1 << 20) -> str:

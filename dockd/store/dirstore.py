@@ -3,12 +3,14 @@
 Crash-safe saves the restic way: temp file in the same directory, fsync,
 read back and hashed (size and SHA-256 must match the blob), rename, fsync the
 directory. A crash leaves either the whole object or a ``.tmp-*`` file, which
-the next put of that key removes. Inside ``batch()`` the flushes are shared:
-each temp file is written and read back, and when the block ends one
-``syncfs`` makes them all durable (one journal commit), each file's write
-errors are collected through its own fd, open since before its writes, and
-only then is each renamed and each directory fsynced once. Before that no object
-of the batch has its name.
+the next put of that key removes. A batch shares its flushes: each temp file
+is written and read back, then one ``syncfs`` makes them all durable (one
+journal commit; a batch of one is fsynced), each file's write errors are
+collected through its own fd, open since before its writes, and only then is
+each renamed and each directory fsynced once. Before that no object of the
+batch has its name. A flush that fails is the batch's error (``batch_error``),
+not retried on the spot: a second fsync after a failed one may report success
+without writing anything, so the objects are written again, later.
 
 An object whose directory fsync failed is refused by ``verify`` until it is put
 again: a second fsync after a failed one may report success without writing
@@ -33,19 +35,22 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 from urllib.parse import unquote, urlparse
 
 from ..errors import (
+    DockdError,
     IntegrityError,
     ObjectMissingError,
     PermanentStoreError,
+    StoreError,
     StoreFullError,
     TransientStoreError,
     UsageError,
 )
 from ..fsutil import close_quietly, fsync_dir, make_durable
-from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, ObjectInfo, Store, sha256_stream
+from .base import MAX_PROOFS_KEPT, Blob, Item, ObjectInfo, Result, Results, Store, each, sha256_stream
+from .keys import validate_key
 
 BLOCK = 1 << 20
 TMP_PREFIX = ".tmp-"
@@ -102,8 +107,6 @@ def _classify(exc: OSError, what: str) -> Exception:
 
 
 class DirStore(Store):
-    capabilities = Capabilities()
-
     def __init__(self, root: Path, url: str = "") -> None:
         self.root = Path(root)
         self.url = url or f"file://{self.root}"
@@ -112,7 +115,6 @@ class DirStore(Store):
         self._listed: set[Path] = set()        # directories already swept for dead temp files
         # key -> (inode, size, mtime_ns, sha256) of objects this process put and read back
         self._proven: dict[str, tuple[int, int, int, str]] = {}
-        self._batch = threading.local()        # .pending: this thread's puts awaiting their flush
         # keys renamed into place by a batch whose directory fsync failed: verify refuses
         # them (the name may not survive a power cut) until they are put again
         self._unsettled: dict[str, str] = {}
@@ -125,19 +127,45 @@ class DirStore(Store):
         return cls(Path(unquote(u.path)), url)
 
     def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") or p.startswith(TMP_PREFIX) for p in parts):
+        parts = validate_key(key).split("/")
+        if any(p.startswith(TMP_PREFIX) for p in parts):     # the names of puts under way
             raise PermanentStoreError(f"invalid object key {key!r}")
         return self.root.joinpath(*parts)
 
-    def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
-        """Copy in the kernel (``copy_file_range``), fsync, then read the copy back
-        and hash it: the object is proven before it is renamed into place."""
+    def put(self, items: Iterable[Item]) -> Results:
+        """Write each item to a temp file (a kernel copy, ``copy_file_range``) and read
+        it back and hash it: an object is proven before it is renamed into place. Then
+        one flush makes them durable together (see ``_flush``); only then do they have
+        their names. An item refused (wrong bytes, a store error) fails alone; a failed
+        flush is the ``batch_error`` of every item written."""
+        results = Results()
+        pending: list[tuple[int, _Pending]] = []
+        try:
+            for item in items:
+                try:
+                    p = self._write(item.key, item.blob)
+                except DockdError as exc:
+                    results.append(Result(item, error=exc))
+                    continue
+                pending.append((len(results), p))
+                results.append(Result(item))
+        except BaseException:
+            self._abandon([p for _, p in pending])
+            raise
+        err = self._flush([p for _, p in pending])
+        if err is not None:
+            results.batch_error = err
+            for i, _ in pending:
+                results[i] = Result(results[i].item, error=err)
+        return results
+
+    def _write(self, key: str, blob: Blob) -> _Pending:
+        """One object, written to its temp file and read back; the fd stays open for
+        the flush (opened before the writes, it reports their errors)."""
         dest = self._path(key)
         # unique per call: two recordings with identical content share a key
         tmp = dest.with_name(f"{TMP_PREFIX}{dest.name}.{uuid.uuid4().hex[:12]}")
-        pending: list[_Pending] | None = getattr(self._batch, "pending", None)
-        deferred = named = False
+        kept = False
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             with self._lock:
@@ -157,8 +185,6 @@ class DirStore(Store):
                             view = memoryview(chunk)
                             while view:
                                 view = view[os.write(fd, view):]
-                if pending is None:
-                    os.fsync(fd)                # in a batch: at its end, see _flush
                 st = os.fstat(fd)
                 os.lseek(fd, 0, os.SEEK_SET)
                 with os.fdopen(os.dup(fd), "rb") as back:
@@ -169,28 +195,17 @@ class DirStore(Store):
                         f"put {key}: store copy has {n} bytes sha256 {digest[:16]}, "
                         f"expected {blob.size} bytes sha256 {blob.sha256[:16]}"
                     )
-                if pending is not None:
-                    # the fd stays open: opened before the writes, it reports their errors (_flush)
-                    pending.append(_Pending(key, tmp, dest, (st.st_ino, st.st_size, st.st_mtime_ns, digest), fd))
-                    deferred = True             # still ours (in _writing) until the batch ends
-                    return
+                kept = True                     # still ours (in _writing) until the flush
+                return _Pending(key, tmp, dest, (st.st_ino, st.st_size, st.st_mtime_ns, digest), fd)
             finally:
-                if not deferred:
+                if not kept:
                     os.close(fd)
-            os.replace(tmp, dest)
-            named = True
-            fsync_dir(dest.parent)
-            self._settled(key, (st.st_ino, st.st_size, st.st_mtime_ns, digest))
         except OSError as exc:
             with contextlib.suppress(OSError):  # a dead mount refuses this too: swept at the next put
                 tmp.unlink(missing_ok=True)
-            err = _classify(exc, f"put {key}")
-            if named:                           # its name may not last: refused until put again
-                with self._lock:
-                    self._unsettled[key] = str(err)
-            raise err from exc
+            raise _classify(exc, f"put {key}") from exc
         finally:
-            if not deferred:
+            if not kept:
                 with self._lock:
                     self._writing.discard(tmp)
 
@@ -201,24 +216,13 @@ class DirStore(Store):
             while len(self._proven) > MAX_PROOFS_KEPT:
                 self._proven.pop(next(iter(self._proven)))
 
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        if getattr(self._batch, "pending", None) is not None:
-            yield                               # nested: the outer block flushes
-            return
-        self._batch.pending = []
-        try:
-            yield
-        finally:
-            pending, self._batch.pending = self._batch.pending, None
-            self._flush(pending)
-
-    def _flush(self, pending: list["_Pending"]) -> None:
-        """Make a batch's temp files durable (one ``syncfs``), then give them their
-        names and fsync each directory once. If the flush fails no name is given;
-        if a directory fsync fails, its names are refused by ``verify`` until put again."""
+    def _flush(self, pending: list[_Pending]) -> StoreError | None:
+        """Make the temp files durable (one file: its fsync; several: one ``syncfs``),
+        then give them their names and fsync each directory once; the error, if that
+        fails. If the flush fails no name is given; if a directory fsync fails, its
+        names are refused by ``verify`` until put again."""
         if not pending:
-            return
+            return None
         renamed: list[_Pending] = []
         try:
             try:
@@ -229,7 +233,9 @@ class DirStore(Store):
                 for d in dict.fromkeys(p.dest.parent for p in pending):
                     fsync_dir(d)
             except OSError as exc:
-                err = _classify(exc, f"flush of {len(pending)} objects")
+                what = f"put {pending[0].key}" if len(pending) == 1 else f"flush of {len(pending)} objects"
+                err = _classify(exc, what)
+                err.__cause__ = exc
                 with self._lock:
                     for p in renamed:
                         self._unsettled[p.key] = str(err)
@@ -237,15 +243,23 @@ class DirStore(Store):
                     if p not in renamed:
                         with contextlib.suppress(OSError):   # a dead temp file: swept at the next start
                             p.tmp.unlink(missing_ok=True)
-                raise err from exc
+                return err
             for p in pending:
                 self._settled(p.key, p.proof)
+            return None
         finally:
+            self._abandon(pending, unlink=False)
+
+    def _abandon(self, pending: list[_Pending], unlink: bool = True) -> None:
+        """Close the temp files' fds and forget them (and remove them, for a batch cut short)."""
+        for p in pending:
+            close_quietly(p.fd)
+            if unlink:
+                with contextlib.suppress(OSError):
+                    p.tmp.unlink(missing_ok=True)
+        with self._lock:
             for p in pending:
-                close_quietly(p.fd)
-            with self._lock:
-                for p in pending:
-                    self._writing.discard(p.tmp)
+                self._writing.discard(p.tmp)
 
     def _remove_dead_temps(self, dest: Path) -> None:
         """Temp files a crash left in ``dest``'s directory. One dockd writes a station's
@@ -268,7 +282,10 @@ class DirStore(Store):
             raise _classify(exc, f"cleanup of {dest.parent.relative_to(self.root)}") from exc
         self._listed.add(dest.parent)
 
-    def verify(self, key: str, blob: Blob) -> ObjectInfo:
+    def verify(self, items: Iterable[Item]) -> Results:
+        return each(items, lambda item: self._verify(item.key, item.blob), until_refused=False)
+
+    def _verify(self, key: str, blob: Blob) -> ObjectInfo:
         """Size and SHA-256 of the object. An object this store put and read back,
         whose inode, size and mtime are unchanged since, is not hashed twice. Any
         other is hashed, then its name made durable (see the module's doc)."""
@@ -320,15 +337,6 @@ class DirStore(Store):
         except OSError as exc:
             raise _classify(exc, f"verify {key}") from exc
         return ObjectInfo(key=key, size=n, sha256=h.hexdigest())
-
-    def stat(self, key: str) -> ObjectInfo | None:
-        try:
-            st = self._path(key).stat()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise _classify(exc, f"stat {key}") from exc
-        return ObjectInfo(key=key, size=st.st_size)
 
     def open(self, key: str) -> BinaryIO:
         try:

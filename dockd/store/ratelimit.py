@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import time as dtime
-from typing import Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
-from .base import Blob, Checkpoint, ObjectInfo, Store
+from .base import Blob, Item, ObjectInfo, Results, Store
 
 # Most a single reservation can take at once, so that a change of timetable
 # period or a competing upload is noticed within a fraction of a second.
@@ -208,26 +208,22 @@ class ThrottledStore(Store):
         self.limiter = limiter
         self.url = inner.url
 
-    @property  # type: ignore[override]
-    def capabilities(self):  # noqa: ANN201 - mirrors the inner store, which may probe late
-        return self.inner.capabilities
+    def put(self, items: Iterable[Item]) -> Results:
+        if not self.limiter.is_limited:
+            return self.inner.put(items)
+        taken: list[Item] = []
 
-    def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
-        if self.limiter.is_limited:
-            blob = ThrottledBlob.wrap(blob, self.limiter)
-        self.inner.put(key, blob, checkpoint)
+        def throttled() -> Iterator[Item]:
+            for item in items:
+                taken.append(item)
+                yield dataclasses.replace(item, blob=ThrottledBlob.wrap(item.blob, self.limiter))
 
-    def verify(self, key: str, blob: Blob) -> ObjectInfo:
-        return self.inner.verify(key, blob)
+        results = self.inner.put(throttled())
+        # each result names the caller's item, not the throttled copy
+        return Results([dataclasses.replace(r, item=i) for r, i in zip(results, taken)], results.batch_error)
 
-    def batch(self) -> ContextManager[None]:
-        return self.inner.batch()
-
-    def prove_listed(self, items: Sequence[tuple[str, Blob]]) -> set[str]:
-        return self.inner.prove_listed(items)
-
-    def stat(self, key: str) -> ObjectInfo | None:
-        return self.inner.stat(key)
+    def verify(self, items: Iterable[Item]) -> Results:
+        return self.inner.verify(items)
 
     def open(self, key: str) -> BinaryIO:
         return self.inner.open(key)
@@ -241,8 +237,9 @@ class ThrottledStore(Store):
     def close(self) -> None:
         self.inner.close()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    def unwrap(self) -> Store:
+        """The store this one wraps (which may be a wrapper too)."""
+        return self.inner
 
 
 def wrap_for_config(inner: Store, upload: Any) -> Store:

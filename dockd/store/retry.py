@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO, Callable, ContextManager, Iterator, Sequence, TypeVar
+from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 import tenacity
 
 from ..errors import DockdError
-from .base import Blob, Checkpoint, ObjectInfo, Store
+from .base import Item, ObjectInfo, Result, Results, Store
 
 T = TypeVar("T")
 
@@ -74,7 +74,13 @@ class RetryPolicy:
 
 
 class RetryingStore(Store):
-    """Wraps a backend with the retry policy. ``put`` rewinds by re-opening the blob."""
+    """Wraps a store with the retry policy.
+
+    In a batch, each item whose error is worth another try is tried again, alone
+    with the others that are, after the policy's wait; the rest keep their first
+    result. An item a batch's shared step took down (``Results.batch_error``) is
+    not tried again here. ``put`` rewinds by re-opening the blob.
+    """
 
     def __init__(
         self,
@@ -82,15 +88,11 @@ class RetryingStore(Store):
         policy: RetryPolicy,
         on_retry: Callable[[str, int, BaseException, float], None] | None = None,
     ) -> None:
+        """``on_retry(op, attempt, error, wait)``, with ``op`` the verb and the key ("put KEY")."""
         self.inner = inner
         self.policy = policy
         self.url = inner.url
         self._on_retry = on_retry
-
-    @property
-    def capabilities(self):  # type: ignore[override]
-        """The backend's, live: some are learnt on first contact (S3 checksums, lock)."""
-        return self.inner.capabilities
 
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
         def hook(attempt: int, exc: BaseException, wait: float) -> None:
@@ -99,31 +101,53 @@ class RetryingStore(Store):
 
         return self.policy.call(fn, hook)
 
-    def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
-        first = True
+    def _batch(self, op: str, items: Iterable[Item], run: Callable[[Iterable[Item]], Results],
+               again: Callable[[Item], Item] = lambda item: item) -> Results:
+        results: list[Result] = []
+        todo: list[int] = []
+        batch_error = None
 
-        def attempt() -> None:
-            # a retry may follow a put that landed with its answer lost: the bytes are no
-            # longer new, so the backend looks before sending them again (Blob.new)
-            nonlocal first
-            this = blob if first else replace(blob, new=False)
-            first = False
-            self.inner.put(key, this, checkpoint)
+        def worth_again(r: Result, shared: BaseException | None) -> bool:
+            return r.error is not None and r.error is not shared and is_retryable(r.error)
 
-        self._call("put", key, attempt)
+        def attempt() -> list[int]:
+            nonlocal todo, batch_error
+            if not results and not todo:            # the first: the items as the caller gives them
+                got = run(items)
+                results.extend(got)
+                todo = list(range(len(results)))
+            else:
+                got = run([again(results[i].item) for i in todo])
+                for i, r in zip(todo, got):
+                    results[i] = r
+            batch_error = got.batch_error or batch_error
+            todo = [i for i, r in zip(todo, got) if worth_again(r, got.batch_error)]
+            return todo
 
-    def verify(self, key: str, blob: Blob) -> ObjectInfo:
-        return self._call("verify", key, lambda: self.inner.verify(key, blob))
+        def before_sleep(rs: tenacity.RetryCallState) -> None:
+            wait = rs.next_action.sleep if rs.next_action else 0.0
+            for i in todo:
+                if self._on_retry:
+                    self._on_retry(f"{op} {results[i].item.key}", rs.attempt_number, results[i].error, wait)
 
-    def batch(self) -> ContextManager[None]:
-        return self.inner.batch()
+        tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.policy.attempts),
+            wait=lambda rs: self.policy.delay(rs.attempt_number),
+            retry=tenacity.retry_if_result(bool),
+            before_sleep=before_sleep,
+            retry_error_callback=lambda rs: None,       # attempts spent: the last results stand
+            reraise=True,
+        )(attempt)
+        return Results(results, batch_error)
 
-    def prove_listed(self, items: Sequence[tuple[str, Blob]]) -> set[str]:
-        # not retried: what a failed listing leaves unproven, verify proves (and retries)
-        return self.inner.prove_listed(items)
+    def put(self, items: Iterable[Item]) -> Results:
+        # a retry may follow a put that landed with its answer lost: the bytes are no
+        # longer new, so the backend looks before sending them again (Blob.new)
+        return self._batch("put", items, self.inner.put,
+                           lambda item: replace(item, blob=replace(item.blob, new=False)))
 
-    def stat(self, key: str) -> ObjectInfo | None:
-        return self._call("stat", key, lambda: self.inner.stat(key))
+    def verify(self, items: Iterable[Item]) -> Results:
+        return self._batch("verify", items, self.inner.verify)
 
     def open(self, key: str) -> BinaryIO:
         return self._call("open", key, lambda: self.inner.open(key))
@@ -137,5 +161,6 @@ class RetryingStore(Store):
     def close(self) -> None:
         self.inner.close()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    def unwrap(self) -> Store:
+        """The store this one wraps (which may be a wrapper too)."""
+        return self.inner

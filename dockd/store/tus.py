@@ -20,7 +20,7 @@ implements it around the official ``@tus/server`` and ``@tus/file-store``):
 * *Deterministic upload URLs.* The upload id is the hex SHA-256 of the full
   object key, which the client sends as the ``dockd-key`` Upload-Metadata
   entry (the server's ``namingFunction``). So a key always lives at
-  ``<base><sha256(key)>``; ``stat``/``verify``/``open``/``delete`` need no
+  ``<base><sha256(key)>``; ``verify``/``open``/``delete`` need no
   lookup, a retry can never make a second copy, and even a lost checkpoint
   finds its half-finished upload again with HEAD. ``put`` refuses a server
   whose ``Location`` is anything else.
@@ -63,7 +63,7 @@ import io
 import stat as stat_mod
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 from urllib.parse import urlencode, urlparse
 
 import requests
@@ -79,8 +79,9 @@ from ..errors import (
     StoreFullError,
     TransientStoreError,
 )
-from .base import Blob, Capabilities, Checkpoint, ObjectInfo, Store
+from .base import Blob, Checkpoint, Item, ObjectInfo, Results, Store, each
 from .channel import is_loopback, is_plain_http, open_channel
+from .keys import validate_key
 
 import structlog
 
@@ -89,7 +90,6 @@ log = structlog.get_logger("dockd.store.tus")
 TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 READ_BLOCK = 1 << 20
-MAX_KEY_BYTES = 1024
 # Upload-Metadata entries this client adds; the blob's own metadata goes beside them.
 META_KEY = "dockd-key"
 META_SHA256 = "dockd-sha256"
@@ -270,8 +270,6 @@ class TusStore(Store):
     are learnt with OPTIONS on first use.
     """
 
-    capabilities = Capabilities(resumable=True, server_checksum=False, object_lock=False)
-
     def __init__(
         self,
         url: str,
@@ -378,14 +376,7 @@ class TusStore(Store):
         raise classify_status(resp.status_code, what)
 
     def _full(self, key: str) -> str:
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") for p in parts) or \
-                any(ord(c) < 0x20 or c == "\x7f" for c in key):
-            raise PermanentStoreError(f"invalid object key {key!r}")
-        full = f"{self.prefix}/{key}" if self.prefix else key
-        if len(full.encode("utf-8")) > MAX_KEY_BYTES:
-            raise PermanentStoreError(f"object key too long ({len(full.encode())} bytes)")
-        return full
+        return validate_key(key, self.prefix)
 
     def _rel(self, full: str) -> str:
         return full[len(self.prefix) + 1:] if self.prefix else full
@@ -426,7 +417,11 @@ class TusStore(Store):
 
     # -- put ---------------------------------------------------------------------
 
-    def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
+    def put(self, items: Iterable[Item]) -> Results:
+        """Each item in turn (tus has no batches)."""
+        return each(items, lambda item: self._put(item.key, item.blob, item.checkpoint))
+
+    def _put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
         full = self._full(key)
         url = self._url(full)
         what = f"put {full}"
@@ -552,15 +547,11 @@ class TusStore(Store):
 
     # -- read side ---------------------------------------------------------------
 
-    def stat(self, key: str) -> ObjectInfo | None:
-        full = self._full(key)
-        head = self._head(full, "stat")
-        if head is None or not head.is_complete:
-            return None          # an unfinished upload is not an object
-        meta = {k: v for k, v in head.metadata.items() if k not in RESERVED_META}
-        return ObjectInfo(key=key, size=head.offset, metadata=meta)
+    def verify(self, items: Iterable[Item]) -> Results:
+        """Each item read back whole and hashed."""
+        return each(items, lambda item: self._prove(item.key, item.blob), until_refused=False)
 
-    def verify(self, key: str, blob: Blob) -> ObjectInfo:
+    def _prove(self, key: str, blob: Blob) -> ObjectInfo:
         full = self._full(key)
         head = self._head(full, "verify")
         if head is None or not head.is_complete:

@@ -46,24 +46,19 @@ Credentials, first found wins:
 from __future__ import annotations
 
 import base64
-import configparser
-import dataclasses
 import hashlib
-import math
 import os
-import stat as stat_mod
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import quote, urlencode, urlparse
 
 import boto3
 import botocore.exceptions as bce
 from botocore.config import Config as BotoConfig
 
-from ..errors import (
+from ...errors import (
     ConfigError,
     IntegrityError,
     ObjectMissingError,
@@ -75,31 +70,28 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
-from ..manifest import EVIDENTIAL, retention_class_of
-from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, MemoryCheckpoint, ObjectInfo, Store
-from .channel import open_channel
+from ...manifest import EVIDENTIAL, retention_class_of
+from ..base import (
+    MAX_PROOFS_KEPT, Blob, Checkpoint, Item, MemoryCheckpoint, ObjectInfo, Result, Results, Store, each,
+)
+from ..channel import open_channel
+from ..keys import validate_key
+from .credentials import Credentials, resolve_credentials
+from .digests import (
+    MiB, READ_BLOCK, S3_MAX_PARTS, S3_MIN_PART_SIZE, TAIL_PROOF, Digest, _b64, _keep_tail, choose_part_size,
+    digest_file, part_ranges, read_hashing,
+)
+from .features import ServerFeatures
 
 import structlog
 
 log = structlog.get_logger("dockd.store.s3")
 
-MiB = 1024 * 1024
-# S3 limits: parts are 5 MiB..5 GiB except the last, at most 10,000 of them.
-S3_MIN_PART_SIZE = 5 * MiB
-S3_MAX_PART_SIZE = 5 * 1024 * MiB
-S3_MAX_PARTS = 10_000
-MAX_KEY_BYTES = 1024
-READ_BLOCK = 1 * MiB
-# verify reads back this many bytes at the object's end: a store that kept less (or
-# other bytes) than it says cannot give them, whatever its HEAD echoes. Kept with each
-# digest from put to verify (MAX_PROOFS_KEPT of them: 1 MiB).
-TAIL_PROOF = 4096
-LIST_PROOF_PAGES = 4     # prove_listed reads at most this many pages of 1,000 keys
+LIST_PROOF_PAGES = 4     # _prove_listed reads at most this many pages of 1,000 keys
 
 # Metadata we add next to the caller's (x-amz-meta-dockd-*).
 META_PART_SIZE = "dockd-part-size"     # how the ETag was formed; verify recomputes it
 META_SHA256 = "dockd-sha256"           # ciphertext SHA-256: a claim, for audit tools
-CREDENTIALS_FILE_NAME = "s3-credentials"
 TAG_RETENTION = "retention-class"      # object tag: the recording's retention class, for lifecycle rules
 
 AUTH_CODES = frozenset({
@@ -119,225 +111,6 @@ CHECKSUM_REJECTED_CODES = frozenset({
     "InvalidArgument", "InvalidRequest", "NotImplemented", "MalformedXML",
     "InvalidChecksum", "BadRequest",
 })
-
-
-# -- credentials --------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Credentials:
-    access_key_id: str
-    secret_access_key: str
-    session_token: str | None = None
-
-    def __repr__(self) -> str:  # never print a secret
-        return f"Credentials(access_key_id={self.access_key_id[:4]}…)"
-
-
-def _parse_credentials_text(text: str, where: str) -> Credentials:
-    values: dict[str, str] = {}
-    if any(line.strip().startswith("[") for line in text.splitlines()):
-        cp = configparser.ConfigParser(interpolation=None)
-        try:
-            cp.read_string(text)
-        except configparser.Error as exc:
-            raise ConfigError("store.credentials_file", f"{where}: not an ini file ({exc.__class__.__name__})") from None
-        sections = cp.sections()
-        name = "default" if "default" in sections else (sections[0] if len(sections) == 1 else None)
-        if name is None:
-            raise ConfigError("store.credentials_file", f"{where}: no [default] section")
-        values = dict(cp[name])
-    else:
-        for line in text.splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            k, sep, v = line.partition("=")
-            if not sep:
-                raise ConfigError("store.credentials_file", f"{where}: expected key = value lines")
-            values[k.strip().lower()] = v.strip().strip('"')
-    key, secret = values.get("aws_access_key_id"), values.get("aws_secret_access_key")
-    if not key or not secret:
-        raise ConfigError(
-            "store.credentials_file", f"{where}: needs aws_access_key_id and aws_secret_access_key"
-        )
-    return Credentials(key, secret, values.get("aws_session_token") or None)
-
-
-def load_credentials_file(path: Path) -> Credentials:
-    """Read a credentials file; refuse one readable by group or others."""
-    try:
-        st = path.stat()
-        if st.st_mode & 0o077:
-            raise ConfigError(
-                "store.credentials_file",
-                f"{path} has mode {stat_mod.S_IMODE(st.st_mode):04o}; it holds secrets, "
-                "make it 0600 (or 0400)",
-            )
-        text = path.read_text("utf-8")
-    except OSError as exc:
-        raise ConfigError("store.credentials_file", f"cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError("store.credentials_file", f"{path}: not UTF-8") from None
-    return _parse_credentials_text(text, str(path))
-
-
-def resolve_credentials(
-    credentials_file: Path | None, environ: Mapping[str, str] | None = None
-) -> Credentials | None:
-    """The credentials to use, or None for boto3's own chain. See the module doc."""
-    env = os.environ if environ is None else environ
-    if credentials_file is not None:
-        return load_credentials_file(Path(credentials_file))
-    cred_dir = env.get("CREDENTIALS_DIRECTORY")
-    if cred_dir:
-        d = Path(cred_dir)
-        key_f, secret_f = d / "aws_access_key_id", d / "aws_secret_access_key"
-        if key_f.is_file() and secret_f.is_file():
-            token_f = d / "aws_session_token"
-            token = token_f.read_text().strip() if token_f.is_file() else None
-            return Credentials(key_f.read_text().strip(), secret_f.read_text().strip(), token or None)
-        if (d / CREDENTIALS_FILE_NAME).is_file():
-            # systemd makes the directory private to the service; no mode check
-            f = d / CREDENTIALS_FILE_NAME
-            return _parse_credentials_text(f.read_text("utf-8"), str(f))
-    return None
-
-
-# -- local digests -------------------------------------------------------------
-
-def choose_part_size(
-    size: int, part_size: int, min_part_size: int = S3_MIN_PART_SIZE, max_parts: int = S3_MAX_PARTS
-) -> int:
-    """The configured part size, raised so ``size`` needs at most ``max_parts`` parts.
-
-    Deterministic: the same size and settings always give the same part size,
-    so the multipart ETag can be recomputed later.
-    """
-    ps = max(part_size, min_part_size, 1)
-    if math.ceil(size / ps) > max_parts:
-        ps = math.ceil(size / max_parts)
-        if ps > MiB:
-            ps = math.ceil(ps / MiB) * MiB
-    if ps > S3_MAX_PART_SIZE:
-        raise PermanentStoreError(f"object of {size} bytes is too large for S3 multipart")
-    return ps
-
-
-def part_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
-    """(offset, length) of each part; one empty part for an empty object."""
-    if size == 0:
-        return [(0, 0)]
-    return [(off, min(part_size, size - off)) for off in range(0, size, part_size)]
-
-
-@dataclass(frozen=True)
-class Digest:
-    """What the spooled file hashes to, part by part (one part for a single PUT)."""
-
-    size: int
-    sha256: str                      # hex, whole file
-    part_size: int                   # 0 for a single PUT
-    md5s: tuple[bytes, ...]          # raw MD5 of each part
-    sha256s: tuple[bytes, ...]       # raw SHA-256 of each part; () when not computed
-    tail: bytes = b""                # the last min(TAIL_PROOF, size) bytes
-
-    @property
-    def is_multipart(self) -> bool:
-        return self.part_size > 0
-
-    @property
-    def has_part_sums(self) -> bool:
-        """Whether ``sha256s`` were computed (an upload without checksums skips them)."""
-        return len(self.sha256s) == len(self.md5s)
-
-    @property
-    def etag(self) -> str:
-        if not self.is_multipart:
-            return self.md5s[0].hex()
-        return f"{hashlib.md5(b''.join(self.md5s)).hexdigest()}-{len(self.md5s)}"
-
-    @property
-    def checksum_sha256(self) -> str:
-        """The base64 x-amz-checksum-sha256 S3 reports for this object."""
-        if not self.has_part_sums:
-            raise ValueError("per-part SHA-256s were not computed")
-        if not self.is_multipart:
-            return base64.b64encode(bytes.fromhex(self.sha256)).decode()
-        whole = hashlib.sha256(b"".join(self.sha256s)).digest()
-        return f"{base64.b64encode(whole).decode()}-{len(self.sha256s)}"
-
-    @property
-    def checksum_full(self) -> str:
-        return base64.b64encode(bytes.fromhex(self.sha256)).decode()
-
-
-def digest_file(path: Path, part_size: int = 0) -> Digest:
-    """Hash ``path`` whole and per part. ``part_size`` 0 means one part."""
-    whole = hashlib.sha256()
-    md5s: list[bytes] = []
-    sha256s: list[bytes] = []
-    n = 0
-    tail = b""
-    block = memoryview(bytearray(READ_BLOCK))
-    try:
-        with open(path, "rb") as f:
-            while True:
-                want = part_size or (1 << 62)
-                pm = hashlib.md5()
-                # one part: its SHA-256 is the whole file's, so do not compute it twice
-                hashers = (pm, whole, hashlib.sha256()) if part_size else (pm, whole)
-                got = 0
-                while got < want:
-                    k = f.readinto(block[:min(READ_BLOCK, want - got)])
-                    if not k:
-                        break
-                    for h in hashers:
-                        h.update(block[:k])
-                    tail = _keep_tail(tail, block[:k])
-                    got += k
-                if got or not md5s:
-                    md5s.append(pm.digest())
-                    if part_size:
-                        sha256s.append(hashers[2].digest())
-                n += got
-                if got < want:
-                    break
-    except OSError as exc:
-        raise SpoolError(f"cannot read spooled file {path}: {exc.strerror}") from exc
-    if not part_size:
-        sha256s = [whole.digest()]
-    return Digest(n, whole.hexdigest(), part_size, tuple(md5s), tuple(sha256s), tail)
-
-
-def _keep_tail(tail: bytes, data: memoryview) -> bytes:
-    """The last ``TAIL_PROOF`` bytes of ``tail`` followed by ``data``."""
-    if len(data) >= TAIL_PROOF:
-        return bytes(data[-TAIL_PROOF:])
-    return (tail + bytes(data))[-TAIL_PROOF:]
-
-
-def read_hashing(f: BinaryIO, into: memoryview, hashers: tuple[Any, ...], what: str) -> int:
-    """Fill ``into`` from ``f``; returns the bytes read, fewer only at end of file.
-
-    Each block is hashed right after it is read, while it is still in the CPU
-    cache, by every one of ``hashers``.
-    """
-    got = 0
-    try:
-        while got < len(into):
-            k = f.readinto(into[got:got + READ_BLOCK])
-            if not k:
-                break
-            for h in hashers:
-                h.update(into[got:got + k])
-            got += k
-    except OSError as exc:
-        raise SpoolError(f"{what}: cannot read the spooled file: {exc.strerror}") from exc
-    return got
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
 
 # -- error classification -------------------------------------------------------
@@ -515,7 +288,6 @@ class S3Store(Store):
         self.max_parts = max_parts
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()    # one probe at a time: the first put of each worker waits
-        self._probed = False
         # Digests ``put`` just computed, by the (SHA-256, size) the spooled file was checked
         # against: ``verify`` reuses them rather than reading and hashing the file once more.
         # Content-addressed, so always true of those bytes; dropped once verified, and bounded.
@@ -523,10 +295,7 @@ class S3Store(Store):
         # Each upload thread's part buffer, reused part after part (see _buffer).
         self._buffers = threading.local()
         # None: not yet known (auto); True/False once decided
-        self._checksum_ok: bool | None = {"auto": None, "sha256": True, "off": False}[checksum]
-        self._tagging_ok = True          # until the server says it has no tagging
-        self._list_proof_ok = True       # until a listing is refused (no s3:ListBucket)
-        self.capabilities = Capabilities(resumable=True, server_checksum=checksum == "sha256")
+        self.features = ServerFeatures(checksum={"auto": None, "sha256": True, "off": False}[checksum])
 
         # refuses plain http off loopback (unless trusted); logs what weakens the channel
         verify = open_channel(endpoint_url, store=url, key="store.endpoint_url",
@@ -598,35 +367,27 @@ class S3Store(Store):
     # -- keys ---------------------------------------------------------------------
 
     def _key(self, key: str) -> str:
-        parts = key.split("/")
-        if (
-            not key
-            or any(p in ("", ".", "..") for p in parts)
-            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key)
-            or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES - len(self.prefix) - 1
-        ):
-            raise PermanentStoreError(f"invalid object key {key!r}")
-        return f"{self.prefix}/{key}" if self.prefix else key
+        return validate_key(key, self.prefix)
 
     def _rel(self, full: str) -> str:
         return full[len(self.prefix) + 1:] if self.prefix else full
 
-    # -- capabilities ------------------------------------------------------------
+    # -- server features ------------------------------------------------------------
 
-    def probe(self) -> Capabilities:
+    def probe(self) -> ServerFeatures:
         """Check the bucket is reachable and learn whether it has Object Lock.
 
         Raises ``StoreAuthError`` / ``PermanentStoreError`` (no such bucket) /
         ``TransientStoreError``. Idempotent and cheap after the first call.
         """
-        if self._probed:
-            return self.capabilities
+        if self.features.probed:
+            return self.features
         with self._probe_lock:
-            if self._probed:
-                return self.capabilities
+            if self.features.probed:
+                return self.features
             return self._probe()
 
-    def _probe(self) -> Capabilities:
+    def _probe(self) -> ServerFeatures:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except Exception as exc:  # noqa: BLE001 - classified
@@ -651,10 +412,10 @@ class S3Store(Store):
         if self.tag_retention:
             self._probe_tagging()
         with self._lock:
-            self.capabilities = dataclasses.replace(self.capabilities, object_lock=lock)
-            self._probed = True
-        log.info("store.probed", url=self.url, object_lock=lock, tagging=self._tagging_ok)
-        return self.capabilities
+            self.features.object_lock = lock
+            self.features.probed = True
+        log.info("store.probed", url=self.url, object_lock=lock, tagging=self.features.tagging)
+        return self.features
 
     def _probe_tagging(self) -> None:
         """Learn whether the server keeps object tags, writing nothing.
@@ -676,27 +437,25 @@ class S3Store(Store):
             message = str((exc.response.get("Error") or {}).get("Message", "")).lower()
             if code == "NotImplemented" and "checksum" not in message:
                 with self._lock:
-                    self._tagging_ok = False
+                    self.features.tagging = False
                     self.client = self._new_client()   # the refusal may close the connection
                 log.warning("store.tagging_unsupported", url=self.url, code=code)
         except Exception:  # noqa: BLE001 - unanswered: the first upload learns it instead
             pass
 
     def _use_checksum(self) -> bool:
-        return self._checksum_ok is not False
+        return self.features.checksum is not False
 
     def _checksum_unsupported(self, why: str) -> None:
         with self._lock:
-            if self._checksum_ok is not False:
+            if self.features.checksum is not False:
                 log.warning("store.checksum_unsupported", url=self.url, why=why)
-            self._checksum_ok = False
-            self.capabilities = dataclasses.replace(self.capabilities, server_checksum=False)
+            self.features.checksum = False
 
     def _checksum_supported(self) -> None:
         with self._lock:
-            if self._checksum_ok is None:
-                self._checksum_ok = True
-                self.capabilities = dataclasses.replace(self.capabilities, server_checksum=True)
+            if self.features.checksum is None:
+                self.features.checksum = True
 
     def _may_retry_without(self, exc: BaseException, used_checksum: bool, used_tagging: bool) -> bool:
         """Drop an optional feature the server just refused; True if worth trying again.
@@ -713,10 +472,10 @@ class S3Store(Store):
         message = str((exc.response.get("Error") or {}).get("Message", "")).lower()
         if used_tagging and code in CHECKSUM_REJECTED_CODES and "tagging" in message:
             with self._lock:
-                first, self._tagging_ok = self._tagging_ok, False
+                first, self.features.tagging = self.features.tagging, False
             if first:
                 log.warning("store.tagging_unsupported", url=self.url, code=code)
-        elif (used_checksum and self.checksum == "auto" and self._checksum_ok is not True
+        elif (used_checksum and self.checksum == "auto" and self.features.checksum is not True
               and code in CHECKSUM_REJECTED_CODES):
             self._checksum_unsupported(f"server rejected it ({code})")
         else:
@@ -740,7 +499,7 @@ class S3Store(Store):
             meta[META_PART_SIZE] = str(part_size)
         args: dict[str, Any] = {"Metadata": meta, "ContentType": "application/octet-stream"}
         retention_class = retention_class_of(blob.flagged, self.retention_class)
-        if self.tag_retention and retention_class and self._tagging_ok:
+        if self.tag_retention and retention_class and self.features.tagging:
             # the recording's own class: a lifecycle rule on the configured one (31d)
             # must never reach a flagged recording
             args["Tagging"] = urlencode({TAG_RETENTION: retention_class})
@@ -749,7 +508,7 @@ class S3Store(Store):
 
     def _lock_args(self, blob: Blob) -> dict[str, Any]:
         args: dict[str, Any] = {}
-        if self.capabilities.object_lock:
+        if self.features.object_lock:
             if self.object_lock_mode and self.object_lock_days:
                 until = datetime.now(timezone.utc) + timedelta(days=self.object_lock_days)
                 args["ObjectLockMode"] = self.object_lock_mode
@@ -760,7 +519,11 @@ class S3Store(Store):
 
     # -- put -------------------------------------------------------------------------
 
-    def put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
+    def put(self, items: Iterable[Item]) -> Results:
+        """Each item in turn: S3 has no batch upload."""
+        return each(items, lambda item: self._put(item.key, item.blob, item.checkpoint))
+
+    def _put(self, key: str, blob: Blob, checkpoint: Checkpoint) -> None:
         full = self._key(key)
         self.probe()
         multipart = blob.size > self.multipart_threshold
@@ -808,7 +571,7 @@ class S3Store(Store):
         else:
             self._put_single(full, blob, digest)
         checkpoint.clear()
-        if self.capabilities.object_lock:
+        if self.features.object_lock:
             self._ensure_lock(full, blob)
 
     def _ensure_lock(self, full: str, blob: Blob) -> None:
@@ -897,7 +660,7 @@ class S3Store(Store):
                     continue
                 raise classify(exc, what) from exc
             break
-        if use_sum and self._checksum_ok is None:
+        if use_sum and self.features.checksum is None:
             self._learn_checksum(full)
 
     def _learn_checksum(self, full: str) -> None:
@@ -1066,7 +829,7 @@ class S3Store(Store):
                 if self._may_retry_without(exc, use_sum, "Tagging" in args):
                     continue
                 raise classify(exc, f"create upload {full}") from exc
-            if use_sum and self._checksum_ok is not True and r.get("ChecksumAlgorithm") is None:
+            if use_sum and self.features.checksum is not True and r.get("ChecksumAlgorithm") is None:
                 # a server that understands checksums echoes the algorithm (in auto mode,
                 # another upload may have learnt meanwhile that this one does not)
                 self._abort(full, r["UploadId"], MemoryCheckpoint())
@@ -1123,10 +886,10 @@ class S3Store(Store):
                 if head is not None:
                     return
             raise
-        if use_sum and self._checksum_ok is None:
+        if use_sum and self.features.checksum is None:
             self._learn_checksum(full)
 
-    # -- verify / stat ------------------------------------------------------------------
+    # -- verify ------------------------------------------------------------------
 
     def _head(self, full: str, what: str) -> dict[str, Any] | None:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": full}
@@ -1243,7 +1006,26 @@ class S3Store(Store):
             return f"tail read-back: the last {len(want)} bytes differ from those sent"
         return True
 
-    def verify(self, key: str, blob: Blob) -> ObjectInfo:
+    def verify(self, items: Iterable[Item]) -> Results:
+        """One listing proves what it can of the batch (``_prove_listed``); each other
+        item is proven alone (``_verify``: HEAD, then the tail read back). A listing
+        that fails is the batch's ``batch_error`` and proves nothing."""
+        items = list(items)
+        listed: dict[str, ObjectInfo] = {}
+        batch_error = None
+        try:
+            listed = self._prove_listed(items)
+        except StoreError as exc:
+            batch_error = exc
+        results = Results(batch_error=batch_error)
+        for item in items:
+            if item.key in listed:
+                results.append(Result(item, info=listed[item.key]))
+            else:
+                results.extend(each([item], lambda i: self._verify(i.key, i.blob), until_refused=False))
+        return results
+
+    def _verify(self, key: str, blob: Blob) -> ObjectInfo:
         full = self._key(key)
         head = self._head(full, "verify")
         if head is None:
@@ -1254,10 +1036,11 @@ class S3Store(Store):
         self._digests.pop((blob.sha256, blob.size), None)
         return self._info(key, head, sha256=blob.sha256)
 
-    def prove_listed(self, items: Sequence[tuple[str, Blob]]) -> set[str]:
-        """One listing proves many objects this store has just sent in one PUT each.
+    def _prove_listed(self, items: Sequence[Item]) -> dict[str, ObjectInfo]:
+        """One listing proves many objects this store has just sent in one PUT each:
+        what it proves, by key.
 
-        ``verify`` HEADs one object to read back its size and ETag; a listing
+        ``_verify`` HEADs one object to read back its size and ETag; a listing
         reads back the same two facts for up to a thousand. Only objects whose
         digest ``put`` computed as it sent them qualify: for a single PUT the
         ETag is the MD5 of the bytes, checked against that digest as ``verify``
@@ -1270,15 +1053,15 @@ class S3Store(Store):
         first key, stops after the last, and reads at most ``LIST_PROOF_PAGES``
         pages.
         """
-        if self._checksum_ok or not self._list_proof_ok:
-            return set()
+        if self.features.checksum or not self.features.list_proof:
+            return {}
         want: dict[str, tuple[str, Blob, Digest]] = {}
-        for key, blob in items:
+        for key, blob in ((i.key, i.blob) for i in items):
             digest = self._digests.get((blob.sha256, blob.size))
             if digest is not None and not digest.is_multipart:
                 want[self._key(key)] = (key, blob, digest)
         if len(want) < 2:
-            return set()           # one object: its HEAD costs no more than a listing
+            return {}              # one object: its HEAD costs no more than a listing
         keys = sorted(want)
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": os.path.commonprefix(keys),
                                 "StartAfter": keys[0][:-1], "MaxKeys": 1000}
@@ -1300,13 +1083,15 @@ class S3Store(Store):
         except Exception as exc:  # noqa: BLE001 - classified
             err = classify(exc, f"list {args['Prefix']}")
             if isinstance(err, StoreAuthError):
-                self._list_proof_ok = False     # not allowed to list: said once, then HEADs only
+                self.features.list_proof = False     # not allowed to list: said once, then HEADs only
             raise err from exc
+        out: dict[str, ObjectInfo] = {}
         with self._lock:
             for key in proven:
-                _, blob, _ = want[self._key(key)]
+                _, blob, digest = want[self._key(key)]
                 self._digests.pop((blob.sha256, blob.size), None)
-        return proven
+                out[key] = ObjectInfo(key=key, size=blob.size, sha256=blob.sha256, etag=digest.etag)
+        return out
 
     def _info(self, key: str, head: Mapping[str, Any], sha256: str | None = None) -> ObjectInfo:
         server_sum = head.get("ChecksumSHA256")
@@ -1319,10 +1104,6 @@ class S3Store(Store):
             etag=str(head.get("ETag", "")).strip('"') or None,
             metadata=dict(head.get("Metadata") or {}),
         )
-
-    def stat(self, key: str) -> ObjectInfo | None:
-        head = self._head(self._key(key), "stat")
-        return None if head is None else self._info(key, head)
 
     def open(self, key: str) -> BinaryIO:
         full = self._key(key)
