@@ -152,6 +152,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX recordings_identity ON recordings(serial, rel_path, size, mtime_ns);
     CREATE UNIQUE INDEX recordings_standing ON recordings(serial, rel_path, size, mtime_ns)
         WHERE state NOT IN ('wiped', 'superseded') AND replaced_at IS NULL;
+    CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta(key, value) VALUES('ledger_id', lower(hex(randomblob(4))));
     """,
 ]
 
@@ -228,6 +230,7 @@ class Ledger:
         self._late_durable = False
         self._tx_durable = False            # the open outer transaction commits FULL
         self._session_usb: dict[int, tuple[str, Any]] = {}
+        self._ledger_id: str | None = None
         wal = self.path.with_name(self.path.name + "-wal")
         if not self.path.exists():
             self._create()
@@ -341,6 +344,15 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @property
+    def ledger_id(self) -> str:
+        """This ledger's own random name (8 hex digits), made with it: recording ids restart in
+        a new ledger (a rebuilt dock, a state directory lost), so object keys carry both."""
+        if self._ledger_id is None:
+            with self._lock:
+                self._ledger_id = str(self._db.execute("SELECT value FROM meta WHERE key='ledger_id'").fetchone()[0])
+        return self._ledger_id
 
     @property
     def schema_version(self) -> int:

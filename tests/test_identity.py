@@ -235,3 +235,22 @@ def test_a_sample_is_the_same_whatever_the_read_sizes(tmp_path, size):
         assert whole.matches(fd)
     finally:
         os.close(fd)
+
+
+def test_a_new_ledger_on_the_same_station_never_reuses_an_object_key(station):
+    """A rebuilt dock (a new state directory, the same station id) starts its recording ids
+    again: the same clip docked there must not land on, and replace, the object the first
+    ledger's signed manifest names."""
+    ident, tmp = station
+    cam = tmp / "cam"
+    clip = os.urandom(5000)
+    put(cam, "DCIM/V.MP4", clip)
+    assert ingest(tmp, ident, cam).returncode == 0
+    first = {p: p.read_bytes() for p in (tmp / "store").rglob("*.age")}
+    (tmp / "state").rename(tmp / "state.old")                # the dock rebuilt
+    put(cam, "DCIM/V.MP4", clip)
+    assert ingest(tmp, ident, cam).returncode == 0
+    after = {p: p.read_bytes() for p in (tmp / "store").rglob("*.age")}
+    assert len(first) == 1 and len(after) == 2
+    for p, data in first.items():
+        assert after[p] == data                               # the first object, untouched

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import time
 
 
@@ -37,7 +38,7 @@ def test_whole_path_verifies_wipes_and_leaves_other_files(make_cfg, camera, iden
     for r in recs:
         obj = store / r.object_key
         assert obj.is_file()
-        assert r.object_key.endswith(f".{r.plain_sha256[:16]}.{r.id}.age")
+        assert re.fullmatch(rf".*\.{r.plain_sha256[:16]}\.[0-9a-f]{{8}}-{r.id}\.age", r.object_key), r.object_key
         buf = io.BytesIO()
         with open(obj, "rb") as f:
             decrypt(f, buf, [identity])

@@ -402,12 +402,12 @@ class Session:
 
     def _commit_spooled(self, group: list[Spooled]) -> None:
         """A durable group: ``spooled`` for all of it in one commit, then their uploads."""
-        cfg = self.station.cfg
+        cfg, ledger_id = self.station.cfg, self.ledger.ledger_id
         done: list[tuple[Spooled, Recording]] = []
         with self.ledger.tx():
             for sp, rec in zip(group, self.ledger.get_many(sp.rec_id for sp in group)):
                 key = naming.object_key(cfg.store.prefix, cfg.station.id, rec.serial, rec.rel_path,
-                                        rec.mtime_ns, sp.plain_sha256, rec.id)
+                                        rec.mtime_ns, sp.plain_sha256, rec.id, ledger_id)
                 done.append((sp, self.ledger.transition(
                     rec.id, RecState.SPOOLED, event="recording.spooled", plain_sha256=sp.plain_sha256,
                     cipher_sha256=sp.cipher_sha256, cipher_size=sp.cipher_size, object_key=key,
