@@ -254,3 +254,22 @@ def test_a_new_ledger_on_the_same_station_never_reuses_an_object_key(station):
     assert len(first) == 1 and len(after) == 2
     for p, data in first.items():
         assert after[p] == data                               # the first object, untouched
+
+
+def test_a_recording_whose_sidecar_the_scan_cannot_take_stays_with_it(station):
+    """The sidecar carrying a clip's event marker has an mtime the ledger cannot hold (or
+    fails to stat): the scan skips it. Its recording must not be wiped on its own: the
+    sidecar would stay on the camera alone, never copied, and the marker that keeps the
+    footage as evidence would be lost. The session needs a human."""
+    ident, tmp = station
+    cam = tmp / "cam"
+    put(cam, "DCIM/VID2.MP4", os.urandom(50_000))
+    put(cam, "DCIM/VID2.XML", b"<x><event>pursuit</event></x>")
+    far = 13_569_465_600                         # the year 2400: past what 64-bit nanoseconds hold
+    os.utime(cam / "DCIM/VID2.XML", (far, far))
+    put(cam, "DCIM/OTHER.MP4", os.urandom(20_000))
+    r = ingest(tmp, ident, cam)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert (cam / "DCIM/VID2.MP4").exists() and (cam / "DCIM/VID2.XML").exists()
+    assert not (cam / "DCIM/OTHER.MP4").exists()             # the rest of the camera goes on
+    assert "VID2.XML" in r.stderr and "could not be read" in r.stderr

@@ -119,3 +119,20 @@ def test_a_directory_that_cannot_be_listed_is_reported_not_skipped(tmp_path, gen
     assert {e.rel_path for e in res.entries} == {b"DCIM/100/A.MP4"}
     assert [(rel, exc.errno) for rel, exc in res.unlisted] == [(b"DCIM/101", errno.EIO)]
     assert res.skipped == []
+
+
+def test_a_sidecar_the_scan_cannot_take_holds_its_recording(tmp_path):
+    """A file the scan skips (its mtime out of range here; a failed stat alike) that the
+    profile would take for a recording's sidecar holds that recording; others are free."""
+    from dockd.device.profiles import load_profiles
+    from dockd.pipeline.scan import scan
+
+    d = tmp_path / "DCIM"
+    d.mkdir()
+    for n in ("A.MP4", "A.XML", "B.MP4", "B.XML"):
+        (d / n).write_bytes(b"x")
+    far = 13_569_465_600
+    os.utime(d / "A.XML", (far, far))
+    res = scan(tmp_path, load_profiles()["generic"])
+    assert set(res.held) == {b"DCIM/A.MP4"} and "A.XML" in res.held[b"DCIM/A.MP4"]
+    assert {e.rel_path for e in res.entries} == {b"DCIM/A.MP4", b"DCIM/B.MP4", b"DCIM/B.XML"}

@@ -40,6 +40,10 @@ class ScanResult:
     ignored: int = 0               # regular files that are not ours: left alone
     # directories whose listing failed, with the error: their files were never seen
     unlisted: list[tuple[bytes, OSError]] = field(default_factory=list)
+    # recordings one of whose sidecars is a file the scan could not take (its stat failed,
+    # its mtime out of range): recording → why. Never wiped without it: the sidecar would
+    # stay on the camera alone, and an event marker it carries would be lost
+    held: dict[bytes, str] = field(default_factory=dict)
 
     @property
     def bytes(self) -> int:
@@ -75,6 +79,7 @@ def scan(root: Path, profile: Any, on_skip: Callable[[bytes, str], None] | None 
         rel_dir, depth = stack.pop()
         abs_dir = os.path.join(root_b, rel_dir) if rel_dir else root_b
         files: dict[bytes, os.stat_result] = {}
+        untaken: dict[bytes, str] = {}          # regular files (or unknown) the scan could not take
         try:
             with os.scandir(abs_dir) as it:
                 entries = list(it)
@@ -87,6 +92,7 @@ def scan(root: Path, profile: Any, on_skip: Callable[[bytes, str], None] | None 
                 st = de.stat(follow_symlinks=False)
             except OSError as exc:
                 skip(rel, f"cannot stat: {exc.strerror}")
+                untaken[de.name] = f"cannot stat: {exc.strerror}"
                 continue
             mode = st.st_mode
             if stat.S_ISLNK(mode):
@@ -103,11 +109,14 @@ def scan(root: Path, profile: Any, on_skip: Callable[[bytes, str], None] | None 
             elif stat.S_ISREG(mode):
                 if not MIN_MTIME_NS <= st.st_mtime_ns <= MAX_MTIME_NS:
                     skip(rel, "modification time out of range (the ledger keeps 64-bit nanoseconds)")
+                    untaken[de.name] = "modification time out of range"
                 else:
                     files[de.name] = st
             else:
                 skip(rel, "not a regular file")
         _classify(rel_dir, files, profile, result)
+        if untaken:
+            _hold(rel_dir, files, untaken, profile, result)
     result.entries.sort(key=lambda e: (e.mtime_ns, e.rel_path))
     return result
 
@@ -144,3 +153,19 @@ def _classify(rel_dir: bytes, files: dict[bytes, os.stat_result], profile: Any, 
             result.entries.append(Entry(side_rel, sst.st_size, sst.st_mtime_ns, "sidecar", rel))
             claimed.add(side_b)
     result.ignored += len(files) - len(claimed)
+
+
+def _hold(rel_dir: bytes, files: dict[bytes, os.stat_result], untaken: dict[bytes, str], profile: Any,
+          result: ScanResult) -> None:
+    """Hold each recording of this directory that a file the scan could not take may be a
+    sidecar of (by the profile's own sidecar rule)."""
+    names = [os.fsdecode(n) for n in untaken]
+    for e in result.entries:
+        if e.role != "recording" or os.path.dirname(e.rel_path) != rel_dir:
+            continue
+        for side in profile.sidecars_for(os.fsdecode(e.rel_path), names):
+            side_b = os.fsencode(os.path.basename(side))
+            if side_b in untaken and side_b not in files:
+                shown = os.fsdecode(os.path.join(rel_dir, side_b) if rel_dir else side_b)
+                result.held[e.rel_path] = f"kept with its sidecar {shown!r}, which could not be read ({untaken[side_b]})"
+                break

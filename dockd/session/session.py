@@ -141,6 +141,7 @@ class Session:
         self.replaced: dict[int, str] = {}
         self.unlisted: list[tuple[str, str]] = []        # the last scan's unlistable directories
         self.primary_of: dict[bytes, bytes] = {}         # sidecar → its recording
+        self.held: dict[bytes, str] = {}                 # recording → why it stays (a sidecar untaken)
 
     # -- the whole path -----------------------------------------------------------
 
@@ -265,6 +266,7 @@ class Session:
         res = scan(self.ev.mount, self.profile, on_skip)
         self.unlisted = self._unlisted(res.unlisted)
         self.primary_of = {e.rel_path: e.primary for e in res.entries if e.primary is not None}
+        self.held = res.held
         markers = flags.markers(self.ev.mount, res.entries, self.profile.flag_from, on_marker_error)
         self.recs.clear()
         with self.ledger.tx():      # one commit for the whole listing, not one per file
@@ -562,7 +564,13 @@ class Session:
         self.notes = {i: (f"not on the camera at this dock: the wipe of session {was} deleted it "
                           "and could not confirm the deletion") for i, was in absent.items()}
         self.unreadable_in_a_row = 0
-        result = wipe(self.ev.mount, _complete_groups(self.ledger.get_many(self.recs), self.primary_of),
+        candidates = _complete_groups(self.ledger.get_many(self.recs), self.primary_of)
+        reported = {name for name, _why in self.failed}
+        for r in candidates:       # kept, whatever its state: a human must see to its sidecar
+            if r.rel_path in self.held and r.name not in reported:
+                self.failed.append((r.name, self.held[r.rel_path]))
+                log.emit(self.lg.bind(recording=r.name), "wipe.failed", error=self.held[r.rel_path])
+        result = wipe(self.ev.mount, [r for r in candidates if r.rel_path not in self.held],
                       self.ledger, self.lg, self.root_dev, self.samples, primary_of=self.primary_of,
                       is_lost=self._is_camera_lost)
         # only now: a wipe that stopped before confirming them leaves them to the session whose
