@@ -355,3 +355,28 @@ def test_ingest_while_run_works_exits_2_and_leaves_the_daemons_spool_alone(tmp_p
         assert led.sessions() == []           # the refused ingest opened no session
     finally:
         led.close()
+
+
+def test_two_inbox_directories_whose_names_look_alike_are_two_cameras(tmp_path, identity, notify_sock):
+    """``TWO 1`` and ``TWO_1`` made one serial: the second camera was never served while the
+    bay showed the first's SAFE TO UNDOCK. Each directory is a camera of its own."""
+    cfg_path = write_config(tmp_path, str(identity.public()), "[spool]\nmin_free = 0\n")
+    staged = tmp_path / "staging"
+    for name, n in (("TWO 1", 3), ("TWO_1", 1)):
+        for i in range(n):
+            (staged / name).mkdir(parents=True, exist_ok=True)
+            (staged / name / f"R{i}.MP4").write_bytes(os.urandom(100_000))
+    (tmp_path / "inbox").mkdir()
+    d = DaemonProcess(cfg_path, notify_sock)
+    try:
+        notify_sock.wait_for(lambda m: m.get("READY") == "1", 30)
+        for name in ("TWO 1", "TWO_1"):
+            os.rename(staged / name, tmp_path / "inbox" / name)
+        done = d.wait_event("session.done", 60, count=2)
+        rc, _ = d.terminate()
+    finally:
+        d.kill()
+    assert rc == 0
+    assert len({e["camera"] for e in done}) == 2
+    assert not list((tmp_path / "inbox" / "TWO 1").iterdir())
+    assert not list((tmp_path / "inbox" / "TWO_1").iterdir())

@@ -1,7 +1,8 @@
 """Inbox source (watchdog): a subdirectory of ``inbox_dir`` is a docked camera.
 
 Used by the embedded default and the demo, and by stations whose cameras are
-mounted by something else. The directory's name is the camera serial.
+mounted by something else. The directory's name is the camera serial (``serial_for``:
+names that are not safe serials are made safe, and kept apart by a digest).
 
 A directory in the inbox is not yet a camera. An automounter makes the
 directory first and mounts the camera on it a moment later; a copy into the
@@ -87,7 +88,7 @@ class InboxSource:
             del self._pending[name]
             self._present[name] = mounted
         if self._emit is not None:
-            self._emit(CameraDocked(serial=safe_component(name, 64), profile=self.profile, mount=path))
+            self._emit(CameraDocked(serial=serial_for(name), profile=self.profile, mount=path))
 
     def _is_mount_point(self, path: Path, mounts: set[Path]) -> bool:
         """Mounted on: listed as a mount point (a bind mount of the inbox's own filesystem
@@ -107,7 +108,7 @@ class InboxSource:
             if path.name not in self._present:
                 return
             del self._present[path.name]
-        self._emit(CameraUndocked(serial=safe_component(path.name, 64)))
+        self._emit(CameraUndocked(serial=serial_for(path.name)))
 
     def start(self, emit: Emit) -> None:
         self._emit = emit
@@ -168,6 +169,17 @@ class InboxSource:
 
     def release(self, event: CameraDocked) -> None:
         """Nothing is mounted by us; the directory stays until someone removes it."""
+
+
+def serial_for(name: str) -> str:
+    """The camera serial an inbox directory stands for: its name, when that is a safe serial;
+    else the name's safe form with a digest of the exact name, so two directories never
+    share a serial (``TWO 1`` and ``TWO_1``, or two long names alike in their first 64
+    characters), which would leave one camera unserved under the other's SAFE TO UNDOCK."""
+    safe = safe_component(name, 64)
+    if safe == name:
+        return name
+    return f"{safe_component(name, 55)}-{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}"
 
 
 def _mount_points() -> set[Path]:
