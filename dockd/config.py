@@ -79,6 +79,7 @@ def _has_control(text: str) -> bool:
 
 
 AbsDir = Annotated[Path, BeforeValidator(_absolute_dir)]
+AbsFile = AbsDir            # a file dockd writes: the same rule
 
 
 class PathsConfig(_Section):
@@ -260,7 +261,7 @@ def is_loopback(host: str) -> bool:
 
 
 class MetricsConfig(_Section):
-    textfile: Path | None = None
+    textfile: AbsFile | None = None
     listen: str | None = None
     # TLS and basic auth for ``listen``, in the Prometheus exporter-toolkit's web config
     # format (see webconfig.py); required off loopback

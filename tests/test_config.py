@@ -70,6 +70,8 @@ def test_each_kind_of_error_names_its_key(text, key, words):
     ('[store]\nprefix = "a\\u001b[2Jb"', "store.prefix", "segments"),             # control characters
     ('[store]\nprefix = "a\\u009bb"', "store.prefix", "segments"),                # C1 control
     ('[paths]\nstate_dir = ""', "paths.state_dir", "absolute"),                  # "" is "."
+    ('[metrics]\ntextfile = ""', "metrics.textfile", "absolute"),
+    ('[metrics]\ntextfile = "dockd.prom"', "metrics.textfile", "absolute"),
     ('[paths]\nspool_dir = ""', "paths.spool_dir", "absolute"),
     ('[paths]\nruntime_dir = ""', "paths.runtime_dir", "absolute"),
     ('[paths]\nstate_dir = "var/lib/dockd"', "paths.state_dir", "absolute"),
