@@ -25,6 +25,27 @@ def fsync_dir(path: Path | str | bytes) -> None:
     fsync_path(path, os.O_DIRECTORY)
 
 
+def make_dirs(path: Path | str) -> None:
+    """Create ``path`` and its missing parents, and make every name on the way
+    durable: the parent of each directory is fsynced, up to the root of its
+    filesystem. A directory's fsync makes its entries durable, not its own name:
+    a directory whose name is still only in the page cache is lost at a power
+    cut with everything put in it since, however well each of those was synced.
+    A directory that exists already is not proof: an earlier process may have
+    been killed between its mkdir and the fsync. One fsync per level; call it
+    once per directory and process. A parent that cannot be fsynced for want of
+    rights, or on a read-only filesystem, is one dockd cannot have changed."""
+    d = Path(os.path.abspath(path))
+    d.mkdir(parents=True, exist_ok=True)
+    while d != d.parent and not os.path.ismount(d):
+        try:
+            fsync_dir(d.parent)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EINVAL):
+                raise
+        d = d.parent
+
+
 _libc: ctypes.CDLL | None = None
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import AuditChainError, LedgerError
+from .fsutil import make_dirs
 from .model import TRANSITIONS, Phase, RecState, Recording, display_path
 
 GENESIS = "0" * 64
@@ -191,7 +192,7 @@ class Ledger:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)         # a state directory whose name a power cut can take takes the ledger
         try:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False,
                                        isolation_level=None, timeout=30)

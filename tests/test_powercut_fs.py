@@ -182,3 +182,51 @@ def test_a_cut_at_the_nth_durable_operation_holds_it(tmp_path):
         assert os.listdir(m) == []                # the fsyncdir never happened
     finally:
         inst.close()
+
+
+# -- dockd's own durable writes, judged by a cut ------------------------------------------------
+
+def _blob(tmp_path: Path, name: str, data: bytes):
+    import hashlib
+
+    from dockd.store.base import Blob
+
+    p = tmp_path / name
+    p.write_bytes(data)
+    return Blob(p, len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_a_store_object_in_a_new_directory_survives_a_power_cut(pessimistic, tmp_path):
+    """Put and verified, so the camera may be wiped: the day's new directory must not
+    vanish with it because only the object's own directory was fsynced."""
+    from dockd.store.base import MemoryCheckpoint
+    from dockd.store.dirstore import DirStore
+
+    store = DirStore(pessimistic.mnt / "store")
+    blob = _blob(tmp_path, "x.age", b"ciphertext" * 500)
+    key = "evidence/dock/CAM/2026-12-08/V1.age"
+    store.put(key, blob, MemoryCheckpoint())
+    store.verify(key, blob)
+    pessimistic.cut()
+    assert (pessimistic.mnt / "store" / key).read_bytes() == b"ciphertext" * 500
+
+
+def test_a_new_state_directory_keeps_its_ledger_and_spool_after_a_power_cut(pessimistic):
+    from dockd.ledger import Ledger
+    from dockd.pipeline.spool import Spool
+
+    state = pessimistic.mnt / "var" / "state"
+    led = Ledger(state / "ledger.sqlite3")
+    with led.tx(durable=True) as db:
+        db.execute("INSERT INTO cameras(serial, profile, first_seen, last_seen) VALUES ('C1', 'g', 0, 0)")
+    Spool(state / "spool", [])
+    pessimistic.cut()
+    led.close()
+    assert (state / "spool" / "partial").is_dir()
+    led = Ledger(state / "ledger.sqlite3")
+    try:
+        assert led.integrity_check() == "ok"
+        with led.tx() as db:
+            assert [tuple(r) for r in db.execute("SELECT serial FROM cameras")] == [("C1",)]
+    finally:
+        led.close()

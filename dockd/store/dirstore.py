@@ -44,7 +44,7 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
-from ..fsutil import close_quietly, fsync_dir, make_durable
+from ..fsutil import close_quietly, fsync_dir, make_dirs, make_durable
 from .base import MAX_PROOFS_KEPT, Blob, Capabilities, Checkpoint, ObjectInfo, Store, sha256_stream
 
 BLOCK = 1 << 20
@@ -110,6 +110,7 @@ class DirStore(Store):
         self._lock = threading.Lock()
         self._writing: set[Path] = set()          # temp files our puts are writing now
         self._listed: set[Path] = set()        # directories already swept for dead temp files
+        self._made: set[Path] = set()          # directories whose names this process made durable
         # key -> (inode, size, mtime_ns, sha256) of objects this process put and read back
         self._proven: dict[str, tuple[int, int, int, str]] = {}
         self._batch = threading.local()        # .pending: this thread's puts awaiting their flush
@@ -139,7 +140,7 @@ class DirStore(Store):
         pending: list[_Pending] | None = getattr(self._batch, "pending", None)
         deferred = named = False
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dirs(dest.parent)
             with self._lock:
                 self._writing.add(tmp)
                 self._remove_dead_temps(dest)
@@ -193,6 +194,16 @@ class DirStore(Store):
             if not deferred:
                 with self._lock:
                     self._writing.discard(tmp)
+
+    def _make_dirs(self, d: Path) -> None:
+        """An object's directory, with every name on its way durable (``make_dirs``):
+        once per directory and process."""
+        with self._lock:
+            if d in self._made:
+                return
+        make_dirs(d)
+        with self._lock:
+            self._made.add(d)
 
     def _settled(self, key: str, proof: tuple[int, int, int, str]) -> None:
         with self._lock:
