@@ -97,14 +97,33 @@ def check_written(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+FUSE_SUPER_MAGIC = 0x65735546
+
+
+def syncfs_flushes(fd: int) -> bool:
+    """Whether a ``syncfs`` of the filesystem holding ``fd`` reaches its storage. Not on
+    FUSE (exfat-fuse, sshfs, a FUSE NAS client): the kernel sends its server no
+    ``FUSE_SYNCFS`` (only virtiofs gets one), so a syncfs there flushes nothing the
+    server keeps; only each file's fsync reaches it."""
+    fn = _c("fstatfs")
+    if fn is None:
+        return True
+    buf = ctypes.create_string_buffer(256)         # struct statfs; f_type is its first word
+    if fn(fd, buf) != 0:
+        return True
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF != FUSE_SUPER_MAGIC
+
+
 def make_durable(root: Path | str, fds: Sequence[int]) -> None:
     """Make what was written through ``fds`` (files on ``root``'s filesystem, each
     open since before its writes) durable, and raise any error writing it met. One
     file alone: its fsync. Several: one ``syncfs`` (one journal commit for all),
     then each file's own errors (``check_written``), which another caller's syncfs
-    may have taken."""
-    if len(fds) == 1:
-        os.fsync(fds[0])
+    may have taken. On a filesystem where a syncfs flushes nothing (FUSE), each
+    file's own fsync."""
+    if len(fds) == 1 or not syncfs_flushes(fds[0]):
+        for fd in fds:
+            os.fsync(fd)
         return
     syncfs(root)
     for fd in fds:

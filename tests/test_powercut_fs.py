@@ -211,6 +211,25 @@ def test_a_store_object_in_a_new_directory_survives_a_power_cut(pessimistic, tmp
     assert (pessimistic.mnt / "store" / key).read_bytes() == b"ciphertext" * 500
 
 
+def test_a_batch_of_objects_on_fuse_is_durable_when_named(fs, tmp_path):
+    """A syncfs never reaches a FUSE server: a batch there is made durable file by file."""
+    from dockd.store.base import MemoryCheckpoint
+    from dockd.store.dirstore import DirStore
+
+    (fs.mnt / "store").mkdir()
+    fsync_dir(fs.mnt)
+    store = DirStore(fs.mnt / "store")
+    blobs = {f"V{i}.age": _blob(tmp_path, f"{i}.age", bytes([65 + i]) * 3000) for i in range(3)}
+    with store.batch():
+        for k, b in blobs.items():
+            store.put(k, b, MemoryCheckpoint())
+    for k, b in blobs.items():
+        store.verify(k, b)
+    fs.cut()
+    for k, b in blobs.items():
+        assert (fs.mnt / "store" / k).read_bytes() == b.path.read_bytes()
+
+
 def test_a_new_state_directory_keeps_its_ledger_and_spool_after_a_power_cut(pessimistic):
     from dockd.ledger import Ledger
     from dockd.pipeline.spool import Spool
