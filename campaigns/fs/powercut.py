@@ -38,7 +38,7 @@ the operation that reaches N is held, never applied, and every later durable
 operation of every instance is held too, until the instances are cut.
 
 Run as a server: ``python -m campaigns.fs.powercut BACKING MOUNT --mode M
-[--control FILE] [--name NAME]``; stdin takes ``cut``, ``reset`` (empty the
+[--control FILE] [--name NAME]``; stdin takes ``cut``, ``reset [MODE]`` (empty the
 filesystem) and ``stop``; stdout says ``ready`` after each mount.
 """
 
@@ -523,6 +523,7 @@ def serve(backing: Path, mnt: Path, mode: str, control: Path | None, name: str) 
     fs = PowerCutFS(backing, backing.with_name(backing.name + ".shadow"), mode,
                     Control(control) if control else None, name)
     commands: list[str] = []
+    unmounted = threading.Event()            # the mount is gone: a new one may take its place
 
     def ready() -> None:
         print("ready", flush=True)
@@ -532,8 +533,10 @@ def serve(backing: Path, mnt: Path, mode: str, control: Path | None, name: str) 
             commands.append(line.strip())
             fs.cutting.set()                      # held fsyncs fail; nothing more is applied
             _unmount(str(mnt))
+            unmounted.set()
         commands.append("stop")
         _unmount(str(mnt))
+        unmounted.set()
 
     fs.on_ready = ready
     threading.Thread(target=control_loop, daemon=True).start()
@@ -541,11 +544,14 @@ def serve(backing: Path, mnt: Path, mode: str, control: Path | None, name: str) 
         fs.cutting.clear()
         mfusepy.FUSE(fs, str(mnt), foreground=True, nothreads=True, hard_remove=True,
                      attr_timeout=0, entry_timeout=0, negative_timeout=0, fsname=f"powercut-{name}")
+        unmounted.wait(30)                        # the abort ends the loop before the unmount ends
+        unmounted.clear()
         cmd = commands.pop(0) if commands else "stop"
         if cmd == "cut":
             lost = fs.rebuild()
             print("lost " + " ".join(f"{k.replace(' ', '_')}={v}" for k, v in lost.items()), flush=True)
-        elif cmd == "reset":
+        elif cmd.startswith("reset"):
+            fs.mode = cmd.split()[1] if " " in cmd else fs.mode
             fs.reset()
         else:
             return
@@ -591,8 +597,11 @@ class Instance:
         self._expect("ready")
         return {k.replace("_", " "): int(v) for k, v in (w.split("=") for w in words)}
 
-    def reset(self) -> None:
-        self._say("reset")
+    def reset(self, mode: str | None = None) -> None:
+        """An empty filesystem, in ``mode`` (pessimistic, ext4) if given."""
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        self._say(f"reset {mode}" if mode else "reset")
         self._expect("ready")
 
     def close(self) -> None:
