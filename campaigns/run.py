@@ -27,10 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def registry() -> dict[str, Callable[..., Result]]:
-    from . import camera_faults, clock, crash, fuzz, hostile, local_faults, noncamera, store_faults
+    from . import camera_faults, clock, crash, fuzz, hostile, local_faults, noncamera, powercut, store_faults
 
     return {
         "crash": crash.campaign,
+        "powercut": powercut.campaign,
         "store-faults": store_faults.campaign,
         "local-faults": local_faults.campaign,
         "camera-faults": camera_faults.campaign,
@@ -43,6 +44,11 @@ def registry() -> dict[str, Callable[..., Result]]:
 
 FAULTS_DESCRIBED = {
     "crash": "kill -9 at a seeded log-event count or delay, 1–3 per schedule, during scan/spool/upload/wipe",
+    "powercut": "power cuts on a FUSE filesystem that keeps only what was made durable (campaigns/fs/powercut.py): "
+                "spool, ledger and file:// store on one, the camera on another; at the N-th fsync/fdatasync/fsyncdir "
+                "(seeded, 1–3 per schedule) dockd is killed with SIGKILL and both lose all that was not durable; "
+                "pessimistic (a name is durable when its directory is fsynced) and ext4-like (any fsync commits "
+                "every name; a rename over a file carries its data) modes; `dockd ingest` and `dockd run`",
     "store-faults": "connection resets, 503/500 bursts, 429 bursts, stalls, an outage, credentials revoked (403); "
                     "a lying store (keeps 1,000 bytes less of each single PUT, echoes the sent size, ETag and checksum), "
                     "then the honest store; a half-working store: a PUT stored short with an honest HEAD, "
@@ -146,7 +152,14 @@ def render(results: list[Result], size: str, seconds: float) -> str:
         "python -m campaigns.run --campaign store-faults --seed N",
         "```",
         "",
-        "Crash schedules, store-fault schedules and hostile layouts are functions of their seed alone.",
+        "Crash schedules, store-fault schedules, power-cut schedules and hostile layouts are functions of their",
+        "seed alone.",
+        "",
+        "What the power-cut filesystem cannot model: a disk whose write cache ignores flushes; torn or",
+        "reordered writes within one file (a file is durable whole, as of its last fsync); a cut in the middle",
+        "of an fsync. `syncfs(2)` and `sync(2)` never reach a FUSE server (the kernel sends `FUSE_SYNCFS` only",
+        "to virtiofs), so on it they make nothing durable, as on any FUSE filesystem; dockd fsyncs each file",
+        "there instead. On ext4 itself a syncfs is a journal commit; that path is not exercised here.",
         "Root, loop devices, FUSE (exFAT) and `dmsetup` are needed for local-faults and non-camera; without",
         "them those rows say skipped, and why.",
         "",

@@ -25,6 +25,27 @@ def fsync_dir(path: Path | str | bytes) -> None:
     fsync_path(path, os.O_DIRECTORY)
 
 
+def make_dirs(path: Path | str) -> None:
+    """Create ``path`` and its missing parents, and make every name on the way
+    durable: the parent of each directory is fsynced, up to the root of its
+    filesystem. A directory's fsync makes its entries durable, not its own name:
+    a directory whose name is still only in the page cache is lost at a power
+    cut with everything put in it since, however well each of those was synced.
+    A directory that exists already is not proof: an earlier process may have
+    been killed between its mkdir and the fsync. One fsync per level; call it
+    once per directory and process. A parent that cannot be fsynced for want of
+    rights, or on a read-only filesystem, is one dockd cannot have changed."""
+    d = Path(os.path.abspath(path))
+    d.mkdir(parents=True, exist_ok=True)
+    while d != d.parent and not os.path.ismount(d):
+        try:
+            fsync_dir(d.parent)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EINVAL):
+                raise
+        d = d.parent
+
+
 _libc: ctypes.CDLL | None = None
 
 
@@ -76,14 +97,33 @@ def check_written(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+FUSE_SUPER_MAGIC = 0x65735546
+
+
+def syncfs_flushes(fd: int) -> bool:
+    """Whether a ``syncfs`` of the filesystem holding ``fd`` reaches its storage. Not on
+    FUSE (exfat-fuse, sshfs, a FUSE NAS client): the kernel sends its server no
+    ``FUSE_SYNCFS`` (only virtiofs gets one), so a syncfs there flushes nothing the
+    server keeps; only each file's fsync reaches it."""
+    fn = _c("fstatfs")
+    if fn is None:
+        return True
+    buf = ctypes.create_string_buffer(256)         # struct statfs; f_type is its first word
+    if fn(fd, buf) != 0:
+        return True
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF != FUSE_SUPER_MAGIC
+
+
 def make_durable(root: Path | str, fds: Sequence[int]) -> None:
     """Make what was written through ``fds`` (files on ``root``'s filesystem, each
     open since before its writes) durable, and raise any error writing it met. One
     file alone: its fsync. Several: one ``syncfs`` (one journal commit for all),
     then each file's own errors (``check_written``), which another caller's syncfs
-    may have taken."""
-    if len(fds) == 1:
-        os.fsync(fds[0])
+    may have taken. On a filesystem where a syncfs flushes nothing (FUSE), each
+    file's own fsync."""
+    if len(fds) == 1 or not syncfs_flushes(fds[0]):
+        for fd in fds:
+            os.fsync(fd)
         return
     syncfs(root)
     for fd in fds:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import AuditChainError, LedgerDamagedError, LedgerError, LedgerFullError
-from .fsutil import fsync_dir
+from .fsutil import fsync_dir, make_dirs
 from .model import TRANSITIONS, Phase, RecState, Recording, display_path
 
 GENESIS = "0" * 64
@@ -225,7 +225,7 @@ class Ledger:
         """Open (or create) the ledger. An existing file that is not a sound ledger raises
         ``LedgerDamagedError`` and is left exactly as it was."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)         # a state directory whose name a power cut can take takes the ledger
         self._lock = threading.RLock()
         self._late_durable = False
         self._tx_durable = False            # the open outer transaction commits FULL

@@ -19,7 +19,8 @@ def ctx():
     c.close()
 
 
-@pytest.mark.parametrize("name", ["crash", "store-faults", "local-faults", "camera-faults", "clock", "hostile", "non-camera", "fuzz"])
+@pytest.mark.parametrize("name", ["crash", "powercut", "store-faults", "local-faults", "camera-faults", "clock", "hostile",
+                                  "non-camera", "fuzz"])
 def test_campaign_ci_size_has_no_violations(ctx, name):
     res = registry()[name](ctx)
     if res.skipped:

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 from ..age import Encryptor
 from ..age.stream import CHUNK_SIZE, TAG_SIZE
 from ..errors import DeviceGoneError, FileChangedError, SpoolError, SpoolFullError
-from ..fsutil import HashingWriter, close_quietly, fsync_dir, make_durable
+from ..fsutil import HashingWriter, close_quietly, fsync_dir, make_dirs, make_durable
 from .content import Sample, Sampler, open_scanned, read_error
 
 
@@ -62,7 +62,7 @@ class Spool:
         self.min_free = min_free
         self._used, self._used_at, self._added = 0, float("-inf"), 0
         self._used_lock = threading.Lock()
-        (self.root / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root / PARTIAL_DIR)      # the spool's own name too: a power cut takes it all else
 
     def path_for(self, rec_id: int) -> Path:
         return self.root / f"{rec_id}.age"

@@ -48,7 +48,7 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
-from ..fsutil import close_quietly, fsync_dir, make_durable
+from ..fsutil import close_quietly, fsync_dir, make_dirs, make_durable
 from .base import MAX_PROOFS_KEPT, Blob, Item, ObjectInfo, Result, Results, Store, each, sha256_stream
 from .keys import validate_key
 
@@ -113,6 +113,7 @@ class DirStore(Store):
         self._lock = threading.Lock()
         self._writing: set[Path] = set()          # temp files our puts are writing now
         self._listed: set[Path] = set()        # directories already swept for dead temp files
+        self._made: set[Path] = set()          # directories whose names this process made durable
         # key -> (inode, size, mtime_ns, sha256) of objects this process put and read back
         self._proven: dict[str, tuple[int, int, int, str]] = {}
         # keys renamed into place by a batch whose directory fsync failed: verify refuses
@@ -167,7 +168,7 @@ class DirStore(Store):
         tmp = dest.with_name(f"{TMP_PREFIX}{dest.name}.{uuid.uuid4().hex[:12]}")
         kept = False
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dirs(dest.parent)
             with self._lock:
                 self._writing.add(tmp)
                 self._remove_dead_temps(dest)
@@ -208,6 +209,16 @@ class DirStore(Store):
             if not kept:
                 with self._lock:
                     self._writing.discard(tmp)
+
+    def _make_dirs(self, d: Path) -> None:
+        """An object's directory, with every name on its way durable (``make_dirs``):
+        once per directory and process."""
+        with self._lock:
+            if d in self._made:
+                return
+        make_dirs(d)
+        with self._lock:
+            self._made.add(d)
 
     def _settled(self, key: str, proof: tuple[int, int, int, str]) -> None:
         with self._lock:
