@@ -9,7 +9,7 @@ it share that file, as processes on one machine share its clock.
 Each seed steps the clock one to three times, by minutes to days either way, at
 seeded moments: when the N-th recording is spooled (mid-spool), when the N-th
 upload starts (mid-upload), or when an upload fails during a store outage (the
-file:// store's directory replaced by a file for a few seconds). Then:
+file:// store's prefix directory replaced by a file for a few seconds). Then:
 
 * the session ends done within a bound in real seconds (no retry waits on the
   stepped clock: the upload pool schedules on ``time.monotonic``);
@@ -177,10 +177,11 @@ def run_one(ctx: Context, seed: int) -> tuple[dict[str, int], list[str], str | N
         shutil.move(str(stage), str(st.inbox / SERIAL))
         cam = st.inbox / SERIAL
         clock = _Clock(root / "faketime")
-        store = st.store_dir / "evidence"    # the prefix's directory: a file there is an outage (ENOTDIR)
+        store = st.store_dir
+        blocked = store / "evidence"         # the prefix's directory: a file there is an outage (ENOTDIR)
         if sch["outage"]:
-            store.parent.mkdir(parents=True, exist_ok=True)
-            store.write_bytes(b"")
+            store.mkdir(parents=True, exist_ok=True)
+            blocked.write_bytes(b"")
             faults["store outage"] = 1
         log = root / "run.log"
         t0 = time.time()
@@ -203,8 +204,8 @@ def run_one(ctx: Context, seed: int) -> tuple[dict[str, int], list[str], str | N
                     faults[label] = faults.get(label, 0) + 1
             if sch["outage"] and outage_over is None and "upload.failed" in names:
                 outage_over = time.monotonic() + sch["outage"]
-            if outage_over is not None and time.monotonic() >= outage_over and store.is_file():
-                store.unlink()
+            if outage_over is not None and time.monotonic() >= outage_over and blocked.is_file():
+                blocked.unlink()
             if not mid_checked and "upload.started" in names and clock.offset:
                 mid_checked = True
                 status_n += 1
@@ -222,8 +223,8 @@ def run_one(ctx: Context, seed: int) -> tuple[dict[str, int], list[str], str | N
         for s in pending:           # a step whose moment never came: taken now, at the end
             clock.step(s["by"])
             faults["clock stepped at the end"] = faults.get("clock stepped at the end", 0) + 1
-        if store.is_file():
-            store.unlink()
+        if blocked.is_file():
+            blocked.unlink()
         status_n += 1
         snap, text = _status(clock, st, root, status_n)
         if snap is None:

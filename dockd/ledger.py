@@ -257,24 +257,31 @@ class Ledger:
             raise ledger_error(self.path, exc) from None
 
     def _create(self) -> None:
-        """A new ledger is built under a temporary name and renamed into place, durably: a
+        """A new ledger is built under a name of its own and linked into place, durably: a
         crash or a power cut while it is made leaves no file at ``path``, never an empty
-        one (which the next start would refuse as a truncated ledger)."""
-        tmp = self.path.with_name(self.path.name + ".new")
+        one (which the next start would refuse as a truncated ledger). Two processes making
+        it at once (``dockd status`` as ``dockd run`` starts) end with one ledger: the link
+        never replaces a ledger already there, and the second opens the first's."""
+        tmp = self.path.with_name(f"{self.path.name}.new-{os.getpid()}-{threading.get_ident()}")
         for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
             p.unlink(missing_ok=True)
-        self._open(tmp)
-        self._db.close()                    # the last connection: its WAL is folded in and removed
         try:
+            self._open(tmp)
+            self._db.close()                # the last connection: its WAL is folded in and removed
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, self.path)
+            try:
+                os.link(tmp, self.path)     # never over a ledger another process made meanwhile
+            except FileExistsError:
+                pass
             fsync_dir(self.path.parent)
         except OSError as exc:
             raise LedgerError(f"ledger {self.path}: cannot create it: {exc.strerror}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def check(self) -> None:
         """Read every page (``PRAGMA quick_check``): damage anywhere raises

@@ -170,3 +170,28 @@ def test_a_crash_while_a_new_ledger_is_made_leaves_none_not_an_empty_one(tmp_pat
     finally:
         led.close()
     assert not path.with_name(path.name + ".new").exists()
+
+
+def test_a_second_process_making_the_ledger_never_replaces_the_first_ones(tmp_path, monkeypatch):
+    """`dockd status` as `dockd run` starts on a new station: both see no ledger and make
+    one. The second must open the first's, never replace it under a daemon already
+    writing to it (which would then write to a file no one else can see)."""
+    from pathlib import Path
+
+    from dockd.ledger import Ledger
+
+    path = tmp_path / "state" / "ledger.sqlite3"
+    first = Ledger(path)
+    try:
+        sid = first.open_session("CAM1", "generic", "/mnt", None, None, {})
+        real = Path.exists
+        monkeypatch.setattr(Path, "exists", lambda p: False if p == path else real(p))   # it looked first
+        second = Ledger(path)
+        monkeypatch.undo()
+        try:
+            assert second.session(sid) is not None and second.ledger_id == first.ledger_id
+        finally:
+            second.close()
+    finally:
+        first.close()
+    assert [p.name for p in path.parent.iterdir() if ".new" in p.name] == []
