@@ -202,18 +202,22 @@ def run(obj: Ctx) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable snapshot (stable schema).")
 @click.option("--watch", is_flag=True, help="Refresh in place until interrupted.")
 @click.option("--interval", default=1.0, show_default=True, help="Refresh interval for --watch.")
+@click.option("--frames", type=click.IntRange(min=1), default=None, hidden=True,
+              help="With --watch: stop after this many refreshes (for tests).")
 @click.pass_obj
-def status(obj: Ctx, as_json: bool, watch: bool, interval: float) -> None:
-    """Every bay: camera, phase, progress, safe to undock; the queue; the spool."""
+def status(obj: Ctx, as_json: bool, watch: bool, interval: float, frames: int | None) -> None:
+    """Every bay: camera, phase, progress, safe to undock; the queue; the spool.
+    Exit 1 when a bay or a recording needs attention (see the README)."""
     from . import status as status_mod
 
-    snap = status_mod.snapshot(obj.cfg)
-    if as_json:
-        click.echo(json.dumps(snap, indent=2, sort_keys=True))
-    elif watch:
-        status_mod.watch(obj.cfg, interval)
+    if watch and not as_json:
+        snap = status_mod.watch(obj.cfg, interval, frames)
     else:
-        status_mod.render(snap)
+        snap = status_mod.snapshot(obj.cfg)
+        if as_json:
+            click.echo(json.dumps(snap, indent=2, sort_keys=True))
+        else:
+            status_mod.render(snap)
     if snap.get("attention"):
         sys.exit(EXIT_ATTENTION)
 

@@ -348,16 +348,30 @@ def render(snap: dict[str, Any], console: Any = None) -> None:
             console.print(f"  … and {len(snap['attention']) - 20} more (dockd status --json)")
 
 
-def watch(cfg: Config, interval: float) -> None:
+def watch(cfg: Config, interval: float, frames: int | None = None) -> dict[str, Any]:
+    """Redraw the table in place every ``interval`` seconds until interrupted (or after
+    ``frames`` redraws); returns the last snapshot shown.
+
+    Each frame is rendered on a console of its own, off screen: printing on the live
+    console while ``Live`` runs would have its render hook append the frame already on
+    screen to the capture, and the display would keep showing the first snapshot."""
+    import io
+
     from rich.console import Console, Group
     from rich.live import Live
     from rich.text import Text
 
     console = Console()
+    shown = 0
     with Live(console=console, auto_refresh=False, screen=False, transient=False) as live:
         while True:
             snap = snapshot(cfg)
-            with console.capture() as cap:
-                render(snap, console)
-            live.update(Group(Text.from_ansi(cap.get())), refresh=True)
+            frame = Console(file=io.StringIO(), width=console.width, force_terminal=console.is_terminal,
+                            color_system=console.color_system, no_color=console.no_color,
+                            legacy_windows=False)
+            render(snap, frame)
+            live.update(Group(Text.from_ansi(frame.file.getvalue())), refresh=True)
+            shown += 1
+            if frames is not None and shown >= frames:
+                return snap
             time.sleep(interval)

@@ -384,3 +384,86 @@ def test_operator_status_with_daemon_stopped_and_root_only_state_is_one_line(ide
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert "systemctl start dockd" in lines[0] and "as root" in lines[0]
+
+
+# -- --watch follows the daemon ----------------------------------------------------
+
+_REDRAW = re.compile(r"\r\x1b\[2K(?:\x1b\[1A\x1b\[2K)*")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class _PtyWatch:
+    """``dockd status --watch`` on a real pseudo-terminal; ``frames()`` is what each redraw
+    put on the screen (rich's Live clears its previous frame with one cursor sequence)."""
+
+    def __init__(self, cfg_path: Path, *args: str) -> None:
+        import pty
+        import threading
+
+        self.master, slave = pty.openpty()
+        env = {"COLUMNS": "160", "LINES": "200", "TERM": "xterm", "PATH": "/usr/bin:/bin",
+               "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO))}
+        self.proc = subprocess.Popen(DOCKD + ["--config", str(cfg_path), "status", "--watch", *args],
+                                     stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO)
+        os.close(slave)
+        self.out = b""
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.out += chunk
+
+    def frames(self) -> list[str]:
+        text = self.out.decode("utf-8", "replace")
+        return [_ANSI.sub("", f) for f in _REDRAW.split(text)[1:]]
+
+    def wait_frames(self, n: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.frames()) < n:
+            assert self.proc.poll() is None, self.out.decode(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, f"fewer than {n} redraws: {self.out[-2000:]!r}"
+            time.sleep(0.05)
+
+    def close(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)              # Ctrl-C, as a technician leaves it
+        rc = self.proc.wait(15)
+        self._t.join(5)
+        os.close(self.master)
+        return rc
+
+
+def test_watch_shows_a_camera_docked_after_the_first_frame(tmp_path, identity):
+    import shutil
+
+    cfg_path = write_config(tmp_path, str(identity.public()), "[spool]\nmin_free = 0\n")
+    (tmp_path / "inbox").mkdir()
+    sock = NotifySocket(tmp_path / "notify.sock")
+    d = DaemonProcess(cfg_path, sock)
+    w = None
+    try:
+        sock.wait_for(lambda m: m.get("READY") == "1", 30)
+        w = _PtyWatch(cfg_path, "--interval", "0.2")
+        w.wait_frames(1)
+        assert "No cameras docked." in w.frames()[0]
+        shutil.copytree(REPO / "fixtures" / "cameras" / "BWC0001", tmp_path / "inbox" / "BWC0009")
+        d.wait_event("session.done", 60)
+        seen = len(w.frames())
+        w.wait_frames(seen + 2)                   # redrawn from snapshots taken after the camera was done
+        rc = w.close()
+    finally:
+        if w is not None and w.proc.poll() is None:
+            w.proc.kill()
+        d.kill()
+        sock.close()
+    last = w.frames()[seen]
+    assert last.count("dockd status: station") == 1, last      # one snapshot per screen, not a pile-up
+    assert "BWC0009" in last and "SAFE TO UNDOCK" in last and "No cameras docked." not in last, last
+    assert rc == 130
