@@ -218,7 +218,7 @@ def status(obj: Ctx, as_json: bool, watch: bool, interval: float, frames: int | 
             click.echo(json.dumps(snap, indent=2, sort_keys=True))
         else:
             status_mod.render(snap)
-    if snap.get("attention"):
+    if status_mod.needs_attention(snap):
         sys.exit(EXIT_ATTENTION)
 
 

@@ -278,4 +278,8 @@ def query(cfg: Config, timeout: float = 5.0) -> dict[str, Any] | None:
         snap = json.loads(buf)
     except ValueError:
         return None
-    return snap if isinstance(snap, dict) and snap.get("schema") == status_mod.SCHEMA else None
+    # a daemon not yet restarted after an upgrade may answer in an older version: its snapshot
+    # is still the truth (the fields it lacks are judged by ``status.needs_attention``)
+    if isinstance(snap, dict) and str(snap.get("schema", "")).startswith(status_mod.SCHEMA_FAMILY):
+        return snap
+    return None

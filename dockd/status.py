@@ -1,6 +1,6 @@
 """``dockd status``: one snapshot, rendered as a table or as JSON.
 
-There is one builder, ``build``, and one schema (``dockd-status/1``,
+There is one builder, ``build``, and one schema (``dockd-status/2``,
 documented field by field in docs/STATUS.md). Every state in it (phases,
 recording counts, the queue) is read from the ledger, the same durable truth
 the logs are written beside, so status and logs cannot disagree about state.
@@ -23,7 +23,8 @@ from .errors import UsageError
 from .ledger import Ledger, ledger_error
 from .model import Phase, RecState, escape_controls
 
-SCHEMA = "dockd-status/1"
+SCHEMA = "dockd-status/2"
+SCHEMA_FAMILY = "dockd-status/"
 
 # A bay is safe to undock once its session has finished with the camera: every
 # recording verified and wiped (done), or given up on and left intact (attention).
@@ -125,6 +126,7 @@ def _bays(ledger: Ledger, live: LiveView | None) -> list[dict[str, Any]]:
             "phase": phase, "docked_at": s["docked_at"], "finished_at": s["finished_at"],
             "safe_to_undock": safe, "recordings": recs, "bytes": byts,
             "rate_bps": None, "eta_seconds": None, "current": None, "last_error": err,
+            "needs_attention": phase == Phase.ATTENTION.value,
         }
         if lb is not None:
             bay["bytes"]["spooled"] = max(byts["spooled"], min(lb.spooled_bytes, byts["total"]))
@@ -139,7 +141,7 @@ def _bays(ledger: Ledger, live: LiveView | None) -> list[dict[str, Any]]:
 
 def build(cfg: Config, ledger: Ledger | None, live: LiveView | None = None,
           now: float | None = None) -> dict[str, Any]:
-    """The one snapshot, in schema ``dockd-status/1``. ``ledger`` None: no ledger yet."""
+    """The one snapshot, in schema ``dockd-status/2``. ``ledger`` None: no ledger yet."""
     now = time.time() if now is None else now
     snap: dict[str, Any] = {
         "schema": SCHEMA,
@@ -160,6 +162,7 @@ def build(cfg: Config, ledger: Ledger | None, live: LiveView | None = None,
                   "last_error": live.store_last_error if live else None},
         "spool": spool_info(cfg),
         "attention": [],
+        "needs_attention": False,
     }
     if ledger is None:
         return snap
@@ -183,13 +186,25 @@ def build(cfg: Config, ledger: Ledger | None, live: LiveView | None = None,
     for r in ledger.recordings(states=[RecState.FAILED, RecState.ATTENTION]):
         snap["attention"].append({"camera": r.serial, "recording": r.name, "state": r.state.value,
                                   "error": r.last_error, "attempts": r.attempts,
-                                  "next_attempt_at": r.next_attempt_at})
+                                  "next_attempt_at": r.next_attempt_at, "needs_attention": True})
+    snap["needs_attention"] = (any(b["needs_attention"] for b in snap["bays"])
+                               or any(a["needs_attention"] for a in snap["attention"]))
     done = [r.updated_at for r in ledger.recordings(states=list(_VERIFIED))]
     if done:
         last = max(done)
         cur = snap["store"]["last_success"]
         snap["store"]["last_success"] = last if cur is None else max(cur, last)
     return snap
+
+
+def needs_attention(snap: dict[str, Any]) -> bool:
+    """What ``dockd status`` exits 1 on: a bay in ``attention`` or a recording in
+    ``failed``/``attention`` that no technician has acknowledged since. A snapshot from an
+    older daemon, without ``needs_attention``, is judged on its bays and recordings."""
+    if "needs_attention" in snap:
+        return bool(snap["needs_attention"])
+    return bool(snap.get("attention")) or any(b.get("phase") == Phase.ATTENTION.value
+                                              for b in snap.get("bays", []))
 
 
 def from_ledger(cfg: Config) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def validate(doc: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
 
 
 def test_validator_catches_drift():
-    assert validate({"schema": "dockd-status/2"}, SCHEMA)      # wrong version, missing keys
+    assert validate({"schema": "dockd-status/1"}, SCHEMA)      # wrong version, missing keys
     good = status.build(config_mod.Config(), None, now=0.0)
     assert validate(good, SCHEMA) == []
     bad = json.loads(json.dumps(good))
@@ -76,12 +76,13 @@ def _bay(bay, camera, phase, rec, byts, safe, rate=None, eta_s=None, err=None, c
             "docked_at": T0 - 300, "finished_at": T0 if safe else None, "safe_to_undock": safe,
             "recordings": dict(zip(("total", "spooled", "verified", "wiped", "failed"), rec)),
             "bytes": dict(zip(("total", "spooled", "verified", "wiped"), byts)),
-            "rate_bps": rate, "eta_seconds": eta_s, "current": current, "last_error": err}
+            "rate_bps": rate, "eta_seconds": eta_s, "current": current, "last_error": err,
+            "needs_attention": phase == "attention"}
 
 
 MiB = 1 << 20
 FIXED = {
-    "schema": "dockd-status/1", "generated_at": T0, "station": "dock-07",
+    "schema": "dockd-status/2", "generated_at": T0, "station": "dock-07",
     "daemon": {"running": True, "pid": 4242, "started_at": T0 - 3725, "uptime_seconds": 3725.0},
     "bays": [
         _bay("1-1.1", "SV5-0001", "spooling", (12, 5, 3, 0, 0), (2300 * MiB, 880 * MiB, 512 * MiB, 0), False,
@@ -99,7 +100,9 @@ FIXED = {
               "free_bytes": 200 * 1024 * MiB, "min_free_bytes": 512 * MiB, "max_bytes": None,
               "paused": False},
     "attention": [{"camera": "SV5-0003", "recording": "DCIM/100SV5/V0002.MP4", "state": "failed",
-                   "error": "bucket is in read-only mode", "attempts": 1, "next_attempt_at": None}],
+                   "error": "bucket is in read-only mode", "attempts": 1, "next_attempt_at": None,
+                   "needs_attention": True}],
+    "needs_attention": True,
 }
 
 EXPECTED = """\
@@ -467,3 +470,55 @@ def test_watch_shows_a_camera_docked_after_the_first_frame(tmp_path, identity):
     assert last.count("dockd status: station") == 1, last      # one snapshot per screen, not a pile-up
     assert "BWC0009" in last and "SAFE TO UNDOCK" in last and "No cameras docked." not in last, last
     assert rc == 130
+
+
+# -- the exit code follows the snapshot ----------------------------------------------
+
+def _attention_bay(cfg_path: Path) -> tuple[config_mod.Config, int]:
+    """A ledger whose one camera ended in attention with every recording it found wiped:
+    a directory it could not list, say. No recording is failed."""
+    from dockd.ledger import Ledger
+    from dockd.model import Phase
+
+    cfg = config_mod.load(cfg_path)
+    cfg.paths.state_dir.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(cfg.ledger_path)
+    try:
+        sid = ledger.open_session("CAM7", "generic", "/inbox/CAM7", None, "1-1.7", {})
+        ledger.set_phase(sid, Phase.ATTENTION, error="DCIM/101BWC/: directory could not be listed")
+    finally:
+        ledger.close()
+    return cfg, sid
+
+
+def test_status_exits_1_for_a_bay_in_attention_with_no_failed_recording(tmp_path, identity):
+    cfg_path = write_config(tmp_path, str(identity.public()))
+    cfg, sid = _attention_bay(cfg_path)
+    table, js = _cli(cfg_path), _cli(cfg_path, "--json")
+    assert "SAFE TO UNDOCK" in table.stdout and table.returncode == 1, table
+    snap = json.loads(js.stdout)
+    assert js.returncode == 1 and snap["attention"] == [] and snap["needs_attention"] is True
+    assert validate(snap, SCHEMA) == []
+    # the daemon's snapshot is judged the same way
+    from dockd.ledger import Ledger
+
+    ledger = Ledger(cfg.ledger_path)
+    try:
+        live = status.build(cfg, ledger, status.LiveView(pid=1, started_at=0.0, bays={
+            "CAM7": status.LiveBay(session=sid, spooled_bytes=0)}))
+    finally:
+        ledger.close()
+    assert live["daemon"]["running"] and [b["camera"] for b in live["bays"]] == ["CAM7"]
+    assert status.needs_attention(live) and live["bays"][0]["needs_attention"]
+
+
+def test_an_older_daemons_snapshot_is_judged_on_its_bays():
+    old = json.loads(json.dumps(FIXED))
+    old["schema"] = "dockd-status/1"
+    for d in (old, *old["bays"], *old["attention"]):
+        d.pop("needs_attention")
+    assert status.needs_attention(old)
+    old["attention"] = []
+    assert status.needs_attention(old)            # SV5-0003 is in attention
+    old["bays"] = [b for b in old["bays"] if b["phase"] != "attention"]
+    assert not status.needs_attention(old)
