@@ -13,9 +13,9 @@ The server never blocks the supervisor: it answers from its own thread, and
 
 from __future__ import annotations
 
-import collections
 import grp
 import json
+import math
 import os
 import socket
 import threading
@@ -35,7 +35,8 @@ GROUP = "dockd"
 MODE = 0o660
 REQUEST_MAX = 256
 CLIENT_TIMEOUT = 3.0
-RATE_WINDOW = 10.0          # seconds of history a rate is measured over
+RATE_TAU = 20.0             # seconds: the time constant rates are smoothed over
+MIN_INTERVAL = 0.2          # seconds: a shorter interval between samples is not measured
 SAMPLE_EVERY = 0.5
 
 
@@ -44,26 +45,37 @@ def socket_path(cfg: Config) -> Path:
 
 
 class RateMeter:
-    """Bytes per second over the last ``window`` seconds of (time, cumulative bytes) samples."""
+    """Bytes per second, smoothed: an exponentially weighted mean of the rate between
+    successive (time, cumulative bytes) samples, each interval weighted by its length
+    (time constant ``tau`` seconds). Counters that move in steps (verified bytes jump a
+    whole file at a time) average out to the rate they keep up over ``tau``, instead of
+    swinging between zero and a burst. ``t`` is any monotonic clock, injected."""
 
-    def __init__(self, window: float = RATE_WINDOW) -> None:
-        self.window = window
-        self.samples: collections.deque[tuple[float, int]] = collections.deque()
+    def __init__(self, tau: float = RATE_TAU) -> None:
+        self.tau = tau
+        self._last: tuple[float, int] | None = None
+        self._rate: float | None = None
 
     def add(self, t: float, total: int) -> None:
-        if self.samples and total < self.samples[-1][1]:
-            self.samples.clear()              # a counter that went back (re-copy): start again
-        self.samples.append((t, total))
-        while len(self.samples) > 2 and t - self.samples[1][0] >= self.window:
-            self.samples.popleft()
+        if self._last is None or total < self._last[1] or t < self._last[0]:
+            self._last, self._rate = (t, total), None    # first sample, or a counter that went back
+            return
+        t0, b0 = self._last
+        dt = t - t0
+        if dt < MIN_INTERVAL:
+            return                                       # too short to measure: wait for more
+        inst = (total - b0) / dt
+        w = 1.0 - math.exp(-dt / self.tau)
+        self._rate = inst if self._rate is None else self._rate + w * (inst - self._rate)
+        self._last = (t, total)
+
+    @property
+    def last(self) -> int | None:
+        """The latest cumulative count sampled."""
+        return None if self._last is None else self._last[1]
 
     def rate(self) -> float | None:
-        if len(self.samples) < 2:
-            return None
-        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
-        if t1 - t0 < 0.2:
-            return None
-        return (b1 - b0) / (t1 - t0)
+        return self._rate
 
 
 class _Progress:
@@ -77,22 +89,22 @@ class _Progress:
 
 def eta(phase: str, total: int, spooled: int, verified: int,
         spool_rate: float | None, verify_rate: float | None) -> float | None:
-    """Seconds until every byte of the camera is verified, at the current rates.
-
-    Copying and uploading overlap, so the slower of the two pipelines decides:
-    max(bytes left to copy / read rate, bytes left to verify / verify rate).
-    None while unknown (scanning, no rate measured yet, a rate of zero)."""
-    if phase not in (Phase.SPOOLING.value, Phase.UPLOADING.value):
+    """Seconds until the current phase is through, at its smoothed recent rate: while
+    spooling, bytes left to copy over the read rate; while uploading, bytes left to verify
+    over the verify rate. None while unknown (scanning, wiping, no rate measured yet, a
+    rate of zero). Never the other pipeline's rate: uploads start later and verify whole
+    files at a time, and their early rate says nothing about how long the copy takes."""
+    if phase == Phase.SPOOLING.value:
+        left, rate = total - spooled, spool_rate
+    elif phase == Phase.UPLOADING.value:
+        left, rate = total - verified, verify_rate
+    else:
         return None
-    parts = []
-    for left, rate in ((total - spooled, spool_rate), (total - verified, verify_rate)):
-        if left <= 0:
-            parts.append(0.0)
-        elif not rate or rate <= 0:
-            return None
-        else:
-            parts.append(left / rate)
-    return max(parts)
+    if left <= 0:
+        return 0.0
+    if not rate or rate <= 0:
+        return None
+    return left / rate
 
 
 class ControlServer:
@@ -191,7 +203,7 @@ class ControlServer:
                 spool_rate = verify_rate = None
                 if pr is not None and pr.session == live.session_id and not live.safe_to_undock:
                     spool_rate, verify_rate = pr.spooled.rate(), pr.verified.rate()
-                verified = pr.verified.samples[-1][1] if pr and pr.verified.samples else 0
+                verified = (pr.verified.last or 0) if pr else 0
                 rate = spool_rate if live.phase in (Phase.SCANNING.value, Phase.SPOOLING.value) \
                     else verify_rate
                 view.bays[serial] = status_mod.LiveBay(

@@ -104,6 +104,13 @@ def _tally(counts: dict[str, tuple[int, int]]) -> tuple[dict[str, int], dict[str
     return recs, byts
 
 
+def upload_progress(total: int, verified: int) -> float | None:
+    """The share of a camera's bytes proven in the store, 0..1 (to 0.1 %); None when it has none."""
+    if total <= 0:
+        return None
+    return round(max(0.0, min(1.0, verified / total)), 3)
+
+
 def _bays(ledger: Ledger, live: LiveView | None) -> list[dict[str, Any]]:
     """The latest session of every camera not seen leaving. A running daemon keeps
     ``undocked_at`` current (undocks, and leftovers of a previous run at start)."""
@@ -127,6 +134,7 @@ def _bays(ledger: Ledger, live: LiveView | None) -> list[dict[str, Any]]:
             "safe_to_undock": safe, "recordings": recs, "bytes": byts,
             "rate_bps": None, "eta_seconds": None, "current": None, "last_error": err,
             "needs_attention": phase == Phase.ATTENTION.value,
+            "upload_progress": upload_progress(byts["total"], byts["verified"]),
         }
         if lb is not None:
             bay["bytes"]["spooled"] = max(byts["spooled"], min(lb.spooled_bytes, byts["total"]))
@@ -269,6 +277,14 @@ def _duration(s: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def _percent(b: dict[str, Any]) -> str:
+    """Upload progress beside the verified bytes while the bay is still at work."""
+    p = b.get("upload_progress")
+    if p is None or b["safe_to_undock"]:
+        return ""
+    return f" {int(p * 100)}%"
+
+
 def _when(ts: float | None) -> str:
     if not ts:
         return "never"
@@ -318,7 +334,7 @@ def render(snap: dict[str, Any], console: Any = None) -> None:
             r, n = b["recordings"], b["bytes"]
             t.add_row(_t(b["bay"] or "-"), f"{_t(b['camera'])}\n[dim]{_t(b['profile'])}[/]", _t(b["phase"]),
                       f"{r['spooled']}/{r['total']}\n{_short(n['spooled'])}",
-                      f"{r['verified']}\n{_short(n['verified'])}",
+                      f"{r['verified']}\n{_short(n['verified'])}{_percent(b)}",
                       f"{r['wiped']}\n{_short(n['wiped'])}",
                       (f"{_short(b['rate_bps'])}/s" if b["rate_bps"] else "-")
                       + f"\n{_duration(b['eta_seconds'])}",

@@ -40,6 +40,8 @@ def validate(doc: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
             return errs + [f"{path}: {doc!r} is not {types}"]
     if "minimum" in schema and isinstance(doc, (int, float)) and doc < schema["minimum"]:
         errs.append(f"{path}: {doc} < {schema['minimum']}")
+    if "maximum" in schema and isinstance(doc, (int, float)) and doc > schema["maximum"]:
+        errs.append(f"{path}: {doc} > {schema['maximum']}")
     if isinstance(doc, dict):
         props = schema.get("properties", {})
         for k in schema.get("required", []):
@@ -77,7 +79,8 @@ def _bay(bay, camera, phase, rec, byts, safe, rate=None, eta_s=None, err=None, c
             "recordings": dict(zip(("total", "spooled", "verified", "wiped", "failed"), rec)),
             "bytes": dict(zip(("total", "spooled", "verified", "wiped"), byts)),
             "rate_bps": rate, "eta_seconds": eta_s, "current": current, "last_error": err,
-            "needs_attention": phase == "attention"}
+            "needs_attention": phase == "attention",
+            "upload_progress": round(byts[2] / byts[0], 3) if byts[0] else None}
 
 
 MiB = 1 << 20
@@ -112,7 +115,7 @@ Bays
  Bay   Camera       Phase     Spooled Verified Wiped Rate/ETA Undock
  ───────────────────────────────────────────────────────────────────────────
  1-1.1 SV5-0001     spooling     5/12        3     0  41.5M/s DO NOT UNDOCK
-       sentinel-sv5              880M     512M    0B    5m42s
+       sentinel-sv5              880M 512M 22%    0B    5m42s
  1-1.2 SV5-0002     done          4/4        4     4        - SAFE TO UNDOCK
        sentinel-sv5              700M     700M  700M        -
  1-1.3 SV5-0003     attention     6/6        5     5        - SAFE TO UNDOCK
@@ -157,19 +160,68 @@ def _normalise(text: str) -> str:
 
 # -- ETA and rates ------------------------------------------------------------
 
-def test_eta_is_the_slower_pipeline():
-    # 100 MiB left to copy at 10 MiB/s, 150 MiB left to verify at 5 MiB/s -> 30 s
-    assert eta("spooling", 200, 100, 50, 10.0, 5.0) == pytest.approx(30.0)
-    assert eta("uploading", 200, 200, 150, None, 10.0) == pytest.approx(5.0)
-    assert eta("uploading", 200, 200, 150, None, None) is None
+def _feed(phase_total: int, samples: list[tuple[float, int, int]]) -> tuple[RateMeter, RateMeter]:
+    spool, verify = RateMeter(), RateMeter()
+    for t, sp, ve in samples:
+        spool.add(t, sp)
+        verify.add(t, ve)
+    return spool, verify
+
+
+def test_eta_while_spooling_is_bytes_left_to_copy_over_the_read_rate():
+    """A 1 GB camera read at 40 MiB/s while the first uploads have barely started (one
+    sidecar verified): the copy is what decides, and the ETA is about 24 s, not the
+    19,329,191 s the verify rate of a few bytes a second made of it."""
+    total, rate = 1_000_000_000, 40 * MiB
+    samples = [(t * 0.5, int(t * 0.5 * rate), 0 if t < 10 else 50) for t in range(0, 11)]
+    spool, verify = _feed(total, samples)
+    t, spooled, verified = samples[-1]
+    assert spool.rate() == pytest.approx(rate, rel=0.01)
+    got = eta("spooling", total, spooled, verified, spool.rate(), verify.rate())
+    assert got == pytest.approx((total - spooled) / rate, rel=0.01) and got < 60
+
+
+def test_eta_while_uploading_is_bytes_left_to_verify_over_a_smoothed_rate():
+    """Verified bytes move a whole file at a time: 250 MB every 12.5 s (20 MB/s). Sampled
+    every 0.5 s, most intervals see nothing verified, and a 10 s window often none at all;
+    the smoothed rate stays near 20 MB/s and the ETA near bytes left / 20 MB/s at every
+    sample, never None nor absurd."""
+    total = 1_000_000_000
+    verify = RateMeter()
+    etas = []
+    for i in range(0, 121):                       # 60 s of samples
+        t = i * 0.5
+        verified = min(total, int(t // 12.5) * 250_000_000)
+        verify.add(t, verified)
+        if t >= 25:                               # two files in: the rate has settled
+            etas.append((eta("uploading", total, total, verified, None, verify.rate()),
+                         (total - verified) / 20e6))
+    for got, ideal in etas:
+        if ideal:
+            assert got is not None and 0.5 * ideal <= got <= 2 * ideal, (got, ideal)
+    assert eta("uploading", total, total, total, None, verify.rate()) == 0.0
+
+
+def test_eta_unknown_outside_spooling_and_uploading_or_without_a_rate():
     assert eta("scanning", 200, 0, 0, 10.0, 10.0) is None
-    m = RateMeter(window=10)
+    assert eta("wiping", 200, 200, 200, 10.0, 10.0) is None
+    assert eta("uploading", 200, 200, 150, None, None) is None
+    assert eta("spooling", 200, 100, 0, 0.0, None) is None
+    m = RateMeter(tau=10)
     m.add(0.0, 0)
+    assert m.rate() is None                       # one sample measures nothing
     m.add(1.0, 100)
-    m.add(2.0, 300)
-    assert m.rate() == pytest.approx(150.0)
-    m.add(3.0, 10)              # a counter that went back starts a new measurement
+    assert m.rate() == pytest.approx(100.0)
+    m.add(1.1, 150)                               # too short an interval: not measured yet
+    assert m.rate() == pytest.approx(100.0)
+    m.add(3.0, 10)                                # a counter that went back starts again
     assert m.rate() is None
+
+
+def test_upload_progress_is_verified_over_total():
+    assert status.upload_progress(0, 0) is None
+    assert status.upload_progress(2300 * MiB, 512 * MiB) == pytest.approx(0.223)
+    assert status.upload_progress(100, 150) == 1.0
 
 
 # -- live and stopped, against the real daemon ---------------------------------
