@@ -222,6 +222,66 @@ def status(obj: Ctx, as_json: bool, watch: bool, interval: float, frames: int | 
         sys.exit(EXIT_ATTENTION)
 
 
+# -- a technician's answers to attention -----------------------------------------
+
+def _technician(obj: Ctx, op: str, serial: str, **args: Any) -> dict[str, Any]:
+    """Through the running daemon's control socket (it learns who asks from the kernel);
+    when no daemon answers, on the ledger directly, under the state directory's lock."""
+    from . import technician
+    from .control import operate
+    from .ledger import Ledger
+
+    cfg = obj.cfg
+    reply = operate(cfg, op, serial, **args)
+    if reply is not None:
+        if "error" in reply:
+            raise UsageError(str(reply["error"]))
+        return reply
+    obj.lock_state_dir()          # the daemon is down: no other writer may start meanwhile
+    if not cfg.ledger_path.exists():
+        raise UsageError(f"no ledger at {cfg.ledger_path}")
+    obj.check_ledger()
+    with ledger_errors(cfg.ledger_path):
+        ledger = Ledger(cfg.ledger_path)
+        try:
+            actor = technician.Actor.me()
+            if op == "retry":
+                return technician.retry(ledger, serial, actor).as_dict()
+            return technician.acknowledge(ledger, serial, args["reason"], actor)
+        finally:
+            ledger.close()
+
+
+@cli.command()
+@click.argument("serial")
+@click.pass_obj
+def retry(obj: Ctx, serial: str) -> None:
+    """Try SERIAL's failed recordings again, without a re-dock: those with a spool copy
+    are queued for upload; those never copied need the camera docked again (exit 1)."""
+    out = _technician(obj, "retry", serial)
+    click.echo(escape_controls(f"{serial}: {len(out['requeued'])} recording(s) queued for upload again"))
+    for name in out["requeued"]:
+        click.echo(escape_controls(f"  queued: {name}"))
+    if out["need_camera"]:
+        click.echo(escape_controls(f"{serial}: {len(out['need_camera'])} recording(s) were never copied; "
+                                   "dock the camera again to copy them:"), err=True)
+        for name in out["need_camera"]:
+            click.echo(escape_controls(f"  needs the camera: {name}"), err=True)
+        sys.exit(EXIT_ATTENTION)
+
+
+@cli.command()
+@click.argument("serial")
+@click.option("--reason", required=True, help="What you looked at and why it is in order (audited).")
+@click.pass_obj
+def acknowledge(obj: Ctx, serial: str, reason: str) -> None:
+    """Record that you have looked at SERIAL's bay in attention, and why. Audited in the
+    ledger's event log with your Unix user; no recording is changed or deleted."""
+    out = _technician(obj, "acknowledge", serial, reason=reason)
+    click.echo(escape_controls(f"{serial}: session {out['session']} acknowledged by {out['by']}: "
+                               f"{out['reason']}"))
+
+
 # -- demo -----------------------------------------------------------------------
 
 @cli.command()

@@ -22,6 +22,7 @@ from .config import Config
 from .errors import UsageError
 from .ledger import Ledger, ledger_error
 from .model import Phase, RecState, escape_controls
+from .technician import acknowledgement
 
 SCHEMA = "dockd-status/2"
 SCHEMA_FAMILY = "dockd-status/"
@@ -111,6 +112,14 @@ def upload_progress(total: int, verified: int) -> float | None:
     return round(max(0.0, min(1.0, verified / total)), 3)
 
 
+def _acked_session(ledger: Ledger, serial: str, session_id: int) -> dict[str, Any] | None:
+    """Who acknowledged this session's attention, when and why; None if no one did."""
+    ack = acknowledgement(ledger, serial)
+    if ack is None or ack["session"] != session_id:
+        return None
+    return {"by": ack["by"], "uid": ack["uid"], "at": ack["at"], "reason": ack["reason"]}
+
+
 def _bays(ledger: Ledger, live: LiveView | None) -> list[dict[str, Any]]:
     """The latest session of every camera not seen leaving. A running daemon keeps
     ``undocked_at`` current (undocks, and leftovers of a previous run at start)."""
@@ -133,9 +142,10 @@ def _bays(ledger: Ledger, live: LiveView | None) -> list[dict[str, Any]]:
             "phase": phase, "docked_at": s["docked_at"], "finished_at": s["finished_at"],
             "safe_to_undock": safe, "recordings": recs, "bytes": byts,
             "rate_bps": None, "eta_seconds": None, "current": None, "last_error": err,
-            "needs_attention": phase == Phase.ATTENTION.value,
+            "acknowledged": _acked_session(ledger, serial, s["id"]),
             "upload_progress": upload_progress(byts["total"], byts["verified"]),
         }
+        bay["needs_attention"] = phase == Phase.ATTENTION.value and bay["acknowledged"] is None
         if lb is not None:
             bay["bytes"]["spooled"] = max(byts["spooled"], min(lb.spooled_bytes, byts["total"]))
             bay["rate_bps"] = None if lb.rate_bps is None else round(lb.rate_bps, 1)
@@ -191,10 +201,15 @@ def build(cfg: Config, ledger: Ledger | None, live: LiveView | None = None,
         "oldest_age_seconds": (round(max(0.0, now - min(r.updated_at for r in queued)), 1)
                                if queued else None),
     })
+    acks: dict[str, dict[str, Any] | None] = {}
     for r in ledger.recordings(states=[RecState.FAILED, RecState.ATTENTION]):
+        if r.serial not in acks:
+            acks[r.serial] = acknowledgement(ledger, r.serial)
+        ack = acks[r.serial]
         snap["attention"].append({"camera": r.serial, "recording": r.name, "state": r.state.value,
                                   "error": r.last_error, "attempts": r.attempts,
-                                  "next_attempt_at": r.next_attempt_at, "needs_attention": True})
+                                  "next_attempt_at": r.next_attempt_at,
+                                  "needs_attention": ack is None or ack["at"] < r.updated_at})
     snap["needs_attention"] = (any(b["needs_attention"] for b in snap["bays"])
                                or any(a["needs_attention"] for a in snap["attention"]))
     done = [r.updated_at for r in ledger.recordings(states=list(_VERIFIED))]
@@ -304,6 +319,8 @@ def _undock(b: dict[str, Any]) -> str:
     if not b["safe_to_undock"]:
         return "[bold red]DO NOT UNDOCK[/]"
     if b["phase"] == Phase.ATTENTION.value:
+        if b.get("acknowledged"):
+            return f"[bold yellow]SAFE TO UNDOCK[/]\n[dim]ack'd by {_t(b['acknowledged']['by'])}[/]"
         return "[bold yellow]SAFE TO UNDOCK[/]\n[yellow]see errors[/]"
     return "[bold green]SAFE TO UNDOCK[/]"
 

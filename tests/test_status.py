@@ -79,7 +79,7 @@ def _bay(bay, camera, phase, rec, byts, safe, rate=None, eta_s=None, err=None, c
             "recordings": dict(zip(("total", "spooled", "verified", "wiped", "failed"), rec)),
             "bytes": dict(zip(("total", "spooled", "verified", "wiped"), byts)),
             "rate_bps": rate, "eta_seconds": eta_s, "current": current, "last_error": err,
-            "needs_attention": phase == "attention",
+            "needs_attention": phase == "attention", "acknowledged": None,
             "upload_progress": round(byts[2] / byts[0], 3) if byts[0] else None}
 
 
