@@ -202,20 +202,84 @@ def run(obj: Ctx) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable snapshot (stable schema).")
 @click.option("--watch", is_flag=True, help="Refresh in place until interrupted.")
 @click.option("--interval", default=1.0, show_default=True, help="Refresh interval for --watch.")
+@click.option("--frames", type=click.IntRange(min=1), default=None, hidden=True,
+              help="With --watch: stop after this many refreshes (for tests).")
 @click.pass_obj
-def status(obj: Ctx, as_json: bool, watch: bool, interval: float) -> None:
-    """Every bay: camera, phase, progress, safe to undock; the queue; the spool."""
+def status(obj: Ctx, as_json: bool, watch: bool, interval: float, frames: int | None) -> None:
+    """Every bay: camera, phase, progress, safe to undock; the queue; the spool.
+    Exit 1 when a bay or a recording needs attention (see the README)."""
     from . import status as status_mod
 
-    snap = status_mod.snapshot(obj.cfg)
-    if as_json:
-        click.echo(json.dumps(snap, indent=2, sort_keys=True))
-    elif watch:
-        status_mod.watch(obj.cfg, interval)
+    if watch and not as_json:
+        snap = status_mod.watch(obj.cfg, interval, frames)
     else:
-        status_mod.render(snap)
-    if snap.get("attention"):
+        snap = status_mod.snapshot(obj.cfg)
+        if as_json:
+            click.echo(json.dumps(snap, indent=2, sort_keys=True))
+        else:
+            status_mod.render(snap)
+    if status_mod.needs_attention(snap):
         sys.exit(EXIT_ATTENTION)
+
+
+# -- a technician's answers to attention -----------------------------------------
+
+def _technician(obj: Ctx, op: str, serial: str, **args: Any) -> dict[str, Any]:
+    """Through the running daemon's control socket (it learns who asks from the kernel);
+    when no daemon answers, on the ledger directly, under the state directory's lock."""
+    from . import technician
+    from .control import operate
+    from .ledger import Ledger
+
+    cfg = obj.cfg
+    reply = operate(cfg, op, serial, **args)
+    if reply is not None:
+        if "error" in reply:
+            raise UsageError(str(reply["error"]))
+        return reply
+    obj.lock_state_dir()          # the daemon is down: no other writer may start meanwhile
+    if not cfg.ledger_path.exists():
+        raise UsageError(f"no ledger at {cfg.ledger_path}")
+    obj.check_ledger()
+    with ledger_errors(cfg.ledger_path):
+        ledger = Ledger(cfg.ledger_path)
+        try:
+            actor = technician.Actor.me()
+            if op == "retry":
+                return technician.retry(ledger, serial, actor).as_dict()
+            return technician.acknowledge(ledger, serial, args["reason"], actor)
+        finally:
+            ledger.close()
+
+
+@cli.command()
+@click.argument("serial")
+@click.pass_obj
+def retry(obj: Ctx, serial: str) -> None:
+    """Try SERIAL's failed recordings again, without a re-dock: those with a spool copy
+    are queued for upload; those never copied need the camera docked again (exit 1)."""
+    out = _technician(obj, "retry", serial)
+    click.echo(escape_controls(f"{serial}: {len(out['requeued'])} recording(s) queued for upload again"))
+    for name in out["requeued"]:
+        click.echo(escape_controls(f"  queued: {name}"))
+    if out["need_camera"]:
+        click.echo(escape_controls(f"{serial}: {len(out['need_camera'])} recording(s) were never copied; "
+                                   "dock the camera again to copy them:"), err=True)
+        for name in out["need_camera"]:
+            click.echo(escape_controls(f"  needs the camera: {name}"), err=True)
+        sys.exit(EXIT_ATTENTION)
+
+
+@cli.command()
+@click.argument("serial")
+@click.option("--reason", required=True, help="What you looked at and why it is in order (audited).")
+@click.pass_obj
+def acknowledge(obj: Ctx, serial: str, reason: str) -> None:
+    """Record that you have looked at SERIAL's bay in attention, and why. Audited in the
+    ledger's event log with your Unix user; no recording is changed or deleted."""
+    out = _technician(obj, "acknowledge", serial, reason=reason)
+    click.echo(escape_controls(f"{serial}: session {out['session']} acknowledged by {out['by']}: "
+                               f"{out['reason']}"))
 
 
 # -- demo -----------------------------------------------------------------------

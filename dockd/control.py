@@ -3,8 +3,10 @@
 A Unix stream socket, ``control.sock`` in ``paths.runtime_dir``, mode 0660,
 group ``dockd`` when that group exists (root otherwise), so an operator in
 that group runs ``dockd status`` without root. The protocol is one request
-line (``status``) and one JSON document in reply, then the server closes the
-connection. The reply is ``status.build`` over the daemon's ledger plus what
+line and one JSON document in reply, then the server closes the connection.
+The line is ``status``, or a technician's request as one JSON object
+(``{"op": "retry"|"acknowledge", "serial": ..., "reason": ...}``, see
+``ControlServer._operate``), answered ``{"error": ...}`` when refused. The reply is ``status.build`` over the daemon's ledger plus what
 only the daemon knows (read progress, rates, ETAs, store reachability).
 
 The server never blocks the supervisor: it answers from its own thread, and
@@ -13,17 +15,19 @@ The server never blocks the supervisor: it answers from its own thread, and
 
 from __future__ import annotations
 
-import collections
 import grp
 import json
+import math
 import os
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from . import status as status_mod
+from . import technician
 from .config import Config
 from .errors import DockdError
 from .model import Phase
@@ -33,9 +37,10 @@ MAX_SOCKET_PATH = 107          # sockaddr_un.sun_path, less the terminating NUL
 SOCKET_NAME = "control.sock"
 GROUP = "dockd"
 MODE = 0o660
-REQUEST_MAX = 256
+REQUEST_MAX = 4096          # a status request, or a technician's request with its reason
 CLIENT_TIMEOUT = 3.0
-RATE_WINDOW = 10.0          # seconds of history a rate is measured over
+RATE_TAU = 20.0             # seconds: the time constant rates are smoothed over
+MIN_INTERVAL = 0.2          # seconds: a shorter interval between samples is not measured
 SAMPLE_EVERY = 0.5
 
 
@@ -44,26 +49,37 @@ def socket_path(cfg: Config) -> Path:
 
 
 class RateMeter:
-    """Bytes per second over the last ``window`` seconds of (time, cumulative bytes) samples."""
+    """Bytes per second, smoothed: an exponentially weighted mean of the rate between
+    successive (time, cumulative bytes) samples, each interval weighted by its length
+    (time constant ``tau`` seconds). Counters that move in steps (verified bytes jump a
+    whole file at a time) average out to the rate they keep up over ``tau``, instead of
+    swinging between zero and a burst. ``t`` is any monotonic clock, injected."""
 
-    def __init__(self, window: float = RATE_WINDOW) -> None:
-        self.window = window
-        self.samples: collections.deque[tuple[float, int]] = collections.deque()
+    def __init__(self, tau: float = RATE_TAU) -> None:
+        self.tau = tau
+        self._last: tuple[float, int] | None = None
+        self._rate: float | None = None
 
     def add(self, t: float, total: int) -> None:
-        if self.samples and total < self.samples[-1][1]:
-            self.samples.clear()              # a counter that went back (re-copy): start again
-        self.samples.append((t, total))
-        while len(self.samples) > 2 and t - self.samples[1][0] >= self.window:
-            self.samples.popleft()
+        if self._last is None or total < self._last[1] or t < self._last[0]:
+            self._last, self._rate = (t, total), None    # first sample, or a counter that went back
+            return
+        t0, b0 = self._last
+        dt = t - t0
+        if dt < MIN_INTERVAL:
+            return                                       # too short to measure: wait for more
+        inst = (total - b0) / dt
+        w = 1.0 - math.exp(-dt / self.tau)
+        self._rate = inst if self._rate is None else self._rate + w * (inst - self._rate)
+        self._last = (t, total)
+
+    @property
+    def last(self) -> int | None:
+        """The latest cumulative count sampled."""
+        return None if self._last is None else self._last[1]
 
     def rate(self) -> float | None:
-        if len(self.samples) < 2:
-            return None
-        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
-        if t1 - t0 < 0.2:
-            return None
-        return (b1 - b0) / (t1 - t0)
+        return self._rate
 
 
 class _Progress:
@@ -77,22 +93,22 @@ class _Progress:
 
 def eta(phase: str, total: int, spooled: int, verified: int,
         spool_rate: float | None, verify_rate: float | None) -> float | None:
-    """Seconds until every byte of the camera is verified, at the current rates.
-
-    Copying and uploading overlap, so the slower of the two pipelines decides:
-    max(bytes left to copy / read rate, bytes left to verify / verify rate).
-    None while unknown (scanning, no rate measured yet, a rate of zero)."""
-    if phase not in (Phase.SPOOLING.value, Phase.UPLOADING.value):
+    """Seconds until the current phase is through, at its smoothed recent rate: while
+    spooling, bytes left to copy over the read rate; while uploading, bytes left to verify
+    over the verify rate. None while unknown (scanning, wiping, no rate measured yet, a
+    rate of zero). Never the other pipeline's rate: uploads start later and verify whole
+    files at a time, and their early rate says nothing about how long the copy takes."""
+    if phase == Phase.SPOOLING.value:
+        left, rate = total - spooled, spool_rate
+    elif phase == Phase.UPLOADING.value:
+        left, rate = total - verified, verify_rate
+    else:
         return None
-    parts = []
-    for left, rate in ((total - spooled, spool_rate), (total - verified, verify_rate)):
-        if left <= 0:
-            parts.append(0.0)
-        elif not rate or rate <= 0:
-            return None
-        else:
-            parts.append(left / rate)
-    return max(parts)
+    if left <= 0:
+        return 0.0
+    if not rate or rate <= 0:
+        return None
+    return left / rate
 
 
 class ControlServer:
@@ -191,7 +207,7 @@ class ControlServer:
                 spool_rate = verify_rate = None
                 if pr is not None and pr.session == live.session_id and not live.safe_to_undock:
                     spool_rate, verify_rate = pr.spooled.rate(), pr.verified.rate()
-                verified = pr.verified.samples[-1][1] if pr and pr.verified.samples else 0
+                verified = (pr.verified.last or 0) if pr else 0
                 rate = spool_rate if live.phase in (Phase.SCANNING.value, Phase.SPOOLING.value) \
                     else verify_rate
                 view.bays[serial] = status_mod.LiveBay(
@@ -233,20 +249,55 @@ class ControlServer:
             if not chunk:
                 break
             req += chunk
-        cmd = req.split(b"\n", 1)[0].strip().decode("ascii", "replace") or "status"
-        if cmd == "status":
-            reply: dict[str, Any] = self.snapshot()
+        line = req.split(b"\n", 1)[0].strip()
+        if line.startswith(b"{"):
+            reply = self._operate(line, _peer(conn))
         else:
-            reply = {"error": f"unknown request {cmd[:40]!r}; try 'status'"}
+            cmd = line.decode("ascii", "replace") or "status"
+            if cmd == "status":
+                reply = self.snapshot()
+            else:
+                reply = {"error": f"unknown request {cmd[:40]!r}; try 'status'"}
         conn.sendall(json.dumps(reply, sort_keys=True).encode() + b"\n")
+
+    def _operate(self, line: bytes, actor: technician.Actor) -> dict[str, Any]:
+        """A technician's request, one JSON object: ``{"op": "retry", "serial": S}`` or
+        ``{"op": "acknowledge", "serial": S, "reason": R}``. Who asked is the peer's uid
+        from the kernel (SO_PEERCRED), never a name the client sends. Only root and group
+        dockd can connect at all (the socket's mode)."""
+        try:
+            req = json.loads(line)
+        except ValueError:
+            return {"error": "a request must be one JSON object on one line"}
+        if not isinstance(req, dict) or not isinstance(req.get("serial"), str):
+            return {"error": "a request names the camera: {\"op\": ..., \"serial\": ...}"}
+        station = self.daemon.station
+        try:
+            if req.get("op") == "retry":
+                return technician.retry(station.ledger, req["serial"], actor,
+                                        submit=station.uploader.submit,
+                                        is_docked=station.sessions.is_docked).as_dict()
+            if req.get("op") == "acknowledge":
+                return technician.acknowledge(station.ledger, req["serial"], str(req.get("reason", "")),
+                                              actor)
+        except DockdError as exc:
+            return {"error": str(exc), "exit_code": exc.exit_code}
+        return {"error": f"unknown operation {str(req.get('op'))[:40]!r}; try retry or acknowledge"}
+
+
+def _peer(conn: socket.socket) -> technician.Actor:
+    """The connected process's Unix user, as the kernel reports it (SO_PEERCRED)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return technician.Actor.from_uid(uid)
 
 
 class ControlSocketError(DockdError):
     msgid = "control.refused"
 
 
-def query(cfg: Config, timeout: float = 5.0) -> dict[str, Any] | None:
-    """The running daemon's snapshot, or None when no daemon answers.
+def _exchange(cfg: Config, request: bytes, timeout: float) -> Any:
+    """Send one request line and read the one JSON reply. ``None`` when no daemon answers.
 
     Raises ``ControlSocketError`` when a daemon is there but we may not ask it
     (permission): saying "not running" then would be a lie."""
@@ -263,7 +314,7 @@ def query(cfg: Config, timeout: float = 5.0) -> dict[str, Any] | None:
                 f"{path}: permission denied; run as root or as a member of group '{GROUP}'") from None
         except (ConnectionRefusedError, FileNotFoundError):
             return None                        # a stale socket: the daemon is gone
-        s.sendall(b"status\n")
+        s.sendall(request + b"\n")
         buf = bytearray()
         while True:
             chunk = s.recv(65536)
@@ -275,7 +326,27 @@ def query(cfg: Config, timeout: float = 5.0) -> dict[str, Any] | None:
     finally:
         s.close()
     try:
-        snap = json.loads(buf)
+        return json.loads(buf)
     except ValueError:
         return None
-    return snap if isinstance(snap, dict) and snap.get("schema") == status_mod.SCHEMA else None
+
+
+def query(cfg: Config, timeout: float = 5.0) -> dict[str, Any] | None:
+    """The running daemon's snapshot, or None when no daemon answers."""
+    snap = _exchange(cfg, b"status", timeout)
+    # a daemon not yet restarted after an upgrade may answer in an older version: its snapshot
+    # is still the truth (the fields it lacks are judged by ``status.needs_attention``)
+    if isinstance(snap, dict) and str(snap.get("schema", "")).startswith(status_mod.SCHEMA_FAMILY):
+        return snap
+    return None
+
+
+def operate(cfg: Config, op: str, serial: str, timeout: float = 30.0, **args: Any) -> dict[str, Any] | None:
+    """Ask the running daemon to ``retry`` or ``acknowledge`` (see ``ControlServer._operate``);
+    None when no daemon answers. Its refusal comes back as ``{"error": ...}``."""
+    reply = _exchange(cfg, json.dumps({"op": op, "serial": serial, **args}).encode(), timeout)
+    if reply is None:
+        return None
+    if not isinstance(reply, dict):
+        raise ControlSocketError(f"{socket_path(cfg)}: the daemon's reply was not understood")
+    return reply

@@ -416,13 +416,17 @@ class Ledger:
             n += 1
         return n
 
-    def last_event(self, event: str, *, recording_id: int | None = None) -> dict[str, Any] | None:
-        """The newest ``event`` (about ``recording_id``, if given), or None."""
+    def last_event(self, event: str, *, recording_id: int | None = None,
+                   serial: str | None = None) -> dict[str, Any] | None:
+        """The newest ``event`` (about ``recording_id`` / camera ``serial``, if given), or None."""
         q = "SELECT * FROM events WHERE event=?"
         args: tuple[Any, ...] = (event,)
         if recording_id is not None:
             q += " AND recording_id=?"
             args += (recording_id,)
+        if serial is not None:
+            q += " AND serial=?"
+            args += (serial,)
         with self._lock:
             row = self._db.execute(q + " ORDER BY id DESC LIMIT 1", args).fetchone()
         return dict(row) if row else None

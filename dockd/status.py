@@ -1,6 +1,6 @@
 """``dockd status``: one snapshot, rendered as a table or as JSON.
 
-There is one builder, ``build``, and one schema (``dockd-status/1``,
+There is one builder, ``build``, and one schema (``dockd-status/2``,
 documented field by field in docs/STATUS.md). Every state in it (phases,
 recording counts, the queue) is read from the ledger, the same durable truth
 the logs are written beside, so status and logs cannot disagree about state.
@@ -22,8 +22,10 @@ from .config import Config
 from .errors import UsageError
 from .ledger import Ledger, ledger_error
 from .model import Phase, RecState, escape_controls
+from .technician import acknowledgement
 
-SCHEMA = "dockd-status/1"
+SCHEMA = "dockd-status/2"
+SCHEMA_FAMILY = "dockd-status/"
 
 # A bay is safe to undock once its session has finished with the camera: every
 # recording verified and wiped (done), or given up on and left intact (attention).
@@ -103,6 +105,21 @@ def _tally(counts: dict[str, tuple[int, int]]) -> tuple[dict[str, int], dict[str
     return recs, byts
 
 
+def upload_progress(total: int, verified: int) -> float | None:
+    """The share of a camera's bytes proven in the store, 0..1 (to 0.1 %); None when it has none."""
+    if total <= 0:
+        return None
+    return round(max(0.0, min(1.0, verified / total)), 3)
+
+
+def _acked_session(ledger: Ledger, serial: str, session_id: int) -> dict[str, Any] | None:
+    """Who acknowledged this session's attention, when and why; None if no one did."""
+    ack = acknowledgement(ledger, serial)
+    if ack is None or ack["session"] != session_id:
+        return None
+    return {"by": ack["by"], "uid": ack["uid"], "at": ack["at"], "reason": ack["reason"]}
+
+
 def _bays(ledger: Ledger, live: LiveView | None) -> list[dict[str, Any]]:
     """The latest session of every camera not seen leaving. A running daemon keeps
     ``undocked_at`` current (undocks, and leftovers of a previous run at start)."""
@@ -125,7 +142,10 @@ def _bays(ledger: Ledger, live: LiveView | None) -> list[dict[str, Any]]:
             "phase": phase, "docked_at": s["docked_at"], "finished_at": s["finished_at"],
             "safe_to_undock": safe, "recordings": recs, "bytes": byts,
             "rate_bps": None, "eta_seconds": None, "current": None, "last_error": err,
+            "acknowledged": _acked_session(ledger, serial, s["id"]),
+            "upload_progress": upload_progress(byts["total"], byts["verified"]),
         }
+        bay["needs_attention"] = phase == Phase.ATTENTION.value and bay["acknowledged"] is None
         if lb is not None:
             bay["bytes"]["spooled"] = max(byts["spooled"], min(lb.spooled_bytes, byts["total"]))
             bay["rate_bps"] = None if lb.rate_bps is None else round(lb.rate_bps, 1)
@@ -139,7 +159,7 @@ def _bays(ledger: Ledger, live: LiveView | None) -> list[dict[str, Any]]:
 
 def build(cfg: Config, ledger: Ledger | None, live: LiveView | None = None,
           now: float | None = None) -> dict[str, Any]:
-    """The one snapshot, in schema ``dockd-status/1``. ``ledger`` None: no ledger yet."""
+    """The one snapshot, in schema ``dockd-status/2``. ``ledger`` None: no ledger yet."""
     now = time.time() if now is None else now
     snap: dict[str, Any] = {
         "schema": SCHEMA,
@@ -160,6 +180,7 @@ def build(cfg: Config, ledger: Ledger | None, live: LiveView | None = None,
                   "last_error": live.store_last_error if live else None},
         "spool": spool_info(cfg),
         "attention": [],
+        "needs_attention": False,
     }
     if ledger is None:
         return snap
@@ -180,16 +201,33 @@ def build(cfg: Config, ledger: Ledger | None, live: LiveView | None = None,
         "oldest_age_seconds": (round(max(0.0, now - min(r.updated_at for r in queued)), 1)
                                if queued else None),
     })
+    acks: dict[str, dict[str, Any] | None] = {}
     for r in ledger.recordings(states=[RecState.FAILED, RecState.ATTENTION]):
+        if r.serial not in acks:
+            acks[r.serial] = acknowledgement(ledger, r.serial)
+        ack = acks[r.serial]
         snap["attention"].append({"camera": r.serial, "recording": r.name, "state": r.state.value,
                                   "error": r.last_error, "attempts": r.attempts,
-                                  "next_attempt_at": r.next_attempt_at})
+                                  "next_attempt_at": r.next_attempt_at,
+                                  "needs_attention": ack is None or ack["at"] < r.updated_at})
+    snap["needs_attention"] = (any(b["needs_attention"] for b in snap["bays"])
+                               or any(a["needs_attention"] for a in snap["attention"]))
     done = [r.updated_at for r in ledger.recordings(states=list(_VERIFIED))]
     if done:
         last = max(done)
         cur = snap["store"]["last_success"]
         snap["store"]["last_success"] = last if cur is None else max(cur, last)
     return snap
+
+
+def needs_attention(snap: dict[str, Any]) -> bool:
+    """What ``dockd status`` exits 1 on: a bay in ``attention`` or a recording in
+    ``failed``/``attention`` that no technician has acknowledged since. A snapshot from an
+    older daemon, without ``needs_attention``, is judged on its bays and recordings."""
+    if "needs_attention" in snap:
+        return bool(snap["needs_attention"])
+    return bool(snap.get("attention")) or any(b.get("phase") == Phase.ATTENTION.value
+                                              for b in snap.get("bays", []))
 
 
 def from_ledger(cfg: Config) -> dict[str, Any]:
@@ -254,6 +292,14 @@ def _duration(s: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def _percent(b: dict[str, Any]) -> str:
+    """Upload progress beside the verified bytes while the bay is still at work."""
+    p = b.get("upload_progress")
+    if p is None or b["safe_to_undock"]:
+        return ""
+    return f" {int(p * 100)}%"
+
+
 def _when(ts: float | None) -> str:
     if not ts:
         return "never"
@@ -273,6 +319,8 @@ def _undock(b: dict[str, Any]) -> str:
     if not b["safe_to_undock"]:
         return "[bold red]DO NOT UNDOCK[/]"
     if b["phase"] == Phase.ATTENTION.value:
+        if b.get("acknowledged"):
+            return f"[bold yellow]SAFE TO UNDOCK[/]\n[dim]ack'd by {_t(b['acknowledged']['by'])}[/]"
         return "[bold yellow]SAFE TO UNDOCK[/]\n[yellow]see errors[/]"
     return "[bold green]SAFE TO UNDOCK[/]"
 
@@ -303,7 +351,7 @@ def render(snap: dict[str, Any], console: Any = None) -> None:
             r, n = b["recordings"], b["bytes"]
             t.add_row(_t(b["bay"] or "-"), f"{_t(b['camera'])}\n[dim]{_t(b['profile'])}[/]", _t(b["phase"]),
                       f"{r['spooled']}/{r['total']}\n{_short(n['spooled'])}",
-                      f"{r['verified']}\n{_short(n['verified'])}",
+                      f"{r['verified']}\n{_short(n['verified'])}{_percent(b)}",
                       f"{r['wiped']}\n{_short(n['wiped'])}",
                       (f"{_short(b['rate_bps'])}/s" if b["rate_bps"] else "-")
                       + f"\n{_duration(b['eta_seconds'])}",
@@ -348,16 +396,30 @@ def render(snap: dict[str, Any], console: Any = None) -> None:
             console.print(f"  … and {len(snap['attention']) - 20} more (dockd status --json)")
 
 
-def watch(cfg: Config, interval: float) -> None:
+def watch(cfg: Config, interval: float, frames: int | None = None) -> dict[str, Any]:
+    """Redraw the table in place every ``interval`` seconds until interrupted (or after
+    ``frames`` redraws); returns the last snapshot shown.
+
+    Each frame is rendered on a console of its own, off screen: printing on the live
+    console while ``Live`` runs would have its render hook append the frame already on
+    screen to the capture, and the display would keep showing the first snapshot."""
+    import io
+
     from rich.console import Console, Group
     from rich.live import Live
     from rich.text import Text
 
     console = Console()
+    shown = 0
     with Live(console=console, auto_refresh=False, screen=False, transient=False) as live:
         while True:
             snap = snapshot(cfg)
-            with console.capture() as cap:
-                render(snap, console)
-            live.update(Group(Text.from_ansi(cap.get())), refresh=True)
+            frame = Console(file=io.StringIO(), width=console.width, force_terminal=console.is_terminal,
+                            color_system=console.color_system, no_color=console.no_color,
+                            legacy_windows=False)
+            render(snap, frame)
+            live.update(Group(Text.from_ansi(frame.file.getvalue())), refresh=True)
+            shown += 1
+            if frames is not None and shown >= frames:
+                return snap
             time.sleep(interval)

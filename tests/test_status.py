@@ -40,6 +40,8 @@ def validate(doc: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
             return errs + [f"{path}: {doc!r} is not {types}"]
     if "minimum" in schema and isinstance(doc, (int, float)) and doc < schema["minimum"]:
         errs.append(f"{path}: {doc} < {schema['minimum']}")
+    if "maximum" in schema and isinstance(doc, (int, float)) and doc > schema["maximum"]:
+        errs.append(f"{path}: {doc} > {schema['maximum']}")
     if isinstance(doc, dict):
         props = schema.get("properties", {})
         for k in schema.get("required", []):
@@ -57,7 +59,7 @@ def validate(doc: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
 
 
 def test_validator_catches_drift():
-    assert validate({"schema": "dockd-status/2"}, SCHEMA)      # wrong version, missing keys
+    assert validate({"schema": "dockd-status/1"}, SCHEMA)      # wrong version, missing keys
     good = status.build(config_mod.Config(), None, now=0.0)
     assert validate(good, SCHEMA) == []
     bad = json.loads(json.dumps(good))
@@ -76,12 +78,14 @@ def _bay(bay, camera, phase, rec, byts, safe, rate=None, eta_s=None, err=None, c
             "docked_at": T0 - 300, "finished_at": T0 if safe else None, "safe_to_undock": safe,
             "recordings": dict(zip(("total", "spooled", "verified", "wiped", "failed"), rec)),
             "bytes": dict(zip(("total", "spooled", "verified", "wiped"), byts)),
-            "rate_bps": rate, "eta_seconds": eta_s, "current": current, "last_error": err}
+            "rate_bps": rate, "eta_seconds": eta_s, "current": current, "last_error": err,
+            "needs_attention": phase == "attention", "acknowledged": None,
+            "upload_progress": round(byts[2] / byts[0], 3) if byts[0] else None}
 
 
 MiB = 1 << 20
 FIXED = {
-    "schema": "dockd-status/1", "generated_at": T0, "station": "dock-07",
+    "schema": "dockd-status/2", "generated_at": T0, "station": "dock-07",
     "daemon": {"running": True, "pid": 4242, "started_at": T0 - 3725, "uptime_seconds": 3725.0},
     "bays": [
         _bay("1-1.1", "SV5-0001", "spooling", (12, 5, 3, 0, 0), (2300 * MiB, 880 * MiB, 512 * MiB, 0), False,
@@ -99,7 +103,9 @@ FIXED = {
               "free_bytes": 200 * 1024 * MiB, "min_free_bytes": 512 * MiB, "max_bytes": None,
               "paused": False},
     "attention": [{"camera": "SV5-0003", "recording": "DCIM/100SV5/V0002.MP4", "state": "failed",
-                   "error": "bucket is in read-only mode", "attempts": 1, "next_attempt_at": None}],
+                   "error": "bucket is in read-only mode", "attempts": 1, "next_attempt_at": None,
+                   "needs_attention": True}],
+    "needs_attention": True,
 }
 
 EXPECTED = """\
@@ -109,7 +115,7 @@ Bays
  Bay   Camera       Phase     Spooled Verified Wiped Rate/ETA Undock
  ───────────────────────────────────────────────────────────────────────────
  1-1.1 SV5-0001     spooling     5/12        3     0  41.5M/s DO NOT UNDOCK
-       sentinel-sv5              880M     512M    0B    5m42s
+       sentinel-sv5              880M 512M 22%    0B    5m42s
  1-1.2 SV5-0002     done          4/4        4     4        - SAFE TO UNDOCK
        sentinel-sv5              700M     700M  700M        -
  1-1.3 SV5-0003     attention     6/6        5     5        - SAFE TO UNDOCK
@@ -154,19 +160,68 @@ def _normalise(text: str) -> str:
 
 # -- ETA and rates ------------------------------------------------------------
 
-def test_eta_is_the_slower_pipeline():
-    # 100 MiB left to copy at 10 MiB/s, 150 MiB left to verify at 5 MiB/s -> 30 s
-    assert eta("spooling", 200, 100, 50, 10.0, 5.0) == pytest.approx(30.0)
-    assert eta("uploading", 200, 200, 150, None, 10.0) == pytest.approx(5.0)
-    assert eta("uploading", 200, 200, 150, None, None) is None
+def _feed(phase_total: int, samples: list[tuple[float, int, int]]) -> tuple[RateMeter, RateMeter]:
+    spool, verify = RateMeter(), RateMeter()
+    for t, sp, ve in samples:
+        spool.add(t, sp)
+        verify.add(t, ve)
+    return spool, verify
+
+
+def test_eta_while_spooling_is_bytes_left_to_copy_over_the_read_rate():
+    """A 1 GB camera read at 40 MiB/s while the first uploads have barely started (one
+    sidecar verified): the copy is what decides, and the ETA is about 24 s, not the
+    19,329,191 s the verify rate of a few bytes a second made of it."""
+    total, rate = 1_000_000_000, 40 * MiB
+    samples = [(t * 0.5, int(t * 0.5 * rate), 0 if t < 10 else 50) for t in range(0, 11)]
+    spool, verify = _feed(total, samples)
+    t, spooled, verified = samples[-1]
+    assert spool.rate() == pytest.approx(rate, rel=0.01)
+    got = eta("spooling", total, spooled, verified, spool.rate(), verify.rate())
+    assert got == pytest.approx((total - spooled) / rate, rel=0.01) and got < 60
+
+
+def test_eta_while_uploading_is_bytes_left_to_verify_over_a_smoothed_rate():
+    """Verified bytes move a whole file at a time: 250 MB every 12.5 s (20 MB/s). Sampled
+    every 0.5 s, most intervals see nothing verified, and a 10 s window often none at all;
+    the smoothed rate stays near 20 MB/s and the ETA near bytes left / 20 MB/s at every
+    sample, never None nor absurd."""
+    total = 1_000_000_000
+    verify = RateMeter()
+    etas = []
+    for i in range(0, 121):                       # 60 s of samples
+        t = i * 0.5
+        verified = min(total, int(t // 12.5) * 250_000_000)
+        verify.add(t, verified)
+        if t >= 25:                               # two files in: the rate has settled
+            etas.append((eta("uploading", total, total, verified, None, verify.rate()),
+                         (total - verified) / 20e6))
+    for got, ideal in etas:
+        if ideal:
+            assert got is not None and 0.5 * ideal <= got <= 2 * ideal, (got, ideal)
+    assert eta("uploading", total, total, total, None, verify.rate()) == 0.0
+
+
+def test_eta_unknown_outside_spooling_and_uploading_or_without_a_rate():
     assert eta("scanning", 200, 0, 0, 10.0, 10.0) is None
-    m = RateMeter(window=10)
+    assert eta("wiping", 200, 200, 200, 10.0, 10.0) is None
+    assert eta("uploading", 200, 200, 150, None, None) is None
+    assert eta("spooling", 200, 100, 0, 0.0, None) is None
+    m = RateMeter(tau=10)
     m.add(0.0, 0)
+    assert m.rate() is None                       # one sample measures nothing
     m.add(1.0, 100)
-    m.add(2.0, 300)
-    assert m.rate() == pytest.approx(150.0)
-    m.add(3.0, 10)              # a counter that went back starts a new measurement
+    assert m.rate() == pytest.approx(100.0)
+    m.add(1.1, 150)                               # too short an interval: not measured yet
+    assert m.rate() == pytest.approx(100.0)
+    m.add(3.0, 10)                                # a counter that went back starts again
     assert m.rate() is None
+
+
+def test_upload_progress_is_verified_over_total():
+    assert status.upload_progress(0, 0) is None
+    assert status.upload_progress(2300 * MiB, 512 * MiB) == pytest.approx(0.223)
+    assert status.upload_progress(100, 150) == 1.0
 
 
 # -- live and stopped, against the real daemon ---------------------------------
@@ -384,3 +439,138 @@ def test_operator_status_with_daemon_stopped_and_root_only_state_is_one_line(ide
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert "systemctl start dockd" in lines[0] and "as root" in lines[0]
+
+
+# -- --watch follows the daemon ----------------------------------------------------
+
+_REDRAW = re.compile(r"\r\x1b\[2K(?:\x1b\[1A\x1b\[2K)*")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class _PtyWatch:
+    """``dockd status --watch`` on a real pseudo-terminal; ``frames()`` is what each redraw
+    put on the screen (rich's Live clears its previous frame with one cursor sequence)."""
+
+    def __init__(self, cfg_path: Path, *args: str) -> None:
+        import pty
+        import threading
+
+        self.master, slave = pty.openpty()
+        env = {"COLUMNS": "160", "LINES": "200", "TERM": "xterm", "PATH": "/usr/bin:/bin",
+               "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO))}
+        self.proc = subprocess.Popen(DOCKD + ["--config", str(cfg_path), "status", "--watch", *args],
+                                     stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO)
+        os.close(slave)
+        self.out = b""
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.out += chunk
+
+    def frames(self) -> list[str]:
+        text = self.out.decode("utf-8", "replace")
+        return [_ANSI.sub("", f) for f in _REDRAW.split(text)[1:]]
+
+    def wait_frames(self, n: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.frames()) < n:
+            assert self.proc.poll() is None, self.out.decode(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, f"fewer than {n} redraws: {self.out[-2000:]!r}"
+            time.sleep(0.05)
+
+    def close(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)              # Ctrl-C, as a technician leaves it
+        rc = self.proc.wait(15)
+        self._t.join(5)
+        os.close(self.master)
+        return rc
+
+
+def test_watch_shows_a_camera_docked_after_the_first_frame(tmp_path, identity):
+    import shutil
+
+    cfg_path = write_config(tmp_path, str(identity.public()), "[spool]\nmin_free = 0\n")
+    (tmp_path / "inbox").mkdir()
+    sock = NotifySocket(tmp_path / "notify.sock")
+    d = DaemonProcess(cfg_path, sock)
+    w = None
+    try:
+        sock.wait_for(lambda m: m.get("READY") == "1", 30)
+        w = _PtyWatch(cfg_path, "--interval", "0.2")
+        w.wait_frames(1)
+        assert "No cameras docked." in w.frames()[0]
+        shutil.copytree(REPO / "fixtures" / "cameras" / "BWC0001", tmp_path / "inbox" / "BWC0009")
+        d.wait_event("session.done", 60)
+        seen = len(w.frames())
+        w.wait_frames(seen + 2)                   # redrawn from snapshots taken after the camera was done
+        rc = w.close()
+    finally:
+        if w is not None and w.proc.poll() is None:
+            w.proc.kill()
+        d.kill()
+        sock.close()
+    last = w.frames()[seen]
+    assert last.count("dockd status: station") == 1, last      # one snapshot per screen, not a pile-up
+    assert "BWC0009" in last and "SAFE TO UNDOCK" in last and "No cameras docked." not in last, last
+    assert rc == 130
+
+
+# -- the exit code follows the snapshot ----------------------------------------------
+
+def _attention_bay(cfg_path: Path) -> tuple[config_mod.Config, int]:
+    """A ledger whose one camera ended in attention with every recording it found wiped:
+    a directory it could not list, say. No recording is failed."""
+    from dockd.ledger import Ledger
+    from dockd.model import Phase
+
+    cfg = config_mod.load(cfg_path)
+    cfg.paths.state_dir.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(cfg.ledger_path)
+    try:
+        sid = ledger.open_session("CAM7", "generic", "/inbox/CAM7", None, "1-1.7", {})
+        ledger.set_phase(sid, Phase.ATTENTION, error="DCIM/101BWC/: directory could not be listed")
+    finally:
+        ledger.close()
+    return cfg, sid
+
+
+def test_status_exits_1_for_a_bay_in_attention_with_no_failed_recording(tmp_path, identity):
+    cfg_path = write_config(tmp_path, str(identity.public()))
+    cfg, sid = _attention_bay(cfg_path)
+    table, js = _cli(cfg_path), _cli(cfg_path, "--json")
+    assert "SAFE TO UNDOCK" in table.stdout and table.returncode == 1, table
+    snap = json.loads(js.stdout)
+    assert js.returncode == 1 and snap["attention"] == [] and snap["needs_attention"] is True
+    assert validate(snap, SCHEMA) == []
+    # the daemon's snapshot is judged the same way
+    from dockd.ledger import Ledger
+
+    ledger = Ledger(cfg.ledger_path)
+    try:
+        live = status.build(cfg, ledger, status.LiveView(pid=1, started_at=0.0, bays={
+            "CAM7": status.LiveBay(session=sid, spooled_bytes=0)}))
+    finally:
+        ledger.close()
+    assert live["daemon"]["running"] and [b["camera"] for b in live["bays"]] == ["CAM7"]
+    assert status.needs_attention(live) and live["bays"][0]["needs_attention"]
+
+
+def test_an_older_daemons_snapshot_is_judged_on_its_bays():
+    old = json.loads(json.dumps(FIXED))
+    old["schema"] = "dockd-status/1"
+    for d in (old, *old["bays"], *old["attention"]):
+        d.pop("needs_attention")
+    assert status.needs_attention(old)
+    old["attention"] = []
+    assert status.needs_attention(old)            # SV5-0003 is in attention
+    old["bays"] = [b for b in old["bays"] if b["phase"] != "attention"]
+    assert not status.needs_attention(old)
