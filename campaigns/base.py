@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import subprocess
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from dockd.age import generate_identity
 
@@ -36,6 +37,21 @@ class Result:
             self.violations += [(seed, v) for v in violations]
             if unfinished:
                 self.unfinished.append((seed, unfinished))
+
+    def run_seeds(self, seeds: list[Any], run: Callable[[Any], tuple[Any, list[str], str | None]],
+                  workers: int) -> None:
+        """Run ``run(seed)`` -> (faults, violations, unfinished) for each seed on ``workers``
+        threads (the schedules mostly wait on their child processes), adding each result;
+        a harness error is reported as an unfinished run, never hidden."""
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            futs = {pool.submit(run, s): s for s in seeds}
+            for f in concurrent.futures.as_completed(futs):
+                s = futs[f]
+                try:
+                    faults, violations, unfinished = f.result()
+                except Exception as exc:  # noqa: BLE001
+                    faults, violations, unfinished = {}, [], f"harness error: {exc!r}"
+                self.add(s, faults, violations, unfinished)
 
     @property
     def ok(self) -> bool:

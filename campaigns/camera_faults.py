@@ -16,7 +16,6 @@ a file from being read or a directory from being listed must not end done.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import random
 import shutil
@@ -243,15 +242,7 @@ def campaign(ctx: Context, seed: int | None = None) -> Result:
         res.skipped = why
         return res
     seeds = [seed] if seed is not None else list(range(200 if ctx.large else 6))
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        futs = {pool.submit(run_one, ctx, s): s for s in seeds}
-        for f in concurrent.futures.as_completed(futs):
-            s = futs[f]
-            try:
-                faults, violations, unfinished = f.result()
-            except Exception as exc:  # noqa: BLE001
-                faults, violations, unfinished = {}, [], f"harness error: {exc!r}"
-            res.add(s, faults, violations, unfinished)
+    res.run_seeds(seeds, lambda s: run_one(ctx, s), 3)
     longest = max([r.get("secs", 0) for s in seeds for r in schedule(s, ctx.large)["rules"]] + [0])
     res.notes.append(f"{len(seeds)} schedules through the FUSE camera (campaigns/fs/camera.py), half under "
                      f"`dockd ingest`, half under `dockd run`, each then re-docked healthy; longest stall "

@@ -22,7 +22,6 @@ file:// store's prefix directory replaced by a file for a few seconds). Then:
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime
 import json
 import os
@@ -31,7 +30,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -268,15 +266,7 @@ def campaign(ctx: Context, seed: int | None = None) -> Result:
         res.skipped = "libfaketime not installed (Debian package faketime)"
         return res
     seeds = [seed] if seed is not None else list(range(100 if ctx.large else 4))
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        futs = {pool.submit(run_one, ctx, s): s for s in seeds}
-        for f in concurrent.futures.as_completed(futs):
-            s = futs[f]
-            try:
-                faults, violations, unfinished = f.result()
-            except Exception as exc:  # noqa: BLE001
-                faults, violations, unfinished = {}, [], f"harness error: {exc!r}"
-            res.add(s, faults, violations, unfinished)
+    res.run_seeds(seeds, lambda s: run_one(ctx, s), 3)
     biggest = max(abs(x["by"]) for s in seeds for x in schedule(s, ctx.large)["steps"])
     res.notes.append(f"{len(seeds)} schedules under `dockd run` with libfaketime; largest step "
                      f"{biggest / 86400:.1f} days")

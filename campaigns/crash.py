@@ -12,7 +12,6 @@ restarted, unkilled, until the session is done, and the invariants are checked
 
 from __future__ import annotations
 
-import concurrent.futures
 import random
 import shutil
 import time
@@ -140,15 +139,7 @@ def campaign(ctx: Context, seed: int | None = None) -> Result:
     res = Result("crash")
     seeds = [seed] if seed is not None else list(range(2000 if ctx.large else 200))
     workers = 4   # the schedules mostly wait on their child processes
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futs = {pool.submit(run_one, ctx, s): s for s in seeds}
-        for f in concurrent.futures.as_completed(futs):
-            s = futs[f]
-            try:
-                faults, violations, unfinished = f.result()
-            except Exception as exc:  # noqa: BLE001 - a harness error is reported, not hidden
-                faults, violations, unfinished = {}, [], f"harness error: {exc!r}"
-            res.add(s, faults, violations, unfinished)
+    res.run_seeds(seeds, lambda s: run_one(ctx, s), workers)
     stores = sum(1 for s in seeds if schedule(s)["store"] == "s3")
     daemons = sum(1 for s in seeds if schedule(s)["mode"] == "run")
     res.notes.append(f"{len(seeds)} schedules: {stores} on moto S3 (64 KiB parts), {len(seeds) - stores} on file://; "

@@ -16,7 +16,6 @@ and after the last run, the one invariant checker must report nothing.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import os
 import random
 import shutil
@@ -243,15 +242,7 @@ def campaign(ctx: Context, seed: int | None = None) -> Result:
         return faults, violations, unfinished
 
     try:
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            futs = {pool.submit(one, s): s for s in seeds}
-            for f in concurrent.futures.as_completed(futs):
-                s = futs[f]
-                try:
-                    faults, violations, unfinished = f.result()
-                except Exception as exc:  # noqa: BLE001 - a harness error is reported, not hidden
-                    faults, violations, unfinished = {}, [], f"harness error: {exc!r}"
-                res.add(s, faults, violations, unfinished)
+        res.run_seeds(seeds, one, workers)
     finally:
         for r in rigs:
             r.close()
