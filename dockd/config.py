@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -134,7 +135,11 @@ def _check_file_store(host: str, path: str) -> None:
     p = Path(path)
     if any(p == d or d in p.parents for d in _NOT_A_STORE):
         raise ValueError(f"{path} is not a place to keep evidence")
-    if p.exists() and not p.is_dir():
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return              # absent, or not ours to look at (an operator reading the config)
+    if not stat.S_ISDIR(mode):
         raise ValueError(f"{path} exists and is not a directory")
 
 

@@ -292,3 +292,30 @@ def test_shipped_config_refuses_to_run_in_one_line_until_recipients_are_set():
     assert out.returncode == 2
     assert out.stdout == ""
     assert out.stderr.count("\n") == 1 and "encryption.recipients" in out.stderr, out.stderr
+
+
+def test_an_operator_who_may_not_look_at_the_store_still_loads_the_configuration():
+    """`dockd status` by an operator in group dockd reads the same configuration as the
+    daemon, but may not look inside /var/lib/dockd: the store check must not turn that into
+    a traceback (found by the real-systemd test)."""
+    import shutil
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="dockd-operator-"))
+    try:
+        top.chmod(0o755)
+        root = top / "locked"
+        (root / "store").mkdir(parents=True)
+        root.chmod(0o700)
+        cfg = top / "dockd.toml"
+        cfg.write_text(GOOD.replace("file:///srv/evidence", f"file://{root}/store"))
+        cfg.chmod(0o644)
+        probe = ("import sys; from pathlib import Path; from dockd import config; "
+                 "c = config.load(Path(sys.argv[1])); print(c.store.url)")
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+                            sys.executable, "-c", probe, str(cfg)], capture_output=True, text=True, timeout=30,
+                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    finally:
+        shutil.rmtree(top)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"file://{root}/store"
