@@ -53,16 +53,22 @@ class RateMeter:
     successive (time, cumulative bytes) samples, each interval weighted by its length
     (time constant ``tau`` seconds). Counters that move in steps (verified bytes jump a
     whole file at a time) average out to the rate they keep up over ``tau``, instead of
-    swinging between zero and a burst. ``t`` is any monotonic clock, injected."""
+    swinging between zero and a burst. The mean is corrected for its start (it grows from
+    nothing, so it is divided by the weight gathered so far): until ``tau`` has passed it is
+    the time-weighted mean of every interval seen, not a figure climbing from zero, which
+    made the first ETAs days long. ``t`` is any monotonic clock, injected."""
 
     def __init__(self, tau: float = RATE_TAU) -> None:
         self.tau = tau
         self._last: tuple[float, int] | None = None
         self._rate: float | None = None
+        self._mean = 0.0          # the mean grown from zero...
+        self._weight = 0.0        # ...and the weight it has gathered: rate = mean / weight
 
     def add(self, t: float, total: int) -> None:
         if self._last is None or total < self._last[1] or t < self._last[0]:
-            self._last, self._rate = (t, total), None    # first sample, or a counter that went back
+            # first sample, or a counter that went back: start again
+            self._last, self._rate, self._mean, self._weight = (t, total), None, 0.0, 0.0
             return
         t0, b0 = self._last
         dt = t - t0
@@ -70,7 +76,9 @@ class RateMeter:
             return                                       # too short to measure: wait for more
         inst = (total - b0) / dt
         w = 1.0 - math.exp(-dt / self.tau)
-        self._rate = inst if self._rate is None else self._rate + w * (inst - self._rate)
+        self._mean += w * (inst - self._mean)
+        self._weight += w * (1.0 - self._weight)
+        self._rate = self._mean / self._weight
         self._last = (t, total)
 
     @property

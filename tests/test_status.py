@@ -218,6 +218,22 @@ def test_eta_unknown_outside_spooling_and_uploading_or_without_a_rate():
     assert m.rate() is None
 
 
+def test_the_first_rates_are_the_mean_so_far_not_a_figure_climbing_from_zero():
+    """Verification moves a file at a time: nothing in the first second sampled, then a
+    small file. The rate must be what was verified over the time measured (about 100 kB/s),
+    not a smoothed mean still climbing from zero: that made ETAs of a day and a half for a
+    50 MB camera (found by the clock campaign's mid-run status)."""
+    m = RateMeter()
+    m.add(0.0, 0)
+    m.add(0.5, 0)
+    m.add(1.0, 0)
+    assert not m.rate()                           # nothing verified yet: no rate, no ETA
+    m.add(1.5, 150_000)
+    assert m.rate() == pytest.approx(100_000, rel=0.05)
+    got = eta("uploading", 50_000_000, 50_000_000, 150_000, None, m.rate())
+    assert got is not None and got < 1000
+
+
 def test_upload_progress_is_verified_over_total():
     assert status.upload_progress(0, 0) is None
     assert status.upload_progress(2300 * MiB, 512 * MiB) == pytest.approx(0.223)
