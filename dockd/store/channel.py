@@ -13,6 +13,7 @@ place that decides both.
 from __future__ import annotations
 
 import ipaddress
+import stat
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -80,3 +81,18 @@ def open_channel(endpoint: str | None, *, store: str, key: str, trust_plain_http
         log.warning("store.tls_unverified", store=store)
         return False
     return str(ca_bundle) if ca_bundle else True
+
+
+def read_secret(path: Path, key: str) -> str:
+    """The text of a file holding a store secret (``key`` names its setting); one readable
+    by group or others is refused, as is one that cannot be read or is not UTF-8."""
+    try:
+        st = path.stat()
+        if st.st_mode & 0o077:
+            raise ConfigError(key, f"{path} has mode {stat.S_IMODE(st.st_mode):04o}; it holds secrets, "
+                                   "make it 0600 (or 0400)")
+        return path.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"{path}: not UTF-8") from None

@@ -80,7 +80,7 @@ from ..errors import (
     TransientStoreError,
 )
 from .base import Blob, Checkpoint, Item, ObjectInfo, Results, Store, each
-from .channel import is_loopback, is_plain_http, open_channel
+from .channel import is_loopback, is_plain_http, open_channel, read_secret
 from .keys import validate_key
 
 import structlog
@@ -105,19 +105,7 @@ TRANSIENT_STATUSES = frozenset({408, 409, 423, 425, 429, STATUS_CHECKSUM_MISMATC
 
 def load_token(path: Path) -> str:
     """The bearer token in ``path``; refuse a file readable by group or others."""
-    try:
-        st = path.stat()
-        if st.st_mode & 0o077:
-            raise ConfigError(
-                "store.token_file",
-                f"{path} has mode {stat_mod.S_IMODE(st.st_mode):04o}; it holds a secret, "
-                "make it 0600 (or 0400)",
-            )
-        token = path.read_text("utf-8").strip()
-    except OSError as exc:
-        raise ConfigError("store.token_file", f"cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError("store.token_file", f"{path}: not UTF-8") from None
+    token = read_secret(path, "store.token_file").strip()
     if not token or any(c.isspace() or ord(c) < 0x21 for c in token):
         raise ConfigError("store.token_file", f"{path}: expected one token without spaces")
     return token

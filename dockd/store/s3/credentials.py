@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import configparser
 import os
-import stat as stat_mod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from ...errors import ConfigError
+from ..channel import read_secret
 
 CREDENTIALS_FILE_NAME = "s3-credentials"
 
@@ -58,20 +58,7 @@ def _parse_credentials_text(text: str, where: str) -> Credentials:
 
 def load_credentials_file(path: Path) -> Credentials:
     """Read a credentials file; refuse one readable by group or others."""
-    try:
-        st = path.stat()
-        if st.st_mode & 0o077:
-            raise ConfigError(
-                "store.credentials_file",
-                f"{path} has mode {stat_mod.S_IMODE(st.st_mode):04o}; it holds secrets, "
-                "make it 0600 (or 0400)",
-            )
-        text = path.read_text("utf-8")
-    except OSError as exc:
-        raise ConfigError("store.credentials_file", f"cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError("store.credentials_file", f"{path}: not UTF-8") from None
-    return _parse_credentials_text(text, str(path))
+    return _parse_credentials_text(read_secret(path, "store.credentials_file"), str(path))
 
 
 def resolve_credentials(
